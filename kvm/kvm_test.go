@@ -1,0 +1,117 @@
+package kvm
+
+import (
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// openOrSkip opens /dev/kvm; only a host with no KVM device at all skips.
+func openOrSkip(t *testing.T) *System {
+	t.Helper()
+	if !Available() {
+		t.Skip("SKIPPING: " + DevicePath + " is absent on this host; KVM tests did not run")
+	}
+	s, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// A 16-bit real-mode guest writes a byte to a port and halts: the smallest
+// end-to-end check of memory slots, registers, KVM_RUN and exit decoding.
+func TestRunRealModeGuest(t *testing.T) {
+	s := openOrSkip(t)
+	if n := s.MaxVCPUs(); n < 1 {
+		t.Fatalf("MaxVCPUs = %d", n)
+	}
+	vm, err := s.CreateVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	code := []byte{
+		0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0xb0, 'K', // mov al, 'K'
+		0xee, // out dx, al
+		0xf4, // hlt
+	}
+	copy(mem[0x1000:], code)
+	if err := vm.SetUserMemoryRegion(0, 0, mem, 0); err != nil {
+		t.Fatal(err)
+	}
+	vcpu, err := vm.CreateVCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vcpu.Close()
+	sregs, err := vcpu.Sregs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sregs.CS.Base, sregs.CS.Selector = 0, 0
+	if err := vcpu.SetSregs(sregs); err != nil {
+		t.Fatal(err)
+	}
+	if err := vcpu.SetRegs(Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for i := 0; i < 10; i++ {
+		exit, err := vcpu.Run()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch exit {
+		case ExitIO:
+			io, err := vcpu.IO()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if io.Port != 0x3f8 || io.Direction != IODirOut || io.Size != 1 {
+				t.Fatalf("unexpected I/O exit %+v", io)
+			}
+			out = append(out, io.Data...)
+		case ExitHLT:
+			if string(out) != "K" {
+				t.Fatalf("guest wrote %q, want %q", out, "K")
+			}
+			r, err := vcpu.Regs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.RIP != 0x1000+uint64(len(code)) {
+				t.Fatalf("RIP after hlt = %#x", r.RIP)
+			}
+			return
+		default:
+			t.Fatalf("unexpected exit %v", exit)
+		}
+	}
+	t.Fatal("guest did not halt")
+}
+
+func TestSupportedCPUID(t *testing.T) {
+	s := openOrSkip(t)
+	c, err := s.SupportedCPUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Find(0, 0) == nil || c.Find(1, 0) == nil {
+		t.Fatalf("supported CPUID lacks leaves 0 and 1: %d entries", len(c))
+	}
+	if _, err := s.MSRIndexList(); err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("VMM_DEBUG") != "" {
+		t.Logf("%d CPUID entries, PVM host: %v", len(c), IsPVM())
+	}
+}
