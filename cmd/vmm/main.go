@@ -1,0 +1,195 @@
+// Command vmm boots a Linux kernel in a KVM virtual machine with a serial
+// console:
+//
+//	vmm --kernel bzImage --initrd initrd --mem 128M
+//
+// With no --kernel it boots the project's default guest (build/guest, made
+// by `make guest`). On a terminal, Ctrl-A x ends the VM; Ctrl-A Ctrl-A sends
+// a literal Ctrl-A.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/govmm/vmm/vmm"
+)
+
+// exitUsage is the status for bad flags, as flag.ExitOnError uses.
+const exitUsage = 2
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+type options struct {
+	cfg      vmm.Config
+	logLevel slog.Level
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		o        options
+		mem      = fs.String("mem", "128M", "guest memory size (e.g. 128M, 1G, 512MiB)")
+		logLevel = fs.String("log-level", "warn", "log level: debug, info, warn or error")
+		help     = fs.Bool("help", false, "print this help")
+	)
+	fs.StringVar(&o.cfg.Kernel, "kernel", "", "kernel image: bzImage or ELF vmlinux with a PVH note (default: the built default guest)")
+	fs.StringVar(&o.cfg.Initrd, "initrd", "", "initial ramdisk (default: the built default guest's initramfs)")
+	fs.StringVar(&o.cfg.Cmdline, "cmdline", vmm.DefaultCmdline, "kernel command line")
+	fs.IntVar(&o.cfg.CPUs, "cpus", 1, "number of vCPUs")
+	fs.StringVar(&o.cfg.SystemMap, "system-map", "", "System.map for symbolizing guest addresses (default: beside the kernel)")
+	fs.BoolVar(&o.cfg.DebugExit, "debug-exit", false, "map the test exit device at port 0xf4 (guest-chosen exit status)")
+	fs.DurationVar(&o.cfg.SampleRIP, "sample-rip", 0, "sample vCPU instruction pointers at this interval and log the hottest guest symbols")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			*help = true
+		} else {
+			return nil, err
+		}
+	}
+	if *help {
+		fs.SetOutput(stderr)
+		fmt.Fprintln(stderr, "usage: vmm [flags]\n\nBoots a Linux kernel in a KVM virtual machine on a serial console.\nOn a terminal, Ctrl-A x ends the VM.\n\nflags:")
+		fs.PrintDefaults()
+		return nil, flag.ErrHelp
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	size, err := vmm.ParseSize(*mem)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --mem: %w", err)
+	}
+	o.cfg.MemSize = size
+	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if o.cfg.CPUs < 1 || o.cfg.CPUs > vmm.MaxCPUs {
+		return nil, fmt.Errorf("invalid --cpus %d: must be 1-%d", o.cfg.CPUs, vmm.MaxCPUs)
+	}
+	if o.cfg.Kernel == "" {
+		o.cfg.Kernel, o.cfg.Initrd = defaultGuest(o.cfg.Initrd)
+		if o.cfg.Kernel == "" {
+			return nil, fmt.Errorf("no --kernel given and no default guest built (run `make guest`)")
+		}
+	}
+	for _, p := range []struct{ flag, path string }{{"--kernel", o.cfg.Kernel}, {"--initrd", o.cfg.Initrd}, {"--system-map", o.cfg.SystemMap}} {
+		if p.path == "" {
+			continue
+		}
+		if st, err := os.Stat(p.path); err != nil {
+			return nil, fmt.Errorf("invalid %s: %w", p.flag, err)
+		} else if st.IsDir() {
+			return nil, fmt.Errorf("invalid %s: %s is a directory", p.flag, p.path)
+		}
+	}
+	return &o, nil
+}
+
+// defaultGuest finds the default guest built by `make guest`: in
+// $VMM_GUEST_DIR, else build/guest beside the binary's bin/ folder, else
+// build/guest under the working directory.
+func defaultGuest(initrd string) (kernel, initrdOut string) {
+	var dirs []string
+	if d := os.Getenv("VMM_GUEST_DIR"); d != "" {
+		dirs = append(dirs, d)
+	}
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Join(filepath.Dir(filepath.Dir(exe)), "build", "guest"))
+	}
+	dirs = append(dirs, filepath.Join("build", "guest"))
+	for _, d := range dirs {
+		k := filepath.Join(d, "vmlinux")
+		if _, err := os.Stat(k); err != nil {
+			continue
+		}
+		if initrd == "" {
+			for _, name := range []string{"initramfs.cpio", "initramfs.cpio.gz"} {
+				if _, err := os.Stat(filepath.Join(d, name)); err == nil {
+					initrd = filepath.Join(d, name)
+					break
+				}
+			}
+		}
+		return k, initrd
+	}
+	return "", initrd
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
+		return exitUsage
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer cancel()
+
+	o.cfg.ConsoleOut = stdout
+	var quitByEscape bool
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		state, err := term.MakeRaw(int(f.Fd()))
+		if err != nil {
+			fmt.Fprintf(stderr, "vmm: console: %v\n", err)
+			return 1
+		}
+		defer term.Restore(int(f.Fd()), state)
+		// Raw mode turns off output post-processing; the guest sends \r\n.
+		o.cfg.ConsoleIn = newEscapeReader(f, func() { quitByEscape = true; cancel() })
+	} else if stdin != nil {
+		o.cfg.ConsoleIn = stdin
+	}
+
+	start := time.Now()
+	m, err := vmm.New(o.cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
+		if isBadInput(err) {
+			return exitUsage
+		}
+		return 1
+	}
+	log.Debug("machine ready", "setup", time.Since(start))
+	exit := m.Run(ctx)
+	if err := m.Close(); err != nil {
+		log.Warn("closing machine", "err", err)
+	}
+	switch {
+	case exit.Kind == vmm.ExitFailed:
+		fmt.Fprintf(stderr, "\r\nvmm: VM failed: %v\n", exit.Err)
+	case quitByEscape:
+		fmt.Fprint(stderr, "\r\nvmm: VM ended from the console (Ctrl-A x)\n")
+	}
+	return exit.ExitCode()
+}
+
+// isBadInput reports errors caused by what the user passed (an image that
+// isn't a kernel, a size the layout can't hold), which get the usage status.
+func isBadInput(err error) bool {
+	s := err.Error()
+	return strings.HasPrefix(s, "kernel ") || strings.HasPrefix(s, "initrd ") || strings.HasPrefix(s, "read kernel") || strings.HasPrefix(s, "read initrd") || errors.Is(err, os.ErrNotExist)
+}
+
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}

@@ -1,0 +1,241 @@
+package vmm
+
+import (
+	"fmt"
+	"math/bits"
+	"strings"
+
+	"github.com/govmm/vmm/kvm"
+)
+
+// Hosts whose /dev/kvm is kvm-pvm run a stock guest kernel's ring-0 code in
+// KVM's instruction emulator, which cannot execute some instructions, and
+// ignore KVM_SET_CPUID2 (the guest sees the host's CPUID). The VMM copes in
+// two ways: it asks the guest kernel not to use the features the emulator
+// lacks (command-line options below), and it completes the few failing
+// instructions a kernel still executes (emulateFailedInstruction). On
+// VT-x/AMD-V hosts none of this runs.
+
+// pvmClearCPUID lists features to hide from the guest kernel; the kernel
+// parses only the first 127 characters of clearcpuid=, so the list is
+// ordered by importance and kept short.
+const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsgsbase,pcid,invpcid,rdrand,rdseed,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
+
+// pvmCmdlineOptions are added to the guest command line on kvm-pvm hosts,
+// unless the user already set the same option:
+//   - nopv: KVM paravirt features loop on hypercalls the emulator serves slowly.
+//   - noxsave and clearcpuid: xsave/xrstor, popcnt, cmpxchg16b and friends
+//     fail in the emulator.
+//   - 8250.nr_uarts=1: each extra legacy UART probe costs seconds there.
+//   - tsc_early_khz is not needed; lpj skips the delay-loop calibration,
+//     which runs instruction by instruction.
+func pvmCmdlineOptions() []string {
+	return []string{
+		"nopv",
+		"noxsave",
+		"clearcpuid=" + pvmClearCPUID,
+		"8250.nr_uarts=1",
+		"lpj=1000000",
+		"no_timer_check",
+	}
+}
+
+// pvmCmdline returns cmdline with the kvm-pvm options added.
+func pvmCmdline(cmdline string) string {
+	have := map[string]bool{}
+	for _, f := range strings.Fields(cmdline) {
+		k, _, _ := strings.Cut(f, "=")
+		have[k] = true
+	}
+	out := cmdline
+	for _, o := range pvmCmdlineOptions() {
+		k, _, _ := strings.Cut(o, "=")
+		if !have[k] {
+			out += " " + o
+		}
+	}
+	return strings.TrimSpace(out)
+}
+
+// Exception vectors (Intel SDM vol. 3A §6.15).
+const vectorBreakpoint = 3
+
+// rflags bits.
+const (
+	rflagsCF = 1 << 0
+	rflagsPF = 1 << 2
+	rflagsAF = 1 << 4
+	rflagsZF = 1 << 6
+	rflagsSF = 1 << 7
+	rflagsOF = 1 << 11
+	rflagsAC = 1 << 18
+)
+
+// emulateFailedInstruction completes an instruction KVM's emulator gave up
+// on. It reports whether it did; false leaves the failure to the caller.
+func (v *vcpu) emulateFailedInstruction() (bool, error) {
+	regs, err := v.kvm.Regs()
+	if err != nil {
+		return false, err
+	}
+	sregs, err := v.kvm.Sregs()
+	if err != nil {
+		return false, err
+	}
+	code, err := v.readCode(regs.RIP, sregs, 16)
+	if err != nil || len(code) == 0 {
+		v.m.log.Debug("failed instruction unreadable", "vcpu", v.id, "rip", fmt.Sprintf("%#x", regs.RIP), "err", err)
+		return false, nil
+	}
+	insn, ok := decodeFixup(code, sregs.CS.L != 0)
+	if !ok {
+		v.m.log.Debug("failed instruction not one the VMM completes", "vcpu", v.id, "rip", fmt.Sprintf("%#x", regs.RIP), "code", fmt.Sprintf("% x", code))
+		return false, nil
+	}
+	v.m.log.Debug("completing instruction the host's emulator refused", "vcpu", v.id, "insn", insn.name, "rip", fmt.Sprintf("%#x", regs.RIP), "symbol", v.m.syms.lookup(regs.RIP))
+	regs.RIP += uint64(insn.length)
+	switch insn.op {
+	case opBreakpoint:
+		// int3 is a trap: the #BP frame's RIP points past the instruction.
+		if err := v.kvm.SetRegs(regs); err != nil {
+			return false, err
+		}
+		ev, err := v.kvm.Events()
+		if err != nil {
+			return false, err
+		}
+		ev.Exception.Injected, ev.Exception.Nr, ev.Exception.HasErrorCode, ev.Exception.Pending = 1, vectorBreakpoint, 0, 0
+		ev.Flags = 0
+		return true, v.kvm.SetEvents(ev)
+	case opNop:
+	case opCLAC:
+		regs.RFLAGS &^= rflagsAC
+	case opSTAC:
+		regs.RFLAGS |= rflagsAC
+	case opPopcnt:
+		src := getReg(&regs, insn.src) & insn.mask
+		setReg(&regs, insn.dst, uint64(bits.OnesCount64(src)), insn.mask)
+		regs.RFLAGS &^= rflagsCF | rflagsPF | rflagsAF | rflagsZF | rflagsSF | rflagsOF
+		if src == 0 {
+			regs.RFLAGS |= rflagsZF
+		}
+	}
+	return true, v.kvm.SetRegs(regs)
+}
+
+type fixupOp int
+
+const (
+	opBreakpoint fixupOp = iota + 1
+	opNop
+	opCLAC
+	opSTAC
+	opPopcnt
+)
+
+type fixup struct {
+	op       fixupOp
+	name     string
+	length   int
+	src, dst int    // register numbers (0=rax … 15=r15)
+	mask     uint64 // operand-size mask
+}
+
+// decodeFixup recognises the instructions the VMM completes itself:
+// int3 (CC), fwait (9B, a no-op with no unmasked x87 exception pending),
+// clac/stac (0F 01 CA/CB) and register-to-register popcnt (F3 [REX] 0F B8).
+func decodeFixup(code []byte, long bool) (fixup, bool) {
+	switch {
+	case len(code) >= 1 && code[0] == 0xcc:
+		return fixup{op: opBreakpoint, name: "int3", length: 1}, true
+	case len(code) >= 1 && code[0] == 0x9b:
+		return fixup{op: opNop, name: "fwait", length: 1}, true
+	case len(code) >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xca:
+		return fixup{op: opCLAC, name: "clac", length: 3}, true
+	case len(code) >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xcb:
+		return fixup{op: opSTAC, name: "stac", length: 3}, true
+	}
+	// popcnt: optional 66 (16-bit), mandatory F3, optional REX, 0F B8, ModRM.
+	i := 0
+	opsize16 := false
+	if i < len(code) && code[i] == 0x66 {
+		opsize16 = true
+		i++
+	}
+	if i >= len(code) || code[i] != 0xf3 {
+		return fixup{}, false
+	}
+	i++
+	var rex byte
+	if long && i < len(code) && code[i]&0xf0 == 0x40 {
+		rex = code[i]
+		i++
+	}
+	if i+3 > len(code) || code[i] != 0x0f || code[i+1] != 0xb8 {
+		return fixup{}, false
+	}
+	modrm := code[i+2]
+	if modrm>>6 != 3 {
+		return fixup{}, false // memory operands are not completed here
+	}
+	f := fixup{op: opPopcnt, name: "popcnt", length: i + 3, mask: 0xffff_ffff}
+	f.dst = int(modrm>>3&7) | int(rex>>2&1)<<3
+	f.src = int(modrm&7) | int(rex&1)<<3
+	switch {
+	case rex&0x08 != 0:
+		f.mask = ^uint64(0)
+	case opsize16:
+		f.mask = 0xffff
+	}
+	return f, true
+}
+
+func regPtr(r *kvm.Regs, n int) *uint64 {
+	switch n {
+	case 0:
+		return &r.RAX
+	case 1:
+		return &r.RCX
+	case 2:
+		return &r.RDX
+	case 3:
+		return &r.RBX
+	case 4:
+		return &r.RSP
+	case 5:
+		return &r.RBP
+	case 6:
+		return &r.RSI
+	case 7:
+		return &r.RDI
+	case 8:
+		return &r.R8
+	case 9:
+		return &r.R9
+	case 10:
+		return &r.R10
+	case 11:
+		return &r.R11
+	case 12:
+		return &r.R12
+	case 13:
+		return &r.R13
+	case 14:
+		return &r.R14
+	}
+	return &r.R15
+}
+
+func getReg(r *kvm.Regs, n int) uint64 { return *regPtr(r, n) }
+
+// setReg writes a result the way x86 does: 32-bit results zero the upper
+// half, 16-bit results leave it alone.
+func setReg(r *kvm.Regs, n int, v, mask uint64) {
+	p := regPtr(r, n)
+	switch mask {
+	case 0xffff:
+		*p = *p&^0xffff | v&0xffff
+	default:
+		*p = v & mask
+	}
+}

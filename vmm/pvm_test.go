@@ -1,0 +1,66 @@
+package vmm
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestDecodeFixup(t *testing.T) {
+	tests := []struct {
+		name     string
+		code     []byte
+		ok       bool
+		op       fixupOp
+		length   int
+		src, dst int
+		mask     uint64
+	}{
+		{"int3", []byte{0xcc, 0x90}, true, opBreakpoint, 1, 0, 0, 0},
+		{"fwait", []byte{0x9b}, true, opNop, 1, 0, 0, 0},
+		{"clac", []byte{0x0f, 0x01, 0xca}, true, opCLAC, 3, 0, 0, 0},
+		{"stac", []byte{0x0f, 0x01, 0xcb}, true, opSTAC, 3, 0, 0, 0},
+		{"popcnt rdi->rax", []byte{0xf3, 0x48, 0x0f, 0xb8, 0xc7}, true, opPopcnt, 5, 7, 0, ^uint64(0)},
+		{"popcnt r9d->r10d", []byte{0xf3, 0x45, 0x0f, 0xb8, 0xd1}, true, opPopcnt, 5, 9, 10, 0xffffffff},
+		{"popcnt cx->ax", []byte{0x66, 0xf3, 0x0f, 0xb8, 0xc1}, true, opPopcnt, 5, 1, 0, 0xffff},
+		{"popcnt memory operand", []byte{0xf3, 0x48, 0x0f, 0xb8, 0x07}, false, 0, 0, 0, 0, 0},
+		{"xrstor", []byte{0x48, 0x0f, 0xae, 0x2f}, false, 0, 0, 0, 0, 0},
+		{"truncated popcnt", []byte{0xf3, 0x48, 0x0f}, false, 0, 0, 0, 0, 0},
+		{"empty", nil, false, 0, 0, 0, 0, 0},
+	}
+	for _, tt := range tests {
+		f, ok := decodeFixup(tt.code, true)
+		if ok != tt.ok {
+			t.Errorf("%s: ok = %v", tt.name, ok)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if f.op != tt.op || f.length != tt.length || (tt.op == opPopcnt && (f.src != tt.src || f.dst != tt.dst || f.mask != tt.mask)) {
+			t.Errorf("%s: got %+v", tt.name, f)
+		}
+	}
+}
+
+func FuzzDecodeFixup(f *testing.F) {
+	f.Add([]byte{0xf3, 0x48, 0x0f, 0xb8, 0xc7}, true)
+	f.Fuzz(func(t *testing.T, code []byte, long bool) {
+		fx, ok := decodeFixup(code, long)
+		if ok && (fx.length <= 0 || fx.length > len(code)) {
+			t.Fatalf("length %d for %d bytes", fx.length, len(code))
+		}
+	})
+}
+
+func TestPVMCmdline(t *testing.T) {
+	got := pvmCmdline("console=ttyS0 lpj=5")
+	if !strings.Contains(got, "nopv") || !strings.Contains(got, "noxsave") {
+		t.Fatalf("missing options: %q", got)
+	}
+	if strings.Count(got, "lpj=") != 1 || !strings.Contains(got, "lpj=5") {
+		t.Fatalf("user's lpj overridden: %q", got)
+	}
+	if i := strings.Index(got, "clearcpuid="); len(got[i:])-len("clearcpuid=") > 127 && len(pvmClearCPUID) > 127 {
+		t.Fatalf("clearcpuid list longer than the kernel reads: %d", len(pvmClearCPUID))
+	}
+}

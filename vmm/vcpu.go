@@ -1,0 +1,319 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/boot"
+	"github.com/govmm/vmm/devices"
+	"github.com/govmm/vmm/kvm"
+)
+
+// vcpu is one virtual CPU and the OS thread that runs it.
+type vcpu struct {
+	m   *Machine
+	kvm *kvm.VCPU
+	id  int
+
+	tid       atomic.Int32 // OS thread running KVM_RUN, for kicks
+	stopping  atomic.Bool
+	sampleReq atomic.Bool
+
+	samplesMu sync.Mutex
+	samples   map[uint64]int // guest RIP -> hits
+}
+
+// Architectural MSRs set at reset (Intel SDM vol. 4).
+const (
+	msrIA32TSC          = 0x10
+	msrIA32SysenterCS   = 0x174
+	msrIA32SysenterESP  = 0x175
+	msrIA32SysenterEIP  = 0x176
+	msrIA32MiscEnable   = 0x1a0
+	msrMTRRDefType      = 0x2ff
+	msrSTAR             = 0xc0000081
+	msrLSTAR            = 0xc0000082
+	msrCSTAR            = 0xc0000083
+	msrSyscallMask      = 0xc0000084
+	msrKernelGSBase     = 0xc0000102
+	miscEnableFastStr   = 1 << 0
+	mtrrEnableWriteBack = 1<<11 | 6 // MTRRs on, default type WB
+)
+
+// Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3A §11.5).
+const (
+	apicLVTLINT0       = 0x350
+	apicLVTLINT1       = 0x360
+	apicDeliveryNMI    = 4 << 8
+	apicDeliveryExtINT = 7 << 8
+	apicDeliveryMask   = 7 << 8
+)
+
+// x87/SSE reset values (Intel SDM vol. 1 §8.1.5, §10.2.3).
+const (
+	fpuControlWordReset = 0x37f
+	mxcsrReset          = 0x1f80
+)
+
+func (m *Machine) newVCPU(id int, supported kvm.CPUID, bsp *boot.CPUState) (*vcpu, error) {
+	kv, err := m.vm.CreateVCPU(id)
+	if err != nil {
+		return nil, err
+	}
+	v := &vcpu{m: m, kvm: kv, id: id}
+	if err := kv.SetCPUID2(supported.ForVCPU(id, m.cfg.CPUs)); err != nil {
+		kv.Close()
+		return nil, err
+	}
+	v.setMSRs()
+	if err := kv.SetFPU(kvm.FPU{FCW: fpuControlWordReset, MXCSR: mxcsrReset}); err != nil {
+		kv.Close()
+		return nil, err
+	}
+	if err := v.setupLAPIC(); err != nil {
+		kv.Close()
+		return nil, err
+	}
+	if id == 0 {
+		if err := v.setBootState(bsp); err != nil {
+			kv.Close()
+			return nil, err
+		}
+	}
+	// Application processors wait in the in-kernel LAPIC for INIT/SIPI.
+	return v, nil
+}
+
+// setMSRs writes the reset values; an MSR the host refuses is logged, not
+// fatal, since hosts differ in what they virtualize.
+func (v *vcpu) setMSRs() {
+	msrs := []kvm.MSR{
+		{Index: msrIA32SysenterCS}, {Index: msrIA32SysenterESP}, {Index: msrIA32SysenterEIP},
+		{Index: msrSTAR}, {Index: msrCSTAR}, {Index: msrKernelGSBase}, {Index: msrSyscallMask}, {Index: msrLSTAR},
+		{Index: msrIA32TSC},
+		{Index: msrIA32MiscEnable, Data: miscEnableFastStr},
+		{Index: msrMTRRDefType, Data: mtrrEnableWriteBack},
+	}
+	if err := v.kvm.SetMSRs(msrs); err == nil {
+		return
+	}
+	for _, msr := range msrs {
+		if err := v.kvm.SetMSRs([]kvm.MSR{msr}); err != nil {
+			v.m.log.Debug("host refused MSR", "vcpu", v.id, "msr", fmt.Sprintf("%#x", msr.Index), "err", err)
+		}
+	}
+}
+
+// setupLAPIC wires LINT0 to the PIC (ExtINT) and LINT1 to NMI, as a PC's
+// firmware does, so legacy interrupts reach the boot CPU.
+func (v *vcpu) setupLAPIC() error {
+	l, err := v.kvm.LAPIC()
+	if err != nil {
+		return err
+	}
+	set := func(off int, mode uint32) {
+		r := uint32(l.Regs[off]) | uint32(l.Regs[off+1])<<8 | uint32(l.Regs[off+2])<<16 | uint32(l.Regs[off+3])<<24
+		r = r&^apicDeliveryMask | mode
+		l.Regs[off], l.Regs[off+1], l.Regs[off+2], l.Regs[off+3] = byte(r), byte(r>>8), byte(r>>16), byte(r>>24)
+	}
+	set(apicLVTLINT0, apicDeliveryExtINT)
+	set(apicLVTLINT1, apicDeliveryNMI)
+	return v.kvm.SetLAPIC(l)
+}
+
+func toKVMSegment(s boot.Segment) kvm.Segment {
+	return kvm.Segment{
+		Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type,
+		Present: s.Present, DPL: s.DPL, DB: s.DB, S: s.S, L: s.L, G: s.G, AVL: s.AVL,
+	}
+}
+
+// setBootState loads the register state the boot protocol asks for.
+func (v *vcpu) setBootState(st *boot.CPUState) error {
+	sregs, err := v.kvm.Sregs()
+	if err != nil {
+		return err
+	}
+	cs, ds := toKVMSegment(st.CS), toKVMSegment(st.DS)
+	sregs.CS = cs
+	sregs.DS, sregs.ES, sregs.FS, sregs.GS, sregs.SS = ds, ds, ds, ds, ds
+	if st.TR.Present != 0 {
+		sregs.TR = toKVMSegment(st.TR)
+	}
+	sregs.GDT = kvm.DTable{Base: st.GDTBase, Limit: st.GDTLimit}
+	sregs.IDT = kvm.DTable{Base: st.IDTBase, Limit: st.IDTLimit}
+	sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER = st.CR0, st.CR3, st.CR4, st.EFER
+	if err := v.kvm.SetSregs(sregs); err != nil {
+		return err
+	}
+	return v.kvm.SetRegs(kvm.Regs{RIP: st.RIP, RSP: st.RSP, RFLAGS: st.RFLAGS, RSI: st.RSI, RBX: st.RBX})
+}
+
+// stop asks the vCPU thread to leave KVM_RUN and return.
+func (v *vcpu) stop() {
+	v.stopping.Store(true)
+	v.kvm.SetImmediateExit(true)
+	v.kick()
+}
+
+// kick interrupts KVM_RUN with a signal. SIGURG is the Go runtime's own
+// preemption signal: its handler is installed and harmless to deliver.
+func (v *vcpu) kick() {
+	if tid := v.tid.Load(); tid != 0 {
+		_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+	}
+}
+
+// loop runs the vCPU on a dedicated OS thread until stopped or failed.
+func (v *vcpu) loop() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	v.tid.Store(int32(unix.Gettid()))
+	defer v.tid.Store(0)
+	for !v.stopping.Load() {
+		exit, err := v.kvm.Run()
+		if err != nil {
+			return fmt.Errorf("vCPU %d: %w", v.id, err)
+		}
+		done, err := v.handleExit(exit)
+		if err != nil {
+			return fmt.Errorf("vCPU %d: %w", v.id, err)
+		}
+		if done {
+			return nil
+		}
+	}
+	return nil
+}
+
+// handleExit services one exit; done means this vCPU should stop.
+func (v *vcpu) handleExit(exit kvm.ExitReason) (done bool, err error) {
+	switch exit {
+	case kvm.ExitIO:
+		io, err := v.kvm.IO()
+		if err != nil {
+			return false, err
+		}
+		size := int(io.Size)
+		for i := 0; i+size <= len(io.Data); i += size {
+			chunk := io.Data[i : i+size]
+			var berr error
+			if io.Direction == kvm.IODirOut {
+				berr = v.m.pio.Write(uint64(io.Port), chunk)
+			} else {
+				berr = v.m.pio.Read(uint64(io.Port), chunk)
+			}
+			if berr != nil && errors.Is(berr, devices.ErrUnmapped) {
+				v.m.log.Debug("unclaimed port access", "vcpu", v.id, "err", berr)
+			}
+		}
+	case kvm.ExitMMIO:
+		mm := v.kvm.MMIO()
+		var berr error
+		if mm.IsWrite {
+			berr = v.m.mmio.Write(mm.PhysAddr, mm.Data)
+		} else {
+			berr = v.m.mmio.Read(mm.PhysAddr, mm.Data)
+		}
+		if berr != nil {
+			v.m.log.Debug("unclaimed MMIO access", "vcpu", v.id, "err", berr)
+		}
+	case kvm.ExitIntr:
+		if v.sampleReq.Swap(false) {
+			v.sample()
+		}
+	case kvm.ExitHLT, kvm.ExitIRQWindowOpen, kvm.ExitDebug:
+		// With the in-kernel irqchip these carry nothing for us to do.
+	case kvm.ExitShutdown:
+		// A triple fault: on a PC this resets the machine.
+		v.m.log.Warn("guest triple fault; treating it as a reset", "vcpu", v.id, "state", v.describe())
+		v.m.finish(Exit{Kind: ExitReset})
+		return true, nil
+	case kvm.ExitSystemEvent:
+		switch t := v.kvm.SystemEvent(); t {
+		case kvm.SystemEventShutdown:
+			v.m.finish(Exit{Kind: ExitPowerOff})
+		case kvm.SystemEventReset:
+			v.m.finish(Exit{Kind: ExitReset})
+		default:
+			return true, fmt.Errorf("guest system event %d (crash)", t)
+		}
+		return true, nil
+	case kvm.ExitInternalError:
+		ie := v.kvm.InternalError()
+		if ie.Suberror == kvm.InternalErrorEmulation {
+			handled, err := v.emulateFailedInstruction()
+			if err != nil {
+				return true, err
+			}
+			if handled {
+				return false, nil
+			}
+		}
+		return true, fmt.Errorf("KVM internal error (suberror %d, data %x): %s", ie.Suberror, ie.Data, v.describe())
+	case kvm.ExitFailEntry:
+		return true, fmt.Errorf("KVM_EXIT_FAIL_ENTRY (hardware reason %#x): %s", v.kvm.FailEntryReason(), v.describe())
+	default:
+		return true, fmt.Errorf("unhandled exit %v: %s", exit, v.describe())
+	}
+	return false, nil
+}
+
+// describe renders the vCPU's state for an error: RIP, its symbol, and the
+// code bytes there.
+func (v *vcpu) describe() string {
+	regs, err := v.kvm.Regs()
+	if err != nil {
+		return "registers unavailable: " + err.Error()
+	}
+	sregs, err := v.kvm.Sregs()
+	if err != nil {
+		return "registers unavailable: " + err.Error()
+	}
+	s := fmt.Sprintf("rip=%#x", regs.RIP)
+	if sym := v.m.syms.lookup(regs.RIP); sym != "" {
+		s += " (" + sym + ")"
+	}
+	if code, err := v.readCode(regs.RIP, sregs, 16); err == nil {
+		s += fmt.Sprintf(" code=% x", code)
+	} else {
+		s += " code unavailable: " + err.Error()
+	}
+	s += fmt.Sprintf(" rsp=%#x rflags=%#x cr0=%#x cr3=%#x cr4=%#x efer=%#x cs=%#x", regs.RSP, regs.RFLAGS, sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER, sregs.CS.Selector)
+	return s
+}
+
+// readCode reads up to n bytes of guest code at the linear address rip,
+// stopping early at an unmapped page.
+func (v *vcpu) readCode(rip uint64, sregs kvm.Sregs, n int) ([]byte, error) {
+	linear := rip + sregs.CS.Base
+	if sregs.EFER&eferLMA != 0 && sregs.CS.L != 0 {
+		linear = rip
+	}
+	var out []byte
+	for len(out) < n {
+		pa, err := translate(v.m.mem, sregs, linear+uint64(len(out)))
+		if err != nil {
+			if len(out) > 0 {
+				return out, nil
+			}
+			return nil, err
+		}
+		pageLeft := 4096 - int(pa&0xfff)
+		k := min(n-len(out), pageLeft)
+		buf := make([]byte, k)
+		if err := v.m.mem.ReadAt(buf, pa); err != nil {
+			if len(out) > 0 {
+				return out, nil
+			}
+			return nil, err
+		}
+		out = append(out, buf...)
+	}
+	return out, nil
+}
