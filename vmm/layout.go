@@ -27,4 +27,3 @@ const (
 	identityMapAddr = 0xfeffc000
 	tssAddr         = 0xfeffd000
 )
-

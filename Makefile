@@ -1,0 +1,58 @@
+# vmm: a KVM virtual machine monitor in Go.
+#
+#   make run    build vmm and the default guest, boot it to a shell
+#   make test   build everything and run every test (what CI runs)
+#
+# The default guest (kernel, initramfs, test guest) goes to build/guest; the
+# kernel build is cached in $(VMM_CACHE) so it is built once per machine.
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+GUEST_DIR ?= build/guest
+export VMM_CACHE ?= $(HOME)/.cache/vmm
+MEM ?= 128M
+TEST_TIMEOUT ?= 80m
+
+.PHONY: all vmm deps guest kernel initramfs testguest run test check unit integration bench clean
+
+all: vmm
+
+vmm:
+	$(GO) build -o bin/vmm ./cmd/vmm
+
+# Debian packages the build and the tests need (installed only if missing).
+deps:
+	@scripts/deps.sh
+
+guest: kernel initramfs testguest
+
+kernel: deps
+	guest/kernel/build.sh $(GUEST_DIR)
+
+initramfs:
+	$(GO) run ./cmd/mkinitramfs -o $(GUEST_DIR)/initramfs.cpio
+
+testguest: deps
+	guest/testguest/build.sh $(GUEST_DIR)
+
+run: vmm guest
+	./bin/vmm --mem $(MEM)
+
+# Formatting and static checks.
+check:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+test: vmm guest check
+	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+
+unit: check
+	$(GO) test -race -short ./...
+
+integration: vmm guest
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/
+
+clean:
+	rm -rf bin build
