@@ -88,6 +88,7 @@ type Machine struct {
 
 	exitOnce sync.Once
 	exitCh   chan Exit
+	pause    *pauser
 }
 
 // New builds a machine from cfg: KVM objects, guest memory with the kernel,
@@ -114,7 +115,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		}
 	}
 
-	built := &Machine{cfg: cfg, log: log, exitCh: make(chan Exit, 1)}
+	built := &Machine{cfg: cfg, log: log, exitCh: make(chan Exit, 1), pause: newPauser()}
 	m = built
 	defer func() {
 		if err != nil {
@@ -301,6 +302,7 @@ func (m *Machine) finish(e Exit) {
 // vCPU fails, or ctx is cancelled; then it stops and joins all vCPUs.
 func (m *Machine) Run(ctx context.Context) Exit {
 	start := time.Now()
+	m.setRunning(true)
 	var wg sync.WaitGroup
 	for _, v := range m.vcpus {
 		wg.Add(1)
@@ -328,6 +330,7 @@ func (m *Machine) Run(ctx context.Context) Exit {
 	for _, v := range m.vcpus {
 		v.stop()
 	}
+	m.setRunning(false)
 	wg.Wait()
 	m.uart.Flush()
 	m.log.Info("machine stopped", "reason", e.Kind, "status", e.Status, "err", e.Err, "uptime", time.Since(start).Round(time.Millisecond))

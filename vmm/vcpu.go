@@ -176,6 +176,10 @@ func (v *vcpu) loop() error {
 	v.tid.Store(int32(unix.Gettid()))
 	defer v.tid.Store(0)
 	for !v.stopping.Load() {
+		v.m.pause.park(v.stopping.Load)
+		if v.stopping.Load() {
+			break
+		}
 		exit, err := v.kvm.Run()
 		if err != nil {
 			return fmt.Errorf("vCPU %d: %w", v.id, err)
