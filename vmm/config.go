@@ -28,6 +28,11 @@ type Config struct {
 	ConsoleOut io.Writer
 	ConsoleIn  io.Reader
 
+	// Drives, Nets and Vsock describe virtio devices.
+	Drives []DriveConfig
+	Nets   []NetConfig
+	Vsock  *VsockConfig
+
 	// DebugExit maps the test exit device at port 0xf4.
 	DebugExit bool
 	// SampleRIP, when non-zero, samples each vCPU's instruction pointer at
@@ -35,6 +40,30 @@ type Config struct {
 	SampleRIP time.Duration
 	// HostQuirks overrides detection of the host's KVM flavour (auto when nil).
 	HostQuirks *bool
+}
+
+// DriveConfig is one virtio-blk disk backed by a raw image file.
+type DriveConfig struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+	Root     bool   // the guest's root device (adds root= to the command line)
+	PartUUID string // root by partition UUID instead of the whole disk
+}
+
+// NetConfig is one virtio-net interface backed by a tap device.
+type NetConfig struct {
+	ID  string
+	Tap string
+	MAC string // the guest's MAC; a stable random one when empty
+}
+
+// VsockConfig is the virtio-vsock device, bridged to host Unix sockets as
+// in Firecracker's hybrid vsock.
+type VsockConfig struct {
+	ID       string
+	GuestCID uint32
+	UDSPath  string
 }
 
 // DefaultCmdline is the kernel command line used when none is given: the

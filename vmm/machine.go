@@ -89,6 +89,7 @@ type Machine struct {
 	exitOnce sync.Once
 	exitCh   chan Exit
 	pause    *pauser
+	exits    exitCounters
 }
 
 // New builds a machine from cfg: KVM objects, guest memory with the kernel,
@@ -103,6 +104,9 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if len(cfg.Drives) > 0 || len(cfg.Nets) > 0 || cfg.Vsock != nil {
+		return nil, fmt.Errorf("virtio devices (drives, network interfaces, vsock) are not supported yet")
 	}
 	kernelImage, err := os.ReadFile(cfg.Kernel)
 	if err != nil {

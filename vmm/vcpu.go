@@ -197,6 +197,7 @@ func (v *vcpu) loop() error {
 
 // handleExit services one exit; done means this vCPU should stop.
 func (v *vcpu) handleExit(exit kvm.ExitReason) (done bool, err error) {
+	v.m.exits.add(exit)
 	switch exit {
 	case kvm.ExitIO:
 		io, err := v.kvm.IO()
