@@ -339,7 +339,7 @@ func (m *Machine) Run(ctx context.Context) Exit {
 	m.uart.Flush()
 	m.log.Info("machine stopped", "reason", e.Kind, "status", e.Status, "err", e.Err, "uptime", time.Since(start).Round(time.Millisecond))
 	if m.syms != nil && m.cfg.SampleRIP > 0 {
-		m.reportSamples()
+		m.reportSamples(20)
 	}
 	return e
 }

@@ -96,10 +96,15 @@ func (m *Machine) startSampler(every time.Duration) func() {
 		defer close(finished)
 		t := time.NewTicker(every)
 		defer t.Stop()
+		report := time.NewTicker(sampleReportEvery)
+		defer report.Stop()
 		for {
 			select {
 			case <-done:
 				return
+			case <-report.C:
+				// A stalled guest shows up here while it is still stalled.
+				m.reportSamples(5)
 			case <-t.C:
 				for _, v := range m.vcpus {
 					v.sampleReq.Store(true)
@@ -124,8 +129,11 @@ func (v *vcpu) sample() {
 	v.samplesMu.Unlock()
 }
 
-// reportSamples logs the hottest guest functions seen by the sampler.
-func (m *Machine) reportSamples() {
+// sampleReportEvery is how often the sampler logs the hottest functions.
+const sampleReportEvery = 10 * time.Second
+
+// reportSamples logs the top hottest guest functions seen by the sampler.
+func (m *Machine) reportSamples(top int) {
 	bySym := map[string]int{}
 	total := 0
 	for _, v := range m.vcpus {
@@ -146,7 +154,7 @@ func (m *Machine) reportSamples() {
 	}
 	sort.Slice(hs, func(i, j int) bool { return hs[i].n > hs[j].n })
 	for i, h := range hs {
-		if i == 20 {
+		if i == top {
 			break
 		}
 		m.log.Info("rip sample", "symbol", h.name, "hits", h.n, "share", fmt.Sprintf("%.1f%%", 100*float64(h.n)/float64(total)))
