@@ -120,6 +120,8 @@ type ACPIConfig struct {
 	ResetValue uint8
 	// S5SleepType is the SLP_TYP value of \_S5 (soft off).
 	S5SleepType uint8
+	// PCI, when set, adds a PCI host bridge (\_SB.PCI0) to the DSDT.
+	PCI *PCIHostBridge
 }
 
 // WriteACPITables writes RSDP, XSDT, FADT, DSDT and MADT into
@@ -331,6 +333,13 @@ func dsdtAML(cfg ACPIConfig) ([]byte, error) {
 	name, err := amlName(`\_S5_`, s5)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.PCI != nil {
+		pci, err := pciHostBridgeAML(cfg.PCI)
+		if err != nil {
+			return nil, err
+		}
+		name = append(name, pci...)
 	}
 	return name, nil
 }

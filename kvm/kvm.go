@@ -55,6 +55,7 @@ const (
 	ioctlGetVCPUEvents       = 0x8040ae9f
 	ioctlSetVCPUEvents       = 0x4040aea0
 	ioctlSignalMSI           = 0x4020aea5
+	ioctlGetTSCKHz           = 0xaea3
 	ioctlGetClock            = 0x8030ae7c
 	ioctlSetClock            = 0x4030ae7b
 )

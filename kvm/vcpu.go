@@ -372,3 +372,12 @@ func (v *VCPU) MSRs(indices ...uint32) ([]MSR, error) {
 	}
 	return out, nil
 }
+
+// TSCKHz returns the guest TSC frequency in kHz (KVM_GET_TSC_KHZ).
+func (v *VCPU) TSCKHz() (uint32, error) {
+	n, err := ioctl(v.fd, ioctlGetTSCKHz, 0)
+	if err != nil {
+		return 0, fmt.Errorf("kvm: KVM_GET_TSC_KHZ on vCPU %d: %w", v.id, err)
+	}
+	return uint32(n), nil
+}

@@ -89,7 +89,9 @@ type Machine struct {
 	exitOnce sync.Once
 	exitCh   chan Exit
 	pause    *pauser
+	pci      *pciState // nil without PCI devices
 	exits    exitCounters
+	kbd      *i8042.Controller
 }
 
 // New builds a machine from cfg: KVM objects, guest memory with the kernel,
@@ -105,8 +107,8 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if len(cfg.Drives) > 0 || len(cfg.Nets) > 0 || cfg.Vsock != nil {
-		return nil, fmt.Errorf("virtio devices (drives, network interfaces, vsock) are not supported yet")
+	if len(cfg.Nets) > 0 || cfg.Vsock != nil {
+		return nil, fmt.Errorf("virtio devices (network interfaces, vsock) are not supported yet")
 	}
 	kernelImage, err := os.ReadFile(cfg.Kernel)
 	if err != nil {
@@ -168,6 +170,20 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		}
 	}
 
+	// vCPUs exist before the command line is written: on kvm-pvm hosts it
+	// carries the TSC frequency KVM reports for them.
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < cfg.CPUs; i++ {
+		v, err := m.newVCPU(i, supported)
+		if err != nil {
+			return nil, err
+		}
+		m.vcpus = append(m.vcpus, v)
+	}
+
 	kernel, err := boot.LoadKernel(m.mem, kernelImage)
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
@@ -188,6 +204,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		ResetPort:        pmPort + acpipm.Reset,
 		ResetValue:       acpipm.ResetValue,
 		S5SleepType:      acpipm.S5SleepType,
+		PCI:              pciACPI(cfg),
 	}); err != nil {
 		return nil, fmt.Errorf("ACPI tables: %w", err)
 	}
@@ -204,28 +221,30 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	if err = m.setupDevices(); err != nil {
 		return nil, err
 	}
-	m.syms = loadSymbols(cfg.SystemMap, cfg.Kernel, log)
-
-	supported, err := m.sys.SupportedCPUID()
-	if err != nil {
+	if err = m.setupPCI(); err != nil {
 		return nil, err
 	}
-	for i := 0; i < cfg.CPUs; i++ {
-		v, err := m.newVCPU(i, supported, bootState)
-		if err != nil {
-			return nil, err
-		}
-		m.vcpus = append(m.vcpus, v)
+	m.syms = loadSymbols(cfg.SystemMap, cfg.Kernel, log)
+
+	if err = m.vcpus[0].setBootState(bootState); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
 
 // cmdline returns the kernel command line with any host workarounds added.
 func (m *Machine) cmdline() string {
+	c := withDriveRoot(m.cfg.Cmdline, m.cfg.Drives)
 	if !m.pvm {
-		return m.cfg.Cmdline
+		return c
 	}
-	return pvmCmdline(m.cfg.Cmdline)
+	var tscKHz uint32
+	if len(m.vcpus) > 0 {
+		if khz, err := m.vcpus[0].kvm.TSCKHz(); err == nil {
+			tscKHz = khz
+		}
+	}
+	return pvmCmdline(c, tscKHz)
 }
 
 // irqLine drives one in-kernel irqchip input from a device's level.
@@ -247,7 +266,8 @@ func (m *Machine) setupDevices() error {
 	m.mmio = devices.NewBus("mmio")
 	out := m.cfg.ConsoleOut
 	m.uart = serial.New(irqLine{m.vm, com1IRQ}, out)
-	kbd := i8042.New(func() { m.finish(Exit{Kind: ExitReset}) })
+	kbd := i8042.New(irqLine{m.vm, kbdIRQ}, func() { m.finish(Exit{Kind: ExitReset}) })
+	m.kbd = kbd
 	pm := acpipm.New(func() { m.finish(Exit{Kind: ExitPowerOff}) }, func() { m.finish(Exit{Kind: ExitReset}) })
 	regs := []struct {
 		name       string
@@ -350,6 +370,8 @@ func (m *Machine) Close() error {
 	if m.uart != nil {
 		errs = append(errs, m.uart.Close())
 	}
+	// PCI devices stop their I/O before guest memory goes away.
+	errs = append(errs, m.closePCI())
 	for _, v := range m.vcpus {
 		errs = append(errs, v.kvm.Close())
 	}

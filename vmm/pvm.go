@@ -40,15 +40,22 @@ func pvmCmdlineOptions() []string {
 	}
 }
 
-// pvmCmdline returns cmdline with the kvm-pvm options added.
-func pvmCmdline(cmdline string) string {
+// pvmCmdline returns cmdline with the kvm-pvm options added. tscKHz, when
+// known, is passed as tsc_early_khz: calibrating the TSC against the PIT
+// fails under the emulator (each PIT read takes too long), and without a
+// known TSC rate the kernel's APIC timer calibration waits on timer ticks.
+func pvmCmdline(cmdline string, tscKHz uint32) string {
 	have := map[string]bool{}
 	for _, f := range strings.Fields(cmdline) {
 		k, _, _ := strings.Cut(f, "=")
 		have[k] = true
 	}
 	out := cmdline
-	for _, o := range pvmCmdlineOptions() {
+	opts := pvmCmdlineOptions()
+	if tscKHz > 0 {
+		opts = append(opts, fmt.Sprintf("tsc_early_khz=%d", tscKHz))
+	}
+	for _, o := range opts {
 		k, _, _ := strings.Cut(o, "=")
 		if !have[k] {
 			out += " " + o

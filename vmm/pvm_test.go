@@ -53,7 +53,10 @@ func FuzzDecodeFixup(f *testing.F) {
 }
 
 func TestPVMCmdline(t *testing.T) {
-	got := pvmCmdline("console=ttyS0 lpj=5")
+	got := pvmCmdline("console=ttyS0 lpj=5", 2596094)
+	if !strings.Contains(got, "tsc_early_khz=2596094") {
+		t.Fatalf("no TSC rate: %q", got)
+	}
 	if !strings.Contains(got, "nopv") || !strings.Contains(got, "noxsave") {
 		t.Fatalf("missing options: %q", got)
 	}

@@ -103,8 +103,10 @@ func (m *Machine) startSampler(every time.Duration) func() {
 			case <-done:
 				return
 			case <-report.C:
-				// A stalled guest shows up here while it is still stalled.
+				// A stalled guest shows up here while it is still stalled:
+				// each report covers only the last interval.
 				m.reportSamples(5)
+				m.resetSamples()
 			case <-t.C:
 				for _, v := range m.vcpus {
 					v.sampleReq.Store(true)
@@ -127,6 +129,15 @@ func (v *vcpu) sample() {
 	}
 	v.samples[regs.RIP]++
 	v.samplesMu.Unlock()
+}
+
+// resetSamples starts a new sampling window.
+func (m *Machine) resetSamples() {
+	for _, v := range m.vcpus {
+		v.samplesMu.Lock()
+		v.samples = nil
+		v.samplesMu.Unlock()
+	}
 }
 
 // sampleReportEvery is how often the sampler logs the hottest functions.

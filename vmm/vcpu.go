@@ -60,7 +60,7 @@ const (
 	mxcsrReset          = 0x1f80
 )
 
-func (m *Machine) newVCPU(id int, supported kvm.CPUID, bsp *boot.CPUState) (*vcpu, error) {
+func (m *Machine) newVCPU(id int, supported kvm.CPUID) (*vcpu, error) {
 	kv, err := m.vm.CreateVCPU(id)
 	if err != nil {
 		return nil, err
@@ -79,13 +79,8 @@ func (m *Machine) newVCPU(id int, supported kvm.CPUID, bsp *boot.CPUState) (*vcp
 		kv.Close()
 		return nil, err
 	}
-	if id == 0 {
-		if err := v.setBootState(bsp); err != nil {
-			kv.Close()
-			return nil, err
-		}
-	}
-	// Application processors wait in the in-kernel LAPIC for INIT/SIPI.
+	// The boot processor gets its entry state once the kernel is loaded;
+	// application processors wait in the in-kernel LAPIC for INIT/SIPI.
 	return v, nil
 }
 
@@ -175,11 +170,13 @@ func (v *vcpu) loop() error {
 	defer runtime.UnlockOSThread()
 	v.tid.Store(int32(unix.Gettid()))
 	defer v.tid.Store(0)
+	probe := newFirstRunProbe(v.id) // nil unless VMM_LAUNCH_NS is set
 	for !v.stopping.Load() {
 		v.m.pause.park(v.stopping.Load)
 		if v.stopping.Load() {
 			break
 		}
+		probe.fire()
 		exit, err := v.kvm.Run()
 		if err != nil {
 			return fmt.Errorf("vCPU %d: %w", v.id, err)

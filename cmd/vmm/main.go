@@ -6,6 +6,17 @@
 // With no --kernel it boots the project's default guest (build/guest, made
 // by `make guest`). On a terminal, Ctrl-A x ends the VM; Ctrl-A Ctrl-A sends
 // a literal Ctrl-A.
+//
+// Like Firecracker, it can instead be driven through a REST API on a Unix
+// socket, or boot from a JSON config file, or both:
+//
+//	vmm --api-sock /tmp/vmm.sock             # configure and start over the API
+//	vmm --config-file vm.json                # boot at once from the file
+//	vmm --config-file vm.json --api-sock S   # boot from the file, serve the API
+//
+// Command-line flags given explicitly (--kernel, --mem, ...) are the
+// starting configuration that the file and the API override. The process
+// exits when the machine ends, with the machine's exit status.
 package main
 
 import (
@@ -24,8 +35,15 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/govmm/vmm/api"
 	"github.com/govmm/vmm/vmm"
 )
+
+// version is reported by the API (GET / and GET /version).
+const version = "0.1.0"
+
+// shutdownTimeout bounds waiting for API requests in flight at exit.
+const shutdownTimeout = 2 * time.Second
 
 // exitUsage is the status for bad flags, as flag.ExitOnError uses.
 const exitUsage = 2
@@ -37,7 +55,15 @@ func main() {
 type options struct {
 	cfg      vmm.Config
 	logLevel slog.Level
+
+	apiSock    string // serve the API here
+	configFile string // boot from this Firecracker config file
+	id         string // instance id reported by the API
 }
+
+// apiMode reports whether the VM is configured by the API or a config file
+// rather than by flags alone.
+func (o *options) apiMode() bool { return o.apiSock != "" || o.configFile != "" }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
@@ -55,6 +81,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.cfg.SystemMap, "system-map", "", "System.map for symbolizing guest addresses (default: beside the kernel)")
 	fs.BoolVar(&o.cfg.DebugExit, "debug-exit", false, "map the test exit device at port 0xf4 (guest-chosen exit status)")
 	fs.DurationVar(&o.cfg.SampleRIP, "sample-rip", 0, "sample vCPU instruction pointers at this interval and log the hottest guest symbols")
+	fs.Var(diskFlag{&o.cfg.Drives}, "disk", "virtio-blk disk: path=FILE[,ro][,id=NAME][,root] (repeatable)")
+	fs.StringVar(&o.apiSock, "api-sock", "", "serve the Firecracker-compatible API on this Unix socket (the VM starts on InstanceStart)")
+	fs.StringVar(&o.configFile, "config-file", "", "boot from this Firecracker-style JSON config file")
+	fs.StringVar(&o.id, "id", api.DefaultID, "instance id reported by the API")
+	fs.Bool("no-seccomp", false, "accepted for compatibility with Firecracker's launchers; there is no seccomp filter")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			*help = true
@@ -82,7 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.cfg.CPUs < 1 || o.cfg.CPUs > vmm.MaxCPUs {
 		return nil, fmt.Errorf("invalid --cpus %d: must be 1-%d", o.cfg.CPUs, vmm.MaxCPUs)
 	}
-	if o.cfg.Kernel == "" {
+	if o.cfg.Kernel == "" && !o.apiMode() {
 		o.cfg.Kernel, o.cfg.Initrd = defaultGuest(o.cfg.Initrd)
 		if o.cfg.Kernel == "" {
 			return nil, fmt.Errorf("no --kernel given and no default guest built (run `make guest`)")
@@ -160,20 +191,69 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		o.cfg.ConsoleIn = stdin
 	}
 
-	start := time.Now()
-	m, err := vmm.New(o.cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
-		if isBadInput(err) {
+	ctl := api.NewController(api.Options{ID: o.id, Version: version, Base: o.cfg, Log: log.Handler()})
+	defer func() {
+		if err := ctl.Close(); err != nil {
+			log.Warn("closing logs and metrics", "err", err)
+		}
+	}()
+	log = ctl.Logger() // from here on, PUT /logger decides where logs go
+	if o.configFile != "" {
+		if err := api.LoadConfigFile(ctl, o.configFile); err != nil {
+			fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
 			return exitUsage
 		}
-		return 1
 	}
-	log.Debug("machine ready", "setup", time.Since(start))
-	exit := m.Run(ctx)
-	if err := m.Close(); err != nil {
-		log.Warn("closing machine", "err", err)
+	serveErr := make(chan error, 1)
+	if o.apiSock != "" {
+		srv := api.NewServer(ctl)
+		if err := srv.Listen(o.apiSock); err != nil {
+			fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
+			return 1
+		}
+		go func() { serveErr <- srv.Serve() }()
+		defer func() {
+			sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			defer scancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				log.Warn("shutting down the API server", "err", err)
+			}
+		}()
 	}
+	if o.apiSock == "" || o.configFile != "" {
+		start := time.Now()
+		if err := ctl.Start(); err != nil {
+			cause := err
+			var se *api.StartError
+			if errors.As(err, &se) {
+				cause = se.Err
+			}
+			if !o.apiMode() {
+				err = cause // the flags-only message stays what it always was
+			}
+			fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
+			if isBadInput(cause) {
+				return exitUsage
+			}
+			return 1
+		}
+		log.Debug("machine started", "setup", time.Since(start))
+	}
+
+	select {
+	case <-ctl.Done():
+	case <-ctx.Done():
+		ctl.Stop()
+	case err := <-serveErr:
+		log.Error("API server failed", "err", err)
+		ctl.Stop()
+	}
+	if !ctl.Started() {
+		// Stopped before InstanceStart: nothing ran.
+		return vmm.Exit{Kind: vmm.ExitStopped}.ExitCode()
+	}
+	<-ctl.Done()
+	exit := ctl.Exit()
 	switch {
 	case exit.Kind == vmm.ExitFailed:
 		fmt.Fprintf(stderr, "\r\nvmm: VM failed: %v\n", exit.Err)

@@ -1,0 +1,213 @@
+package virtio
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/govmm/vmm/memory"
+)
+
+// Split virtqueue ring layout (§2.7.6, §2.7.8).
+const (
+	// Driver area (available ring): le16 flags, le16 idx, le16 ring[size],
+	// le16 used_event.
+	availFlagsOff    = 0
+	availIdxOff      = 2
+	availRingOff     = 4
+	availElemSize    = 2
+	availNoInterrupt = 1 // VIRTQ_AVAIL_F_NO_INTERRUPT
+	// Device area (used ring): le16 flags, le16 idx, {le32 id, le32 len}
+	// ring[size], le16 avail_event.
+	usedIdxOff   = 2
+	usedRingOff  = 4
+	usedElemSize = 8
+	// Alignment of the three areas (§2.7, table "Virtqueue Part Alignment").
+	descAlign  = 16
+	availAlign = 2
+	usedAlign  = 4
+	// MaxQueueSize is the largest split queue size (§2.7: up to 32768).
+	MaxQueueSize = 32768
+)
+
+// NoVector is VIRTIO_MSI_NO_VECTOR (§4.1.5.1.2).
+const NoVector = 0xffff
+
+// Queue is a split virtqueue as the driver configured it. The avail side
+// (Pop, Arm) belongs to one goroutine; Push may be called from several.
+type Queue struct {
+	Index int
+	// Driver-programmed configuration (§4.1.4.3, queue_* fields).
+	Size       uint16
+	DescAddr   uint64
+	DriverAddr uint64
+	DeviceAddr uint64
+	Vector     uint16
+
+	mem      *memory.Guest
+	eventIdx bool
+	indirect bool
+	notify   func()
+
+	nextAvail uint16
+
+	mu            sync.Mutex
+	nextUsed      uint16
+	signalledUsed uint16
+
+	barrier atomic.Uint32
+}
+
+// fence orders the VMM's guest-memory stores before later loads, where the
+// driver's view of the ring depends on it (the ring's "memory barrier"
+// steps, §2.7.7.2, §2.7.13): a locked read-modify-write is a full barrier.
+func (q *Queue) fence() { q.barrier.Add(1) }
+
+// prepare validates the driver's ring addresses and readies the queue to
+// run against mem with the negotiated features.
+func (q *Queue) prepare(mem *memory.Guest, features uint64, notify func()) error {
+	if q.Size == 0 || q.Size&(q.Size-1) != 0 || q.Size > MaxQueueSize {
+		return fmt.Errorf("queue %d: size %d is not a power of two up to %d", q.Index, q.Size, MaxQueueSize)
+	}
+	n := uint64(q.Size)
+	areas := []struct {
+		name       string
+		addr, size uint64
+		align      uint64
+	}{
+		{"descriptor table", q.DescAddr, descSize * n, descAlign},
+		{"driver area", q.DriverAddr, availRingOff + availElemSize*n + 2, availAlign},
+		{"device area", q.DeviceAddr, usedRingOff + usedElemSize*n + 2, usedAlign},
+	}
+	for _, a := range areas {
+		if a.addr%a.align != 0 {
+			return fmt.Errorf("queue %d: %s at %#x is not %d-byte aligned", q.Index, a.name, a.addr, a.align)
+		}
+		if !mem.Contains(a.addr, a.size) {
+			return fmt.Errorf("queue %d: %s [%#x, +%#x) is outside guest RAM", q.Index, a.name, a.addr, a.size)
+		}
+	}
+	q.mem = mem
+	q.eventIdx = features&FeatureEventIdx != 0
+	q.indirect = features&FeatureIndirectDesc != 0
+	q.notify = notify
+	q.nextAvail, q.nextUsed, q.signalledUsed = 0, 0, 0
+	return nil
+}
+
+// NewTestQueue returns a queue ready to use without a transport, for device
+// tests driving a fake guest.
+func NewTestQueue(mem *memory.Guest, size uint16, desc, driver, device uint64, features uint64, notify func()) (*Queue, error) {
+	q := &Queue{Size: size, DescAddr: desc, DriverAddr: driver, DeviceAddr: device, Vector: NoVector}
+	if notify == nil {
+		notify = func() {}
+	}
+	if err := q.prepare(mem, features, notify); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// Pop returns the next available chain, ok=false when the ring is empty. A
+// non-nil error means the driver broke the protocol; the queue must not be
+// used further.
+func (q *Queue) Pop() (c Chain, ok bool, err error) {
+	idx, err := q.mem.Uint16(q.DriverAddr + availIdxOff)
+	if err != nil {
+		return c, false, fmt.Errorf("queue %d: read avail idx: %w", q.Index, err)
+	}
+	if idx == q.nextAvail {
+		return c, false, nil
+	}
+	if uint16(idx-q.nextAvail) > q.Size {
+		return c, false, fmt.Errorf("queue %d: %w: avail idx %d is more than %d ahead of %d", q.Index, ErrBadChain, idx, q.Size, q.nextAvail)
+	}
+	slot := uint64(q.nextAvail % q.Size)
+	head, err := q.mem.Uint16(q.DriverAddr + availRingOff + availElemSize*slot)
+	if err != nil {
+		return c, false, fmt.Errorf("queue %d: read avail ring: %w", q.Index, err)
+	}
+	q.nextAvail++
+	c, err = ParseChain(q.mem, q.DescAddr, q.Size, head, q.indirect)
+	if err != nil {
+		return c, false, fmt.Errorf("queue %d: %w", q.Index, err)
+	}
+	return c, true, nil
+}
+
+// Arm asks for a notification for the next buffer the driver makes
+// available (with EVENT_IDX: avail_event = the next index we will read,
+// §2.7.10) and reports whether buffers arrived in the meantime, in which
+// case the caller must keep popping rather than wait.
+func (q *Queue) Arm() (more bool, err error) {
+	if q.eventIdx {
+		if err := q.mem.PutUint16(q.DeviceAddr+usedRingOff+usedElemSize*uint64(q.Size), q.nextAvail); err != nil {
+			return false, fmt.Errorf("queue %d: write avail_event: %w", q.Index, err)
+		}
+	}
+	q.fence()
+	idx, err := q.mem.Uint16(q.DriverAddr + availIdxOff)
+	if err != nil {
+		return false, fmt.Errorf("queue %d: read avail idx: %w", q.Index, err)
+	}
+	return idx != q.nextAvail, nil
+}
+
+// Push returns the chain with head to the driver with written bytes
+// stored in its writable buffers, and sends a used-buffer notification
+// unless the driver suppressed it (§2.7.7, §2.7.10).
+func (q *Queue) Push(head uint16, written uint32) error {
+	q.mu.Lock()
+	slot := uint64(q.nextUsed % q.Size)
+	elem := q.DeviceAddr + usedRingOff + usedElemSize*slot
+	if err := q.mem.PutUint32(elem, uint32(head)); err != nil {
+		q.mu.Unlock()
+		return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
+	}
+	if err := q.mem.PutUint32(elem+4, written); err != nil {
+		q.mu.Unlock()
+		return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
+	}
+	// The element must be visible before the index that publishes it.
+	q.fence()
+	q.nextUsed++
+	if err := q.mem.PutUint16(q.DeviceAddr+usedIdxOff, q.nextUsed); err != nil {
+		q.mu.Unlock()
+		return fmt.Errorf("queue %d: write used idx: %w", q.Index, err)
+	}
+	// ...and the index before we read the driver's suppression state.
+	q.fence()
+	need, err := q.needNotifyLocked()
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if need {
+		q.notify()
+	}
+	return nil
+}
+
+// needNotifyLocked decides whether the driver wants to hear about the used
+// entries added since the last notification.
+func (q *Queue) needNotifyLocked() (bool, error) {
+	if !q.eventIdx {
+		flags, err := q.mem.Uint16(q.DriverAddr + availFlagsOff)
+		if err != nil {
+			return false, fmt.Errorf("queue %d: read avail flags: %w", q.Index, err)
+		}
+		return flags&availNoInterrupt == 0, nil
+	}
+	usedEvent, err := q.mem.Uint16(q.DriverAddr + availRingOff + availElemSize*uint64(q.Size))
+	if err != nil {
+		return false, fmt.Errorf("queue %d: read used_event: %w", q.Index, err)
+	}
+	old, cur := q.signalledUsed, q.nextUsed
+	q.signalledUsed = cur
+	// vring_need_event (§2.7.10): notify when used_event lies in
+	// [old, cur), i.e. the driver asked to hear about one of these.
+	return uint16(cur-usedEvent-1) < uint16(cur-old), nil
+}
+
+// Mem returns the guest memory the queue's buffers live in.
+func (q *Queue) Mem() *memory.Guest { return q.mem }

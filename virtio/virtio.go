@@ -1,0 +1,75 @@
+// Package virtio is the device-independent core of the VMM's virtio 1.x
+// devices (OASIS virtio 1.2): split virtqueues with indirect descriptors and
+// EVENT_IDX, feature negotiation, the device status state machine with
+// reset, and the modern PCI transport (§4.1). Device types (virtio/blk, ...)
+// implement Device and see only queues of descriptor chains.
+package virtio
+
+import (
+	"log/slog"
+
+	"github.com/govmm/vmm/memory"
+)
+
+// Device status bits (§2.1).
+const (
+	StatusAcknowledge      = 1
+	StatusDriver           = 2
+	StatusDriverOK         = 4
+	StatusFeaturesOK       = 8
+	StatusDeviceNeedsReset = 64
+	StatusFailed           = 128
+)
+
+// Reserved feature bits (§6).
+const (
+	FeatureIndirectDesc = 1 << 28 // VIRTIO_F_INDIRECT_DESC
+	FeatureEventIdx     = 1 << 29 // VIRTIO_F_EVENT_IDX
+	FeatureVersion1     = 1 << 32 // VIRTIO_F_VERSION_1
+)
+
+// transportFeatures are what the core itself implements for every device.
+const transportFeatures = FeatureIndirectDesc | FeatureEventIdx | FeatureVersion1
+
+// Device types (§5).
+const (
+	TypeNet   = 1
+	TypeBlock = 2
+	TypeVsock = 19
+)
+
+// Device is one virtio device type's half of a device; the transport does
+// the rest.
+type Device interface {
+	// Type returns the virtio device ID (§5).
+	Type() uint16
+	// Features returns the device-specific feature bits offered.
+	Features() uint64
+	// QueueSizes returns the maximum size of each virtqueue.
+	QueueSizes() []uint16
+	// ReadConfig and WriteConfig access the device configuration space.
+	ReadConfig(off uint64, data []byte)
+	WriteConfig(off uint64, data []byte)
+	// Activate starts processing once the driver set DRIVER_OK.
+	Activate(a *Activation) error
+	// Reset stops all processing and returns only when nothing touches
+	// guest memory any more. It is also called on teardown.
+	Reset()
+}
+
+// Activation is everything a device needs to run after DRIVER_OK.
+type Activation struct {
+	Mem      *memory.Guest
+	Features uint64 // negotiated
+	// Queues are the enabled virtqueues, indexed by queue number (nil
+	// entries were not enabled by the driver).
+	Queues []*Queue
+	// Kicks delivers the driver's available-buffer notifications, one
+	// channel per queue. A kick may be coalesced with earlier ones.
+	Kicks []<-chan struct{}
+	// Fail marks the device broken (DEVICE_NEEDS_RESET, §2.1.2) because
+	// the driver handed it something invalid; the device must stop using
+	// the queue. Safe to call from any goroutine.
+	Fail func(reason error)
+	Log  *slog.Logger
+}
