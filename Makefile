@@ -14,7 +14,7 @@ export VMM_CACHE ?= $(HOME)/.cache/vmm
 MEM ?= 128M
 TEST_TIMEOUT ?= 80m
 
-.PHONY: all vmm deps guest kernel initramfs testguest run test check unit integration bench clean
+.PHONY: all vmm deps guest kernel initramfs testguest testimage run test check unit integration bench clean
 
 all: vmm
 
@@ -25,7 +25,7 @@ vmm:
 deps:
 	@scripts/deps.sh
 
-guest: kernel initramfs testguest
+guest: kernel initramfs testguest testimage
 
 kernel: deps
 	guest/kernel/build.sh $(GUEST_DIR)
@@ -35,6 +35,10 @@ initramfs:
 
 testguest: deps
 	guest/testguest/build.sh $(GUEST_DIR)
+
+# Busybox container image for the agent and container tests.
+testimage: deps
+	$(GO) run ./guest/testimage/mktestimage -o $(GUEST_DIR)/test.ext4
 
 run: vmm guest
 	./bin/vmm --mem $(MEM)
@@ -53,6 +57,13 @@ unit: check
 
 integration: vmm guest
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/
+
+# vmm vs QEMU side by side (startup, boot, memory, scaling): raw results in
+# benchmarks/results/<date>/, the report in benchmarks/RESULTS.md. QEMU is
+# installed if missing; if that fails, its columns are skipped.
+bench: vmm guest
+	@benchmarks/install-qemu.sh
+	$(GO) run ./benchmarks -guest-dir $(GUEST_DIR) $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin build

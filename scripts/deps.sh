@@ -10,6 +10,8 @@ have make || need+=(make)
 have cpio || need+=(cpio)
 have mkfs.ext4 || need+=(e2fsprogs)
 have ip || need+=(iproute2)
+[[ -x /bin/busybox ]] || need+=(busybox-static)
+have debugfs || need+=(e2fsprogs)
 [[ -f /usr/src/linux-source-6.12.tar.xz ]] || need+=(linux-source-6.12)
 
 if ! have go; then

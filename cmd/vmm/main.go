@@ -49,7 +49,11 @@ const shutdownTimeout = 2 * time.Second
 const exitUsage = 2
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "image" {
+		os.Exit(imageMain(args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
 }
 
 type options struct {

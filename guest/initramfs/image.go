@@ -72,6 +72,14 @@ func newImage(initBinary, busyboxBinary []byte, commands []string) *image {
 	return img
 }
 
+// agentArchivePath is where guest/init looks for the agent.
+const agentArchivePath = "bin/vmm-agent"
+
+// addAgent adds the guest agent binary.
+func (img *image) addAgent(agentBinary []byte) {
+	img.add(executable(agentArchivePath, agentBinary))
+}
+
 func executable(name string, contents []byte) cpio.Record {
 	return cpio.StaticRecord(contents, cpio.Info{Name: name, Mode: cpio.S_IFREG | 0o755})
 }

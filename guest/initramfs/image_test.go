@@ -186,3 +186,19 @@ func TestCommandName(t *testing.T) {
 		}
 	}
 }
+
+func TestImageWithAgent(t *testing.T) {
+	img := newImage([]byte("init"), []byte("bb"), []string{uRootCore + "gosh"})
+	img.addAgent([]byte("agent-binary"))
+	archive, err := img.archive()
+	if err != nil {
+		t.Fatalf("archive: %v", err)
+	}
+	r, ok := recordsByName(readArchive(t, archive))["bin/vmm-agent"]
+	if !ok {
+		t.Fatal("bin/vmm-agent missing")
+	}
+	if r.Mode != cpio.S_IFREG|0o755 || contents(t, r) != "agent-binary" {
+		t.Errorf("bin/vmm-agent: mode %o, contents %q", r.Mode, contents(t, r))
+	}
+}

@@ -19,6 +19,10 @@ import (
 // initPackage is the import path of the program that becomes /init.
 const initPackage = "github.com/govmm/vmm/guest/init"
 
+// agentPackage is the guest agent, installed as /bin/vmm-agent, which
+// /init starts when present.
+const agentPackage = "github.com/govmm/vmm/guest/agent"
+
 // Options control what goes into the archive and where it is built from.
 type Options struct {
 	// ModuleDir is the root of the vmm module: its go.mod pins the u-root
@@ -30,6 +34,11 @@ type Options struct {
 	// busybox binary, each linked as /bin/<last path element>. Nil means
 	// DefaultCommands. The list must include the shell (gosh).
 	Commands []string
+
+	// WithoutAgent leaves the guest agent (/bin/vmm-agent, about 3.5 MB)
+	// out, for guests that never run containers and want the smallest
+	// archive.
+	WithoutAgent bool
 
 	// Logf receives progress messages. Nil discards them.
 	Logf func(format string, args ...any)
@@ -62,6 +71,15 @@ func Build(ctx context.Context, opts Options) ([]byte, error) {
 	}
 	opts.Logf("built /init from %s in %s", initPackage, since(start))
 
+	agentPath := filepath.Join(workDir, "vmm-agent")
+	if !opts.WithoutAgent {
+		start = time.Now()
+		if err := toolchain.buildProgram(ctx, agentPackage, agentPath); err != nil {
+			return nil, err
+		}
+		opts.Logf("built /%s from %s in %s", agentArchivePath, agentPackage, since(start))
+	}
+
 	busyboxPath := filepath.Join(workDir, "bb")
 	start = time.Now()
 	if err := toolchain.buildBusybox(ctx, filepath.Join(workDir, "bbsrc"), busyboxPath, opts.Commands, opts.Logf); err != nil {
@@ -79,6 +97,13 @@ func Build(ctx context.Context, opts Options) ([]byte, error) {
 	}
 
 	image := newImage(initBinary, busyboxBinary, opts.Commands)
+	if !opts.WithoutAgent {
+		agentBinary, err := os.ReadFile(agentPath)
+		if err != nil {
+			return nil, fmt.Errorf("reading built agent: %w", err)
+		}
+		image.addAgent(agentBinary)
+	}
 	archive, err := image.archive()
 	if err != nil {
 		return nil, err

@@ -34,7 +34,7 @@ func TestBuild(t *testing.T) {
 	checkOrdering(t, records)
 
 	t.Run("static executables", func(t *testing.T) {
-		for _, name := range []string{"init", "bin/bb"} {
+		for _, name := range []string{"init", "bin/bb", agentArchivePath} {
 			r, ok := byName[name]
 			if !ok {
 				t.Errorf("%s missing", name)

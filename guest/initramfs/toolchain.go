@@ -55,13 +55,19 @@ func guestEnv(extra ...string) []string {
 
 // buildInit compiles guest/init as a static binary at out.
 func (t goToolchain) buildInit(ctx context.Context, out string) error {
+	return t.buildProgram(ctx, initPackage, out)
+}
+
+// buildProgram compiles a main package of the vmm module as a static
+// guest binary at out.
+func (t goToolchain) buildProgram(ctx context.Context, pkg, out string) error {
 	args := append([]string{"build", "-o", out}, reproducibleFlags()...)
-	args = append(args, initPackage)
+	args = append(args, pkg)
 	cmd := exec.CommandContext(ctx, goTool(), args...)
 	cmd.Dir = t.moduleDir
 	cmd.Env = guestEnv()
 	if output, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building %s: %w\n%s", initPackage, err, output)
+		return fmt.Errorf("building %s: %w\n%s", pkg, err, output)
 	}
 	return nil
 }

@@ -1,0 +1,402 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/govmm/vmm/guest/agent/protocol"
+	"golang.org/x/sys/unix"
+)
+
+// agentName goes into Hello and Version answers.
+const agentName = "vmm-agent/1"
+
+// agent is the state shared by every connection: containers outlive the
+// connection that created them, so a shim can reconnect.
+type agent struct {
+	selfExe string // the binary re-executed as the init helper
+	runDir  string
+	cgroups *cgroupManager
+	logf    func(format string, args ...any)
+	spawner *spawner
+
+	mu         sync.Mutex
+	containers map[string]*container
+}
+
+func newAgent(selfExe, runDir string, cgroups *cgroupManager, logf func(string, ...any)) *agent {
+	return &agent{
+		selfExe:    selfExe,
+		runDir:     runDir,
+		cgroups:    cgroups,
+		logf:       logf,
+		spawner:    newSpawner(),
+		containers: make(map[string]*container),
+	}
+}
+
+// serve accepts connections until l fails.
+func (a *agent) serve(l net.Listener) error {
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		a.serveConn(nc)
+	}
+}
+
+// serveConn starts serving one connection; it returns at once.
+func (a *agent) serveConn(nc net.Conn) *protocol.Conn {
+	s := &session{a: a}
+	return protocol.NewConn(nc, s.handle)
+}
+
+// shutdown destroys every container (used when the agent stops).
+func (a *agent) shutdown() {
+	a.mu.Lock()
+	all := make([]*container, 0, len(a.containers))
+	for _, c := range a.containers {
+		if c != nil { // nil: still being created
+			all = append(all, c)
+		}
+	}
+	a.containers = map[string]*container{}
+	a.mu.Unlock()
+	for _, c := range all {
+		if err := c.destroy(); err != nil {
+			a.logf("destroying container %s: %v", c.id, err)
+		}
+	}
+	if a.cgroups != nil {
+		a.cgroups.cleanup()
+	}
+	a.spawner.stop()
+}
+
+// session is one connection's state.
+type session struct {
+	a     *agent
+	hello atomic.Bool
+}
+
+func decode(params json.RawMessage, v any) error {
+	if len(params) == 0 {
+		params = json.RawMessage("{}")
+	}
+	if err := json.Unmarshal(params, v); err != nil {
+		return protocol.Errorf(protocol.CodeInvalidArgument, "malformed params: %v", err)
+	}
+	return nil
+}
+
+func (s *session) handle(ctx context.Context, conn *protocol.Conn, method string, params json.RawMessage) (any, error) {
+	if method != protocol.MethodHello && !s.hello.Load() {
+		return nil, protocol.Errorf(protocol.CodeFailedPrecondition, "the connection must start with %s", protocol.MethodHello)
+	}
+	switch method {
+	case protocol.MethodHello:
+		var req protocol.HelloRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		if req.Version != protocol.Version {
+			return nil, protocol.Errorf(protocol.CodeVersion, "client speaks version %d, agent %d", req.Version, protocol.Version)
+		}
+		s.hello.Store(true)
+		return protocol.HelloResponse{Version: protocol.Version, Agent: agentName}, nil
+	case protocol.MethodPing:
+		return protocol.Empty{}, nil
+	case protocol.MethodVersion:
+		var uts unix.Utsname
+		_ = unix.Uname(&uts)
+		return protocol.VersionResponse{ProtocolVersion: protocol.Version, Agent: agentName, Kernel: unix.ByteSliceToString(uts.Release[:])}, nil
+	case protocol.MethodCreateContainer:
+		var req protocol.CreateContainerRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		return s.a.createContainer(req)
+	case protocol.MethodStartProcess:
+		var req protocol.StartProcessRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		c, err := s.a.lookup(req.ContainerID)
+		if err != nil {
+			return nil, err
+		}
+		if err := validateProcess(&req.Process); err != nil {
+			return nil, err
+		}
+		p, err := s.a.startInit(conn, c, req.Process)
+		if err != nil {
+			return nil, err
+		}
+		return protocol.ProcessResponse{PID: p.cmd.Process.Pid}, nil
+	case protocol.MethodExecProcess:
+		var req protocol.ExecProcessRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		if req.ExecID == protocol.InitExecID || validateID(req.ExecID) != nil {
+			return nil, protocol.Errorf(protocol.CodeInvalidArgument, "bad exec id %q", req.ExecID)
+		}
+		c, err := s.a.lookup(req.ContainerID)
+		if err != nil {
+			return nil, err
+		}
+		if err := validateProcess(&req.Process); err != nil {
+			return nil, err
+		}
+		p, err := s.a.execIn(conn, c, req.ExecID, req.Process)
+		if err != nil {
+			return nil, err
+		}
+		return protocol.ProcessResponse{PID: p.cmd.Process.Pid}, nil
+	case protocol.MethodSignal:
+		var req protocol.SignalRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		if req.Signal < 1 || req.Signal > 64 {
+			return nil, protocol.Errorf(protocol.CodeInvalidArgument, "bad signal %d", req.Signal)
+		}
+		p, err := s.a.lookupProcess(req.ProcessRef)
+		if err != nil {
+			return nil, err
+		}
+		return nil, p.signal(syscall.Signal(req.Signal))
+	case protocol.MethodWait:
+		var req protocol.ProcessRef
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		p, err := s.a.lookupProcess(req)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-p.done:
+			return p.status, nil
+		case <-ctx.Done():
+			return nil, protocol.Errorf(protocol.CodeUnavailable, "connection closed")
+		}
+	case protocol.MethodCloseStdin:
+		var req protocol.ProcessRef
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		p, err := s.a.lookupProcess(req)
+		if err != nil {
+			return nil, err
+		}
+		return nil, p.closeStdin()
+	case protocol.MethodResizeTTY:
+		var req protocol.ResizeTTYRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		p, err := s.a.lookupProcess(req.ProcessRef)
+		if err != nil {
+			return nil, err
+		}
+		return nil, p.resize(req.Rows, req.Cols)
+	case protocol.MethodDestroyContainer:
+		var req protocol.DestroyContainerRequest
+		if err := decode(params, &req); err != nil {
+			return nil, err
+		}
+		return nil, s.a.destroyContainer(req.ID)
+	}
+	return nil, protocol.Errorf(protocol.CodeUnimplemented, "unknown method %q", method)
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// validateID accepts ids that are safe as a single path element (they
+// name cgroup and scratch directories).
+func validateID(id string) error {
+	if !idPattern.MatchString(id) {
+		return protocol.Errorf(protocol.CodeInvalidArgument, "bad id %q: want 1-64 of [A-Za-z0-9_.-], not starting with . _ or -", id)
+	}
+	return nil
+}
+
+func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+
+func validateProcess(p *protocol.Process) error {
+	bad := func(format string, args ...any) error {
+		return protocol.Errorf(protocol.CodeInvalidArgument, format, args...)
+	}
+	if len(p.Args) == 0 || p.Args[0] == "" {
+		return bad("process has no args")
+	}
+	for _, s := range p.Args {
+		if hasNUL(s) {
+			return bad("args contain a NUL byte")
+		}
+	}
+	for _, kv := range p.Env {
+		if hasNUL(kv) || !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
+			return bad("bad environment entry %q", kv)
+		}
+	}
+	if p.Cwd != "" && (!filepath.IsAbs(p.Cwd) || hasNUL(p.Cwd)) {
+		return bad("cwd %q is not an absolute path", p.Cwd)
+	}
+	if len(p.AdditionalGIDs) > 64 {
+		return bad("too many additional gids")
+	}
+	if p.Terminal && p.StderrStream != 0 {
+		return bad("a terminal has no separate stderr: stderr_stream must be 0")
+	}
+	ids := map[uint32]bool{}
+	for _, id := range []uint32{p.StdinStream, p.StdoutStream, p.StderrStream} {
+		if id != 0 && ids[id] {
+			return bad("stream %d is used twice", id)
+		}
+		ids[id] = true
+	}
+	return nil
+}
+
+func validateCreate(req *protocol.CreateContainerRequest) error {
+	bad := func(format string, args ...any) error {
+		return protocol.Errorf(protocol.CodeInvalidArgument, format, args...)
+	}
+	if err := validateID(req.ID); err != nil {
+		return err
+	}
+	r := req.Rootfs
+	if !filepath.IsAbs(r.Source) || hasNUL(r.Source) {
+		return bad("rootfs source %q is not an absolute path", r.Source)
+	}
+	switch r.Type {
+	case "bind":
+		info, err := os.Stat(r.Source)
+		if err != nil || !info.IsDir() {
+			return bad("rootfs directory %s: not a directory", r.Source)
+		}
+	case "ext4", "ext2", "ext3", "xfs", "btrfs", "erofs", "squashfs":
+		info, err := os.Stat(r.Source)
+		if err != nil || info.Mode().Type() != os.ModeDevice {
+			return bad("rootfs %s: not a block device", r.Source)
+		}
+	default:
+		return bad("unsupported rootfs type %q", r.Type)
+	}
+	if len(req.Hostname) > 64 || hasNUL(req.Hostname) {
+		return bad("bad hostname %q", req.Hostname)
+	}
+	res := req.Resources
+	if res.MemoryMaxBytes < 0 || (res.MemoryMaxBytes > 0 && res.MemoryMaxBytes < 1<<20) {
+		return bad("memory limit %d: want 0 (none) or at least 1 MiB", res.MemoryMaxBytes)
+	}
+	if res.CPUQuotaMicros < 0 || (res.CPUQuotaMicros > 0 && res.CPUQuotaMicros < 1000) {
+		return bad("cpu quota %dus: want 0 (none) or at least 1000us", res.CPUQuotaMicros)
+	}
+	if res.CPUPeriodMicros != 0 && (res.CPUPeriodMicros < 1000 || res.CPUPeriodMicros > 1000000) {
+		return bad("cpu period %dus: want 1000-1000000us", res.CPUPeriodMicros)
+	}
+	return nil
+}
+
+func (a *agent) createContainer(req protocol.CreateContainerRequest) (any, error) {
+	if err := validateCreate(&req); err != nil {
+		return nil, err
+	}
+	if a.cgroups == nil {
+		return nil, protocol.Errorf(protocol.CodeFailedPrecondition, "the agent has no cgroup hierarchy")
+	}
+	a.mu.Lock()
+	if _, ok := a.containers[req.ID]; ok {
+		a.mu.Unlock()
+		return nil, protocol.Errorf(protocol.CodeAlreadyExists, "container %s exists", req.ID)
+	}
+	// Reserve the id while the slow part runs outside the lock.
+	a.containers[req.ID] = nil
+	a.mu.Unlock()
+	c, err := a.newContainer(req)
+	a.mu.Lock()
+	if err != nil {
+		delete(a.containers, req.ID)
+	} else {
+		a.containers[req.ID] = c
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return protocol.CreateContainerResponse{Cgroup: c.cg.path()}, nil
+}
+
+func (a *agent) newContainer(req protocol.CreateContainerRequest) (*container, error) {
+	runDir := filepath.Join(a.runDir, req.ID)
+	if err := os.MkdirAll(filepath.Join(runDir, "rootfs"), 0o700); err != nil {
+		return nil, protocol.Errorf(protocol.CodeInternal, "creating %s: %v", runDir, err)
+	}
+	cg, err := a.cgroups.create(req.ID, req.Resources)
+	if err != nil {
+		os.RemoveAll(runDir)
+		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+	}
+	return &container{id: req.ID, spec: req, cg: cg, runDir: runDir, procs: map[string]*process{}, initPidfd: -1}, nil
+}
+
+func (a *agent) lookup(id string) (*container, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.containers[id]
+	if c == nil {
+		return nil, protocol.Errorf(protocol.CodeNotFound, "no container %q", id)
+	}
+	return c, nil
+}
+
+func (a *agent) lookupProcess(ref protocol.ProcessRef) (*process, error) {
+	c, err := a.lookup(ref.ContainerID)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.procs[ref.ExecID]
+	if p == nil {
+		return nil, protocol.Errorf(protocol.CodeNotFound, "no process %q in container %s", ref.ExecID, ref.ContainerID)
+	}
+	return p, nil
+}
+
+func (a *agent) destroyContainer(id string) error {
+	a.mu.Lock()
+	c := a.containers[id]
+	if c == nil {
+		a.mu.Unlock()
+		return protocol.Errorf(protocol.CodeNotFound, "no container %q", id)
+	}
+	delete(a.containers, id)
+	a.mu.Unlock()
+	if err := c.destroy(); err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "destroying %s: %v", id, err)
+	}
+	return nil
+}
+
+// describe is a one-line summary for the log.
+func (a *agent) describe() string {
+	cg := "none"
+	if a.cgroups != nil {
+		cg = fmt.Sprintf("%s %s/%s", a.cgroups.version(), a.cgroups.root, a.cgroups.parent)
+	}
+	return fmt.Sprintf("helper %s, state %s, cgroups %s", a.selfExe, a.runDir, cg)
+}

@@ -1,0 +1,252 @@
+package image
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Whiteout names (OCI image spec, "Representing Changes"): a file named
+// .wh.NAME in a layer deletes NAME from the layers below; .wh..wh..opq
+// deletes everything below in its directory.
+const (
+	whiteoutPrefix = ".wh."
+	opaqueWhiteout = ".wh..wh..opq"
+)
+
+// decompress wraps r according to its magic bytes: layers are plain or
+// gzip'd tar whatever their media type says, and zstd is refused clearly.
+func decompress(r io.Reader) (io.Reader, error) {
+	br := bufio.NewReader(r)
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		return zr, nil
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return nil, errors.New("zstd-compressed layers are not supported")
+	}
+	return br, nil
+}
+
+// extractOptions tune applyTar.
+type extractOptions struct {
+	whiteouts bool // interpret .wh. entries (image layers, not outer archives)
+	owners    bool // apply the entries' uid/gid (needs root)
+}
+
+// applyLayer applies one image layer to t. open is called twice: the
+// first pass applies the layer's whiteouts to what the lower layers left,
+// the second adds its files. Two passes make the result independent of
+// where in the archive a whiteout appears relative to the files of the
+// same layer.
+func applyLayer(t *tree, open func() (io.ReadCloser, error), owners bool) error {
+	if err := readTar(open, func(tr *tar.Reader, hdr *tar.Header) error {
+		return applyWhiteout(t, hdr)
+	}); err != nil {
+		return err
+	}
+	return readTar(open, func(tr *tar.Reader, hdr *tar.Header) error {
+		return applyEntry(t, tr, hdr, extractOptions{whiteouts: true, owners: owners})
+	})
+}
+
+// readTar calls fn for every entry of the (possibly compressed) tar that
+// open returns.
+func readTar(open func() (io.ReadCloser, error), fn func(*tar.Reader, *tar.Header) error) error {
+	rc, err := open()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	r, err := decompress(rc)
+	if err != nil {
+		return err
+	}
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			// Read to the very end, so gzip checks its CRC and a
+			// digest check on the raw stream sees all of it.
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return fmt.Errorf("reading to the end of the archive: %w", err)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading tar: %w", err)
+		}
+		if err := fn(tr, hdr); err != nil {
+			return err
+		}
+	}
+}
+
+func applyWhiteout(t *tree, hdr *tar.Header) error {
+	rel, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	base := path.Base(rel)
+	if !strings.HasPrefix(base, whiteoutPrefix) {
+		return nil
+	}
+	dirfd, err := t.existingDir(path.Dir(rel))
+	if err != nil || dirfd < 0 {
+		// Nothing below to hide.
+		return err
+	}
+	defer unix.Close(dirfd)
+	switch {
+	case base == opaqueWhiteout:
+		return removeAllChildren(dirfd, rel)
+	case strings.HasPrefix(base, whiteoutPrefix+whiteoutPrefix):
+		// Other .wh..wh. names are aufs bookkeeping, not deletions.
+		return nil
+	}
+	name := strings.TrimPrefix(base, whiteoutPrefix)
+	if name == "" || name == "." || name == ".." {
+		return fmt.Errorf("whiteout %q names nothing", hdr.Name)
+	}
+	if err := removeAt(dirfd, name); err != nil {
+		return fmt.Errorf("whiteout %s: %w", hdr.Name, err)
+	}
+	return nil
+}
+
+// removeAllChildren empties an opaque directory.
+func removeAllChildren(dirfd int, rel string) error {
+	if err := removeChildren(dirfd, "."); err != nil {
+		return fmt.Errorf("opaque whiteout %s: %w", rel, err)
+	}
+	return nil
+}
+
+// applyEntry creates one entry in t, replacing what was there.
+func applyEntry(t *tree, tr *tar.Reader, hdr *tar.Header, opts extractOptions) error {
+	rel, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	if opts.whiteouts && strings.HasPrefix(path.Base(rel), whiteoutPrefix) {
+		return nil // applied in the first pass
+	}
+	if rel == "." {
+		// The root's own entry: its metadata is the image's choice,
+		// but it cannot be replaced.
+		if hdr.Typeflag == tar.TypeDir {
+			return setMetadata(t.rootFd(), ".", hdr, opts, true)
+		}
+		return fmt.Errorf("entry %q would replace the root directory", hdr.Name)
+	}
+	parent, err := t.dir(path.Dir(rel))
+	if err != nil {
+		return fmt.Errorf("entry %s: %w", hdr.Name, err)
+	}
+	defer unix.Close(parent)
+	base := path.Base(rel)
+
+	if hdr.Typeflag == tar.TypeDir {
+		st, err := lstatAt(parent, base)
+		if err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			if err := removeAt(parent, base); err != nil {
+				return err
+			}
+			err = unix.ENOENT
+		}
+		if err != nil {
+			if err := unix.Mkdirat(parent, base, 0o700); err != nil {
+				return fmt.Errorf("creating directory /%s: %w", rel, err)
+			}
+		}
+		return setMetadata(parent, base, hdr, opts, true)
+	}
+
+	// Everything else replaces what was there, directories included.
+	if err := removeAt(parent, base); err != nil {
+		return err
+	}
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeRegA:
+		fd, err := unix.Openat(parent, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return fmt.Errorf("creating /%s: %w", rel, err)
+		}
+		f := os.NewFile(uintptr(fd), rel)
+		_, err = io.Copy(f, tr)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("writing /%s: %w", rel, err)
+		}
+	case tar.TypeSymlink:
+		if strings.IndexByte(hdr.Linkname, 0) >= 0 || hdr.Linkname == "" {
+			return fmt.Errorf("symlink /%s has a bad target %q", rel, hdr.Linkname)
+		}
+		// The target is stored, never followed while extracting.
+		if err := unix.Symlinkat(hdr.Linkname, parent, base); err != nil {
+			return fmt.Errorf("creating symlink /%s: %w", rel, err)
+		}
+	case tar.TypeLink:
+		target, err := cleanName(hdr.Linkname)
+		if err != nil {
+			return fmt.Errorf("hard link /%s: %w", rel, err)
+		}
+		tdir, err := t.existingDir(path.Dir(target))
+		if err != nil || tdir < 0 {
+			return fmt.Errorf("hard link /%s: target %s does not exist", rel, hdr.Linkname)
+		}
+		err = unix.Linkat(tdir, path.Base(target), parent, base, 0)
+		unix.Close(tdir)
+		if err != nil {
+			return fmt.Errorf("hard link /%s to /%s: %w", rel, target, err)
+		}
+		// A hard link shares its target's inode and metadata.
+		return nil
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
+		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
+		if err := unix.Mknodat(parent, base, kind|0o600, int(dev)); err != nil {
+			return fmt.Errorf("creating device /%s: %w", rel, err)
+		}
+	default:
+		return fmt.Errorf("entry /%s: unsupported tar entry type %q", rel, hdr.Typeflag)
+	}
+	return setMetadata(parent, base, hdr, opts, hdr.Typeflag != tar.TypeSymlink)
+}
+
+// setMetadata applies ownership, then mode (chown clears set-id bits),
+// then modification time. Symlinks have no mode of their own on Linux.
+func setMetadata(parent int, base string, hdr *tar.Header, opts extractOptions, hasMode bool) error {
+	if opts.owners {
+		if err := unix.Fchownat(parent, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown %s: %w", hdr.Name, err)
+		}
+	}
+	if hasMode {
+		// base is known not to be a symlink here, so following is
+		// harmless (fchmodat cannot do otherwise).
+		if err := unix.Fchmodat(parent, base, uint32(hdr.Mode)&0o7777, 0); err != nil {
+			return fmt.Errorf("chmod %s: %w", hdr.Name, err)
+		}
+	}
+	if !hdr.ModTime.IsZero() {
+		ts := unix.NsecToTimespec(hdr.ModTime.UnixNano())
+		_ = unix.UtimesNanoAt(parent, base, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	return nil
+}
