@@ -58,22 +58,22 @@ const (
 
 // FADT field offsets (ACPI 6.5 §5.2.9 Table 5.9).
 const (
-	fadtIAPCBootArch   = 109 // u16 IAPC_BOOT_ARCH
-	fadtFlags          = 112 // u32 Flags
-	fadtResetReg       = 116 // GAS RESET_REG
-	fadtResetValue     = 128 // u8 RESET_VALUE
-	fadtMinorVersion   = 131 // u8 FADT Minor Version
-	fadtXDSDT          = 140 // u64 X_DSDT
-	fadtSleepControl   = 244 // GAS SLEEP_CONTROL_REG
-	fadtSleepStatus    = 256 // GAS SLEEP_STATUS_REG
-	fadtHypervisorID   = 268 // u64 Hypervisor Vendor Identity
-	gasLen             = 12  // Generic Address Structure (§5.2.3.2)
-	gasSpaceSystemIO   = 1   // Address Space ID: System I/O
-	gasAccessByte      = 1   // Access Size: byte access
-	gasBitWidth8       = 8
-	fadtResetRegSup    = 1 << 10 // Flags.RESET_REG_SUP
-	fadtHWReducedACPI  = 1 << 20 // Flags.HW_REDUCED_ACPI
-	iapcVGANotPresent  = 1 << 2  // IAPC_BOOT_ARCH "VGA Not Present"
+	fadtIAPCBootArch  = 109 // u16 IAPC_BOOT_ARCH
+	fadtFlags         = 112 // u32 Flags
+	fadtResetReg      = 116 // GAS RESET_REG
+	fadtResetValue    = 128 // u8 RESET_VALUE
+	fadtMinorVersion  = 131 // u8 FADT Minor Version
+	fadtXDSDT         = 140 // u64 X_DSDT
+	fadtSleepControl  = 244 // GAS SLEEP_CONTROL_REG
+	fadtSleepStatus   = 256 // GAS SLEEP_STATUS_REG
+	fadtHypervisorID  = 268 // u64 Hypervisor Vendor Identity
+	gasLen            = 12  // Generic Address Structure (§5.2.3.2)
+	gasSpaceSystemIO  = 1   // Address Space ID: System I/O
+	gasAccessByte     = 1   // Access Size: byte access
+	gasBitWidth8      = 8
+	fadtResetRegSup   = 1 << 10 // Flags.RESET_REG_SUP
+	fadtHWReducedACPI = 1 << 20 // Flags.HW_REDUCED_ACPI
+	iapcVGANotPresent = 1 << 2  // IAPC_BOOT_ARCH "VGA Not Present"
 )
 
 // MADT constants (ACPI 6.5 §5.2.12).

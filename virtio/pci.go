@@ -209,19 +209,24 @@ func NewPCI(dev Device, o PCIOptions) (*PCI, error) {
 	}); err != nil {
 		return nil, err
 	}
-	for q := 0; q < n; q++ {
-		t.kicks = append(t.kicks, make(chan struct{}, 1))
-		if t.ioe == nil {
-			continue
+	// All channels and eventfds exist before any pump reads them.
+	t.kicks = make([]chan struct{}, n)
+	for q := range t.kicks {
+		t.kicks[q] = make(chan struct{}, 1)
+	}
+	if t.ioe != nil {
+		for q := 0; q < n; q++ {
+			e, err := eventfd.New()
+			if err != nil {
+				t.Close()
+				return nil, fmt.Errorf("virtio %s: queue %d notify: %w", o.Name, q, err)
+			}
+			t.notifyFDs = append(t.notifyFDs, e)
 		}
-		e, err := eventfd.New()
-		if err != nil {
-			t.Close()
-			return nil, fmt.Errorf("virtio %s: queue %d notify: %w", o.Name, q, err)
+		for q, e := range t.notifyFDs {
+			t.pumps.Add(1)
+			go t.pump(q, e)
 		}
-		t.notifyFDs = append(t.notifyFDs, e)
-		t.pumps.Add(1)
-		go t.pump(q, e)
 	}
 	return t, nil
 }
@@ -520,7 +525,9 @@ func (t *PCI) writeCommon(off uint64, data []byte) {
 			q.Size = min(le.Uint16(img[ccQueueSize:]), t.maxSizes[t.queueSel])
 		}
 	case touches(ccQueueMSIXVector, 2):
-		if q != nil {
+		// Workers read the vector without the lock, so it is fixed
+		// while the device runs; drivers assign vectors during setup.
+		if q != nil && !t.active {
 			q.Vector = t.vectorOrNone(le.Uint16(img[ccQueueMSIXVector:]))
 		}
 	case touches(ccQueueEnable, 2):

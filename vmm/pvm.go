@@ -18,8 +18,10 @@ import (
 
 // pvmClearCPUID lists features to hide from the guest kernel; the kernel
 // parses only the first 127 characters of clearcpuid=, so the list is
-// ordered by importance and kept short.
-const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsgsbase,pcid,invpcid,rdrand,rdseed,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
+// ordered by importance and kept short. fsrm and erms matter for speed, not
+// correctness: with them the kernel copies and clears memory with byte-wise
+// `rep movsb`/`rep stosb`, which the emulator steps one byte at a time.
+const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rdrand,rdseed,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
 
 // pvmCmdlineOptions are added to the guest command line on kvm-pvm hosts,
 // unless the user already set the same option:

@@ -129,8 +129,10 @@ func (p addressPort) Write(off uint64, data []byte) {
 	}
 	p.b.mu.Lock()
 	defer p.b.mu.Unlock()
-	// Bits 1:0 are reserved and read as zero; bits 30:24 are reserved.
-	p.b.addr = binary.LittleEndian.Uint32(data) &^ 0x7f00_0003
+	// Bits 1:0 are reserved and read as zero. Bits 27:24 are kept: some
+	// chipsets (AMD's extended configuration access) put register bits
+	// 11:8 there, which target() then refuses.
+	p.b.addr = binary.LittleEndian.Uint32(data) &^ 0x7000_0003
 }
 
 type dataPort struct{ b *Bus }
@@ -148,7 +150,10 @@ func (p dataPort) target(off uint64) (Function, int) {
 	dev := (a >> 11) & 0x1f
 	fn := (a >> 8) & 0x7
 	reg := int(a&0xfc) + int(off)
-	if bus != 0 || fn != 0 {
+	// Only the 256-byte conventional space exists: a register above it,
+	// selected through bits 27:24, reads as all ones.
+	extended := (a >> 24) & 0xf
+	if bus != 0 || fn != 0 || extended != 0 {
 		return nil, 0
 	}
 	return p.b.slots[dev], reg

@@ -135,6 +135,13 @@ func TestConfigMechanism(t *testing.T) {
 	if binary.LittleEndian.Uint32(a) != 0xffff_ffff {
 		t.Error("bus 1 answers")
 	}
+	// Extended registers (AMD-style bits 27:24) don't exist.
+	binary.LittleEndian.PutUint32(a, 0x8000_0000|1<<24)
+	b.AddressPort().Write(0, a)
+	b.DataPort().Read(0, a)
+	if binary.LittleEndian.Uint32(a) != 0xffff_ffff {
+		t.Error("extended register 0x100 of the host bridge answers")
+	}
 	// Without the enable bit, nothing answers.
 	binary.LittleEndian.PutUint32(a, 0)
 	b.AddressPort().Write(0, a)

@@ -14,6 +14,7 @@
  * port I/O and keeps loops short.
  */
 #include "defs.h"
+#include "testguest.h"
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -141,14 +142,14 @@ static void con_putc(char c)
 	at_line_start = (c == '\n');
 }
 
-static void con_puts(const char *s)
+void con_puts(const char *s)
 {
 	while (*s)
 		con_putc(*s++);
 }
 
 /* Start an output line: "testguest: ". */
-static void line(const char *s)
+void line(const char *s)
 {
 	if (!at_line_start)
 		con_putc('\n');
@@ -157,7 +158,7 @@ static void line(const char *s)
 }
 
 /* Lowercase hex, "0x" prefix, no leading zeros ("0x0" for zero). */
-static void put_hex(u64 v)
+void put_hex(u64 v)
 {
 	char buf[16];
 	int n = 0;
@@ -170,7 +171,7 @@ static void put_hex(u64 v)
 		con_putc(buf[--n]);
 }
 
-static void put_dec(u64 v)
+void put_dec(u64 v)
 {
 	char buf[20];
 	int n = 0;
@@ -512,7 +513,7 @@ static int count_cpus(u64 rsdp_hint)
 
 /* Find the value of "key=value" among space-separated tokens; the last
  * occurrence wins.  Returns its start and length in *len, or 0. */
-static const char *cmdline_value(const char *key, int *len)
+const char *cmdline_value(const char *key, int *len)
 {
 	const char *found = 0;
 	const char *p = cmdline;
@@ -537,7 +538,7 @@ static const char *cmdline_value(const char *key, int *len)
 	return found;
 }
 
-static int value_is(const char *v, int len, const char *want)
+int value_is(const char *v, int len, const char *want)
 {
 	int i = 0;
 	for (; i < len; i++)
@@ -688,6 +689,12 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	const char *echo = cmdline_value("echo", &elen);
 	if (echo && value_is(echo, elen, "1"))
 		echo_test();
+
+	/* blk=1: PCI + virtio-blk test (virtio_blk.c). */
+	int blen = 0;
+	const char *blk = cmdline_value("blk", &blen);
+	if (blk && value_is(blk, blen, "1"))
+		blk_test();
 
 	/* fault=ud: prove that unexpected exceptions are reported (vector 6,
 	 * exit status 99).  fault=gp: read a non-canonical address (#GP,

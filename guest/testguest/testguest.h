@@ -1,0 +1,25 @@
+/*
+ * Declarations shared between main.c and the optional test modules
+ * (virtio_blk.c): console output and command-line lookup.
+ */
+#ifndef TESTGUEST_H
+#define TESTGUEST_H
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+/* Start an output line: "testguest: " + s (main.c). */
+void line(const char *s);
+void con_puts(const char *s);
+void put_hex(u64 v);
+void put_dec(u64 v);
+/* Value of "key=value" on the command line (last wins), or 0. */
+const char *cmdline_value(const char *key, int *len);
+int value_is(const char *v, int len, const char *want);
+
+/* virtio_blk.c: the blk=1 test. */
+void blk_test(void);
+
+#endif

@@ -1,0 +1,510 @@
+/*
+ * blk=1: find a virtio-blk device by PCI enumeration and exercise it.
+ *
+ * PCI configuration mechanism #1 (ports 0xcf8/0xcfc) finds the first
+ * modern virtio-blk function (vendor 0x1af4, device 0x1042) on bus 0; its
+ * vendor capabilities locate the virtio structures in its BARs (virtio 1.2
+ * §4.1.4).  The driver negotiates VERSION_1 plus RO/BLK_SIZE/FLUSH/
+ * INDIRECT_DESC/EVENT_IDX when offered, sets up queue 0 with 16 entries and
+ * MSI-X vector 0 (-> LAPIC vector 0x40 on CPU 0), and then runs requests
+ * one at a time, polling the used ring:
+ *
+ *   GET_ID, IN sector 0 (with interrupts on: the completion must also
+ *   arrive as an MSI-X interrupt), OUT sector 1 through an indirect
+ *   descriptor table, IN sector 1 to compare, FLUSH.
+ *
+ * Output lines (README.md).  Everything is physical == virtual (identity
+ * map), and the device sees our .bss buffers by their link addresses.
+ */
+#include "testguest.h"
+
+/* ---- port and MMIO access ---- */
+
+static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u32 in32(u16 port)
+{
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
+static u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
+static u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
+static void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
+static void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
+static void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+
+#define barrier() __asm__ volatile("" : : : "memory")
+
+/* ---- PCI (PCI Local Bus 3.0 §3.2.2.3.2, §6) ---- */
+
+#define PCI_ADDR 0xcf8
+#define PCI_DATA 0xcfc
+#define PCI_ENABLE 0x80000000u
+#define PCI_COMMAND 0x04
+#define PCI_CMD_MEM 0x2
+#define PCI_CMD_MASTER 0x4
+#define PCI_STATUS 0x06
+#define PCI_STATUS_CAPS 0x10
+#define PCI_BAR0 0x10
+#define PCI_CAP_PTR 0x34
+#define PCI_CAP_VENDOR 0x09
+#define PCI_CAP_MSIX 0x11
+#define MSIX_CTRL_ENABLE 0x8000
+#define MSIX_CTRL_MASKALL 0x4000
+
+static u32 pci_rd32(u32 dev, u32 reg)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	return in32(PCI_DATA);
+}
+
+static u8 pci_rd8(u32 dev, u32 reg) { return (u8)(pci_rd32(dev, reg) >> (8 * (reg & 3))); }
+static u16 pci_rd16(u32 dev, u32 reg) { return (u16)(pci_rd32(dev, reg) >> (8 * (reg & 2))); }
+
+static void pci_wr16(u32 dev, u32 reg, u16 v)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	out16((u16)(PCI_DATA + (reg & 2)), v);
+}
+
+static u64 pci_bar(u32 dev, u32 bar)
+{
+	u32 lo = pci_rd32(dev, PCI_BAR0 + 4 * bar);
+	u64 a = lo & ~0xfull;
+	if ((lo & 0x6) == 0x4) /* 64-bit memory BAR */
+		a |= (u64)pci_rd32(dev, PCI_BAR0 + 4 * (bar + 1)) << 32;
+	return a;
+}
+
+/* ---- virtio (virtio 1.2) ---- */
+
+#define VIRTIO_VENDOR 0x1af4
+#define VIRTIO_BLK_DEVICE 0x1042 /* 0x1040 + device type 2 */
+
+/* struct virtio_pci_cap cfg_type (§4.1.4) */
+#define VCAP_COMMON 1
+#define VCAP_NOTIFY 2
+#define VCAP_DEVICE 4
+
+/* struct virtio_pci_common_cfg (§4.1.4.3) */
+#define CC_DFSELECT 0x00
+#define CC_DF 0x04
+#define CC_GFSELECT 0x08
+#define CC_GF 0x0c
+#define CC_STATUS 0x14
+#define CC_QSELECT 0x16
+#define CC_QSIZE 0x18
+#define CC_QMSIX 0x1a
+#define CC_QENABLE 0x1c
+#define CC_QNOTIFYOFF 0x1e
+#define CC_QDESC 0x20
+#define CC_QDRIVER 0x28
+#define CC_QDEVICE 0x30
+
+/* device status (§2.1) */
+#define S_ACK 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+#define S_NEEDS_RESET 64
+
+/* feature bits (§6, §5.2.3) */
+#define F_BLK_RO (1ull << 5)
+#define F_BLK_BLK_SIZE (1ull << 6)
+#define F_BLK_FLUSH (1ull << 9)
+#define F_INDIRECT (1ull << 28)
+#define F_EVENT_IDX (1ull << 29)
+#define F_VERSION_1 (1ull << 32)
+
+/* virtio-blk requests (§5.2.6) */
+#define T_IN 0
+#define T_OUT 1
+#define T_FLUSH 4
+#define T_GET_ID 8
+#define BLK_S_OK 0
+#define BLK_S_IOERR 1
+#define SECTOR 512
+
+/* split virtqueue (§2.7) */
+#define QSZ 16
+#define D_NEXT 1
+#define D_WRITE 2
+#define D_INDIRECT 4
+
+struct vdesc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+} __attribute__((packed));
+
+struct vavail {
+	u16 flags;
+	u16 idx;
+	u16 ring[QSZ];
+	u16 used_event;
+} __attribute__((packed));
+
+struct vused_elem {
+	u32 id;
+	u32 len;
+} __attribute__((packed));
+
+struct vused {
+	u16 flags;
+	u16 idx;
+	struct vused_elem ring[QSZ];
+	u16 avail_event;
+} __attribute__((packed));
+
+static struct vdesc desc[QSZ] __attribute__((aligned(4096)));
+static struct vavail avail __attribute__((aligned(4096)));
+static struct vused used __attribute__((aligned(4096)));
+static struct vdesc itable[3] __attribute__((aligned(16)));
+static struct {
+	u32 type;
+	u32 reserved;
+	u64 sector;
+} __attribute__((packed)) hdr;
+static u8 data[SECTOR] __attribute__((aligned(512)));
+static volatile u8 status;
+
+static u64 common, notify, devcfg;
+static u64 features;
+static u16 avail_idx, last_used;
+
+/* ---- MSI-X interrupt (vector 0x40 through our own, larger IDT) ---- */
+
+#define LAPIC_BASE 0xfee00000ull
+#define LAPIC_SVR 0x0f0
+#define LAPIC_SVR_ENABLE 0x100
+#define LAPIC_SPURIOUS 0xff
+#define BLK_VECTOR 0x40
+#define MSI_ADDR_CPU0 0xfee00000u /* destination APIC ID 0, physical */
+
+struct gate {
+	u16 off_lo, sel;
+	u8 ist, attr;
+	u16 off_mid;
+	u32 off_hi, rsvd;
+} __attribute__((packed));
+
+struct dtr {
+	u16 limit;
+	u64 base;
+} __attribute__((packed));
+
+static struct gate idt2[BLK_VECTOR + 1] __attribute__((aligned(16)));
+volatile u32 blk_irqs;
+extern char blk_irq_entry[];
+
+/* Count the interrupt, EOI the local APIC, return. */
+__asm__(".text\n"
+	".globl blk_irq_entry\n"
+	"blk_irq_entry:\n"
+	"	pushq %rax\n"
+	"	incl blk_irqs(%rip)\n"
+	"	movabsq $0xfee000b0, %rax\n"
+	"	movl $0, (%rax)\n"
+	"	popq %rax\n"
+	"	iretq\n");
+
+/* Copy main.c's 32 exception gates into a table that also has our vector
+ * (gates 32..0x3f stay not-present) and switch to it. */
+static void irq_setup(void)
+{
+	struct dtr old, p;
+	__asm__ volatile("sidt %0" : "=m"(old));
+	const struct gate *g = (const struct gate *)old.base;
+	u32 n = (old.limit + 1u) / sizeof(struct gate);
+	for (u32 i = 0; i < n && i < BLK_VECTOR; i++)
+		idt2[i] = g[i];
+	u64 h = (u64)blk_irq_entry;
+	struct gate *v = &idt2[BLK_VECTOR];
+	v->off_lo = (u16)h;
+	v->sel = g[0].sel;
+	v->ist = 0;
+	v->attr = 0x8e; /* present, DPL 0, interrupt gate */
+	v->off_mid = (u16)(h >> 16);
+	v->off_hi = (u32)(h >> 32);
+	v->rsvd = 0;
+	p.limit = sizeof(idt2) - 1;
+	p.base = (u64)idt2;
+	__asm__ volatile("lidt %0" : : "m"(p) : "memory");
+	/* The local APIC drops fixed interrupts while software-disabled. */
+	mmio_wr32(LAPIC_BASE + LAPIC_SVR, LAPIC_SVR_ENABLE | LAPIC_SPURIOUS);
+}
+
+/* ---- driver ---- */
+
+static void fail(const char *why)
+{
+	line("blk error ");
+	con_puts(why);
+	con_puts("\n");
+}
+
+static void put_hexbytes(const u8 *p, int n)
+{
+	for (int i = 0; i < n; i++) {
+		con_puts((const char[]){"0123456789abcdef"[p[i] >> 4], "0123456789abcdef"[p[i] & 15], 0});
+	}
+}
+
+static void mmio_wr64(u64 a, u64 v)
+{
+	mmio_wr32(a, (u32)v);
+	mmio_wr32(a + 4, (u32)(v >> 32));
+}
+
+#define POLL_LIMIT 50000000
+
+/* Run one request (desc 0 = header, 1 = data if len, 2 = status; or one
+ * indirect descriptor pointing at the same three in itable).  Returns the
+ * status byte, or -1 on timeout / bad used entry. */
+static int request(u32 type, u64 sector, u32 len, int device_writes, int indirect)
+{
+	struct vdesc chain[3];
+	int n = 0;
+	hdr.type = type;
+	hdr.reserved = 0;
+	hdr.sector = sector;
+	status = 0xff;
+	chain[n].addr = (u64)&hdr;
+	chain[n].len = sizeof(hdr);
+	chain[n].flags = D_NEXT;
+	n++;
+	if (len) {
+		chain[n].addr = (u64)data;
+		chain[n].len = len;
+		chain[n].flags = D_NEXT | (device_writes ? D_WRITE : 0);
+		n++;
+	}
+	chain[n].addr = (u64)&status;
+	chain[n].len = 1;
+	chain[n].flags = D_WRITE;
+	n++;
+	for (int i = 0; i < n; i++)
+		chain[i].next = (u16)(i + 1);
+	if (indirect) {
+		for (int i = 0; i < n; i++)
+			itable[i] = chain[i];
+		desc[0].addr = (u64)itable;
+		desc[0].len = (u32)(n * sizeof(struct vdesc));
+		desc[0].flags = D_INDIRECT;
+		desc[0].next = 0;
+	} else {
+		for (int i = 0; i < n; i++)
+			desc[i] = chain[i];
+	}
+	/* EVENT_IDX: ask for an interrupt once the used index passes ours. */
+	avail.used_event = last_used;
+	avail.ring[avail_idx % QSZ] = 0;
+	barrier();
+	avail_idx++;
+	avail.idx = avail_idx;
+	barrier();
+	mmio_wr16(notify, 0);
+	for (u32 i = 0; i < POLL_LIMIT; i++) {
+		barrier();
+		if (*(volatile u16 *)&used.idx != last_used)
+			break;
+	}
+	barrier();
+	if (*(volatile u16 *)&used.idx == last_used) {
+		if (mmio_rd8(common + CC_STATUS) & S_NEEDS_RESET)
+			fail("device needs reset");
+		else
+			fail("request timed out");
+		return -1;
+	}
+	struct vused_elem e = used.ring[last_used % QSZ];
+	last_used++;
+	if (e.id != 0) {
+		fail("bad used entry");
+		return -1;
+	}
+	return status;
+}
+
+/* Find the device and bring it to DRIVER_OK.  Returns the PCI device
+ * number, or -1. */
+static int blk_init(int *msix)
+{
+	u32 dev;
+	for (dev = 0; dev < 32; dev++) {
+		u32 id = pci_rd32(dev, 0);
+		if ((id & 0xffff) == VIRTIO_VENDOR && (id >> 16) == VIRTIO_BLK_DEVICE)
+			break;
+	}
+	if (dev == 32) {
+		fail("no virtio-blk device");
+		return -1;
+	}
+	if (!(pci_rd16(dev, PCI_STATUS) & PCI_STATUS_CAPS)) {
+		fail("no capabilities");
+		return -1;
+	}
+	u32 notify_mult = 0;
+	u64 notify_base = 0, msix_table = 0;
+	u32 msix_cap = 0;
+	u32 cap = pci_rd8(dev, PCI_CAP_PTR) & 0xfc;
+	for (int guard = 0; cap && guard < 48; guard++) {
+		u8 id = pci_rd8(dev, cap);
+		if (id == PCI_CAP_VENDOR) {
+			u8 type = pci_rd8(dev, cap + 3);
+			u64 a = pci_bar(dev, pci_rd8(dev, cap + 4)) + pci_rd32(dev, cap + 8);
+			if (type == VCAP_COMMON && !common)
+				common = a;
+			else if (type == VCAP_NOTIFY && !notify_base) {
+				notify_base = a;
+				notify_mult = pci_rd32(dev, cap + 16);
+			} else if (type == VCAP_DEVICE && !devcfg)
+				devcfg = a;
+		} else if (id == PCI_CAP_MSIX) {
+			u32 t = pci_rd32(dev, cap + 4);
+			msix_cap = cap;
+			msix_table = pci_bar(dev, t & 7) + (t & ~7u);
+		}
+		cap = pci_rd8(dev, cap + 1) & 0xfc;
+	}
+	if (!common || !notify_base || !devcfg) {
+		fail("missing virtio capability");
+		return -1;
+	}
+	pci_wr16(dev, PCI_COMMAND, pci_rd16(dev, PCI_COMMAND) | PCI_CMD_MEM | PCI_CMD_MASTER);
+
+	/* Initialization sequence (§3.1.1). */
+	mmio_wr8(common + CC_STATUS, 0);
+	for (int i = 0; i < 1000 && mmio_rd8(common + CC_STATUS); i++)
+		;
+	mmio_wr8(common + CC_STATUS, S_ACK);
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER);
+	mmio_wr32(common + CC_DFSELECT, 0);
+	u64 offered = mmio_rd32(common + CC_DF);
+	mmio_wr32(common + CC_DFSELECT, 1);
+	offered |= (u64)mmio_rd32(common + CC_DF) << 32;
+	features = offered & (F_VERSION_1 | F_BLK_RO | F_BLK_BLK_SIZE | F_BLK_FLUSH | F_INDIRECT | F_EVENT_IDX);
+	mmio_wr32(common + CC_GFSELECT, 0);
+	mmio_wr32(common + CC_GF, (u32)features);
+	mmio_wr32(common + CC_GFSELECT, 1);
+	mmio_wr32(common + CC_GF, (u32)(features >> 32));
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	if (!(features & F_VERSION_1) || !(mmio_rd8(common + CC_STATUS) & S_FEATURES_OK)) {
+		fail("feature negotiation");
+		return -1;
+	}
+
+	/* MSI-X: table entry 0 -> vector 0x40 on CPU 0, then enable. */
+	*msix = 0;
+	if (msix_cap) {
+		mmio_wr32(msix_table + 0, MSI_ADDR_CPU0);
+		mmio_wr32(msix_table + 4, 0);
+		mmio_wr32(msix_table + 8, BLK_VECTOR);
+		mmio_wr32(msix_table + 12, 0); /* unmasked */
+		pci_wr16(dev, msix_cap + 2, (pci_rd16(dev, msix_cap + 2) | MSIX_CTRL_ENABLE) & ~MSIX_CTRL_MASKALL);
+	}
+
+	/* Queue 0 (§4.1.5.1.3). */
+	mmio_wr16(common + CC_QSELECT, 0);
+	u16 max = mmio_rd16(common + CC_QSIZE);
+	if (max < QSZ) {
+		fail("queue too small");
+		return -1;
+	}
+	mmio_wr16(common + CC_QSIZE, QSZ);
+	if (msix_cap) {
+		mmio_wr16(common + CC_QMSIX, 0);
+		*msix = mmio_rd16(common + CC_QMSIX) == 0;
+	}
+	mmio_wr64(common + CC_QDESC, (u64)desc);
+	mmio_wr64(common + CC_QDRIVER, (u64)&avail);
+	mmio_wr64(common + CC_QDEVICE, (u64)&used);
+	notify = notify_base + (u64)mmio_rd16(common + CC_QNOTIFYOFF) * notify_mult;
+	mmio_wr16(common + CC_QENABLE, 1);
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	return (int)dev;
+}
+
+void blk_test(void)
+{
+	int msix = 0;
+	int dev = blk_init(&msix);
+	if (dev < 0)
+		return;
+	u64 capacity = (u64)mmio_rd32(devcfg) | (u64)mmio_rd32(devcfg + 4) << 32;
+	line("blk device=");
+	put_dec((u64)dev);
+	con_puts(" capacity=");
+	put_dec(capacity);
+	con_puts(" ro=");
+	put_dec((features & F_BLK_RO) ? 1 : 0);
+	con_puts(" msix=");
+	put_dec((u64)msix);
+	con_puts("\n");
+
+	/* GET_ID: 20 bytes, NUL-padded. */
+	for (int i = 0; i < SECTOR; i++)
+		data[i] = 0;
+	if (request(T_GET_ID, 0, 20, 1, 0) == BLK_S_OK) {
+		data[20] = 0;
+		line("blk id ");
+		con_puts((const char *)data);
+		con_puts("\n");
+	}
+
+	/* Sector 0, completed by an MSI-X interrupt as well. */
+	u32 irqs_before = blk_irqs;
+	if (msix) {
+		irq_setup();
+		__asm__ volatile("sti");
+	}
+	int st = request(T_IN, 0, SECTOR, 1, 0);
+	if (st != BLK_S_OK) {
+		__asm__ volatile("cli");
+		if (st >= 0)
+			fail("read status");
+		return;
+	}
+	if (msix) {
+		for (u32 i = 0; i < POLL_LIMIT && blk_irqs == irqs_before; i++)
+			barrier();
+		__asm__ volatile("cli");
+		line(blk_irqs != irqs_before ? "blk irq ok\n" : "blk irq missed\n");
+	}
+	line("blk read ok ");
+	put_hexbytes(data, 16);
+	con_puts("\n");
+
+	/* Sector 1 through an indirect table (when negotiated). */
+	for (int i = 0; i < SECTOR; i++)
+		data[i] = (u8)(i ^ 0xa5);
+	st = request(T_OUT, 1, SECTOR, 0, (features & F_INDIRECT) != 0);
+	if (st == BLK_S_OK) {
+		line("blk write ok\n");
+		for (int i = 0; i < SECTOR; i++)
+			data[i] = 0;
+		if (request(T_IN, 1, SECTOR, 1, 0) == BLK_S_OK) {
+			int same = 1;
+			for (int i = 0; i < SECTOR; i++)
+				if (data[i] != (u8)(i ^ 0xa5))
+					same = 0;
+			line(same ? "blk readback ok\n" : "blk readback mismatch\n");
+		}
+	} else if (st == BLK_S_IOERR) {
+		line("blk write refused\n");
+	} else if (st >= 0) {
+		fail("write status");
+	}
+
+	if (features & F_BLK_FLUSH) {
+		st = request(T_FLUSH, 0, 0, 0, 0);
+		if (st == BLK_S_OK)
+			line("blk flush ok\n");
+		else if (st >= 0)
+			fail("flush status");
+	}
+}
