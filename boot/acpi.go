@@ -122,6 +122,8 @@ type ACPIConfig struct {
 	S5SleepType uint8
 	// PCI, when set, adds a PCI host bridge (\_SB.PCI0) to the DSDT.
 	PCI *PCIHostBridge
+	// Serial lists legacy UARTs to describe in the DSDT.
+	Serial []ISASerialPort
 }
 
 // WriteACPITables writes RSDP, XSDT, FADT, DSDT and MADT into
@@ -333,6 +335,13 @@ func dsdtAML(cfg ACPIConfig) ([]byte, error) {
 	name, err := amlName(`\_S5_`, s5)
 	if err != nil {
 		return nil, err
+	}
+	for _, sp := range cfg.Serial {
+		dev, err := serialAML(sp)
+		if err != nil {
+			return nil, err
+		}
+		name = append(name, dev...)
 	}
 	if cfg.PCI != nil {
 		pci, err := pciHostBridgeAML(cfg.PCI)

@@ -205,6 +205,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		ResetValue:       acpipm.ResetValue,
 		S5SleepType:      acpipm.S5SleepType,
 		PCI:              pciACPI(cfg),
+		Serial:           []boot.ISASerialPort{{Name: "COM1", UID: 1, Port: com1Port, IRQ: com1IRQ}},
 	}); err != nil {
 		return nil, fmt.Errorf("ACPI tables: %w", err)
 	}
