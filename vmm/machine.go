@@ -107,9 +107,6 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if len(cfg.Nets) > 0 || cfg.Vsock != nil {
-		return nil, fmt.Errorf("virtio devices (network interfaces, vsock) are not supported yet")
-	}
 	kernelImage, err := os.ReadFile(cfg.Kernel)
 	if err != nil {
 		return nil, fmt.Errorf("read kernel: %w", err)

@@ -36,7 +36,9 @@ type pciState struct {
 
 // hasPCI reports whether the configuration needs a PCI bus at all; without
 // PCI devices the machine stays as small as before.
-func hasPCI(cfg Config) bool { return len(cfg.Drives) > 0 }
+func hasPCI(cfg Config) bool {
+	return len(cfg.Drives) > 0 || len(cfg.Nets) > 0 || cfg.Vsock != nil
+}
 
 // pciACPI describes the host bridge for the DSDT, nil without PCI.
 func pciACPI(cfg Config) *boot.PCIHostBridge {
@@ -125,6 +127,12 @@ func (m *Machine) setupPCI() (err error) {
 		}
 		m.log.Debug("virtio-blk attached", "id", id, "path", d.Path, "ro", d.ReadOnly, "pci", fmt.Sprintf("00:%02x.0", slot),
 			"bar0", fmt.Sprintf("%#x", t.Config().BARAddr(0)), "sectors", dev.Sectors())
+	}
+	if err := m.setupNets(st, ioe); err != nil {
+		return err
+	}
+	if err := m.setupVsock(st, ioe); err != nil {
+		return err
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"math/bits"
 	"strings"
@@ -21,16 +23,17 @@ import (
 // ordered by importance and kept short. fsrm and erms matter for speed, not
 // correctness: with them the kernel copies and clears memory with byte-wise
 // `rep movsb`/`rep stosb`, which the emulator steps one byte at a time.
-const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rdrand,rdseed,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
+const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
 
 // pvmCmdlineOptions are added to the guest command line on kvm-pvm hosts,
 // unless the user already set the same option:
 //   - nopv: KVM paravirt features loop on hypercalls the emulator serves slowly.
-//   - noxsave and clearcpuid: xsave/xrstor, popcnt, cmpxchg16b and friends
-//     fail in the emulator.
+//   - clearcpuid: xsave/xrstor, popcnt, cmpxchg16b and friends fail in the
+//     emulator (6.12 dropped noxsave; clearcpuid=xsave does its job).
 //   - 8250.nr_uarts=1: each extra legacy UART probe costs seconds there.
-//   - tsc_early_khz is not needed; lpj skips the delay-loop calibration,
-//     which runs instruction by instruction.
+//   - no_timer_check: the IO-APIC timer check busy-waits.
+//   - tsc_early_khz (added by pvmCmdline) also makes the kernel skip the
+//     delay-loop calibration, which would run instruction by instruction.
 func pvmCmdlineOptions() []string {
 	return []string{
 		"nopv",
@@ -121,6 +124,16 @@ func (v *vcpu) emulateFailedInstruction() (bool, error) {
 		regs.RFLAGS &^= rflagsAC
 	case opSTAC:
 		regs.RFLAGS |= rflagsAC
+	case opRandom:
+		// The host's random source stands in for the CPU's; CF=1 says the
+		// value is valid, and the other arithmetic flags are cleared.
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return false, fmt.Errorf("%s: host random source: %w", insn.name, err)
+		}
+		setReg(&regs, insn.dst, binary.LittleEndian.Uint64(b[:]), insn.mask)
+		regs.RFLAGS &^= rflagsPF | rflagsAF | rflagsZF | rflagsSF | rflagsOF
+		regs.RFLAGS |= rflagsCF
 	case opPopcnt:
 		src := getReg(&regs, insn.src) & insn.mask
 		setReg(&regs, insn.dst, uint64(bits.OnesCount64(src)), insn.mask)
@@ -140,6 +153,7 @@ const (
 	opCLAC
 	opSTAC
 	opPopcnt
+	opRandom
 )
 
 type fixup struct {
@@ -152,7 +166,9 @@ type fixup struct {
 
 // decodeFixup recognises the instructions the VMM completes itself:
 // int3 (CC), fwait (9B, a no-op with no unmasked x87 exception pending),
-// clac/stac (0F 01 CA/CB) and register-to-register popcnt (F3 [REX] 0F B8).
+// clac/stac (0F 01 CA/CB), register-to-register popcnt (F3 [REX] 0F B8) and
+// rdrand/rdseed to a register (0F C7 /6, /7), which give the guest kernel a
+// fast entropy source at boot where the emulator has none.
 func decodeFixup(code []byte, long bool) (fixup, bool) {
 	switch {
 	case len(code) >= 1 && code[0] == 0xcc:
@@ -163,6 +179,9 @@ func decodeFixup(code []byte, long bool) (fixup, bool) {
 		return fixup{op: opCLAC, name: "clac", length: 3}, true
 	case len(code) >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xcb:
 		return fixup{op: opSTAC, name: "stac", length: 3}, true
+	}
+	if f, ok := decodeRandom(code, long); ok {
+		return f, true
 	}
 	// popcnt: optional 66 (16-bit), mandatory F3, optional REX, 0F B8, ModRM.
 	i := 0
@@ -190,6 +209,42 @@ func decodeFixup(code []byte, long bool) (fixup, bool) {
 	f := fixup{op: opPopcnt, name: "popcnt", length: i + 3, mask: 0xffff_ffff}
 	f.dst = int(modrm>>3&7) | int(rex>>2&1)<<3
 	f.src = int(modrm&7) | int(rex&1)<<3
+	switch {
+	case rex&0x08 != 0:
+		f.mask = ^uint64(0)
+	case opsize16:
+		f.mask = 0xffff
+	}
+	return f, true
+}
+
+// decodeRandom recognises rdrand and rdseed to a register:
+// [66] [REX] 0F C7 /6 or /7 with a register operand (Intel SDM vol. 2B).
+func decodeRandom(code []byte, long bool) (fixup, bool) {
+	i := 0
+	opsize16 := false
+	if i < len(code) && code[i] == 0x66 {
+		opsize16 = true
+		i++
+	}
+	var rex byte
+	if long && i < len(code) && code[i]&0xf0 == 0x40 {
+		rex = code[i]
+		i++
+	}
+	if i+3 > len(code) || code[i] != 0x0f || code[i+1] != 0xc7 {
+		return fixup{}, false
+	}
+	modrm := code[i+2]
+	reg := modrm >> 3 & 7
+	if modrm>>6 != 3 || (reg != 6 && reg != 7) {
+		return fixup{}, false
+	}
+	f := fixup{op: opRandom, name: "rdrand", length: i + 3, mask: 0xffff_ffff}
+	if reg == 7 {
+		f.name = "rdseed"
+	}
+	f.dst = int(modrm&7) | int(rex&1)<<3
 	switch {
 	case rex&0x08 != 0:
 		f.mask = ^uint64(0)

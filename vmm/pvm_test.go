@@ -24,6 +24,10 @@ func TestDecodeFixup(t *testing.T) {
 		{"popcnt cx->ax", []byte{0x66, 0xf3, 0x0f, 0xb8, 0xc1}, true, opPopcnt, 5, 1, 0, 0xffff},
 		{"popcnt memory operand", []byte{0xf3, 0x48, 0x0f, 0xb8, 0x07}, false, 0, 0, 0, 0, 0},
 		{"xrstor", []byte{0x48, 0x0f, 0xae, 0x2f}, false, 0, 0, 0, 0, 0},
+		{"rdrand rax", []byte{0x48, 0x0f, 0xc7, 0xf0}, true, opRandom, 4, 0, 0, ^uint64(0)},
+		{"rdseed r9d", []byte{0x41, 0x0f, 0xc7, 0xf9}, true, opRandom, 4, 0, 9, 0xffffffff},
+		{"rdrand ax", []byte{0x66, 0x0f, 0xc7, 0xf0}, true, opRandom, 4, 0, 0, 0xffff},
+		{"cmpxchg8b memory", []byte{0x0f, 0xc7, 0x0f}, false, 0, 0, 0, 0, 0},
 		{"truncated popcnt", []byte{0xf3, 0x48, 0x0f}, false, 0, 0, 0, 0, 0},
 		{"empty", nil, false, 0, 0, 0, 0, 0},
 	}
@@ -36,7 +40,7 @@ func TestDecodeFixup(t *testing.T) {
 		if !ok {
 			continue
 		}
-		if f.op != tt.op || f.length != tt.length || (tt.op == opPopcnt && (f.src != tt.src || f.dst != tt.dst || f.mask != tt.mask)) {
+		if f.op != tt.op || f.length != tt.length || (tt.op == opPopcnt && (f.src != tt.src || f.dst != tt.dst || f.mask != tt.mask)) || (tt.op == opRandom && (f.dst != tt.dst || f.mask != tt.mask)) {
 			t.Errorf("%s: got %+v", tt.name, f)
 		}
 	}
@@ -57,7 +61,7 @@ func TestPVMCmdline(t *testing.T) {
 	if !strings.Contains(got, "tsc_early_khz=2596094") {
 		t.Fatalf("no TSC rate: %q", got)
 	}
-	if !strings.Contains(got, "nopv") || !strings.Contains(got, "noxsave") {
+	if !strings.Contains(got, "nopv") || !strings.Contains(got, "clearcpuid=xsave") {
 		t.Fatalf("missing options: %q", got)
 	}
 	if strings.Count(got, "lpj=") != 1 || !strings.Contains(got, "lpj=5") {

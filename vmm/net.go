@@ -1,0 +1,86 @@
+package vmm
+
+import (
+	"fmt"
+	stdnet "net"
+
+	"github.com/govmm/vmm/virtio"
+	"github.com/govmm/vmm/virtio/net"
+)
+
+// pciClassNetworkEthernet is the Ethernet controller class code (PCI Code
+// and ID Assignment Specification, base class 02h, subclass 00h).
+const pciClassNetworkEthernet = 0x020000
+
+// netDevice is one validated interface configuration.
+type netDevice struct {
+	id, tap string
+	mac     stdnet.HardwareAddr
+}
+
+// checkNets validates every interface before any tap is opened.
+func checkNets(nets []NetConfig) ([]netDevice, error) {
+	var devs []netDevice
+	seen := map[string]bool{}
+	for i, c := range nets {
+		d := netDevice{id: c.ID, tap: c.Tap}
+		if d.id == "" {
+			d.id = fmt.Sprintf("net%d", i)
+		}
+		if seen[d.id] {
+			return nil, fmt.Errorf("network interface id %q used twice", d.id)
+		}
+		seen[d.id] = true
+		if c.MAC == "" {
+			d.mac = net.StableMAC(d.id + "/" + c.Tap)
+		} else {
+			mac, err := stdnet.ParseMAC(c.MAC)
+			if err != nil {
+				return nil, fmt.Errorf("virtio-net %s: %w", d.id, err)
+			}
+			if len(mac) != 6 || mac[0]&1 != 0 {
+				return nil, fmt.Errorf("virtio-net %s: MAC %s is not a unicast Ethernet address", d.id, c.MAC)
+			}
+			d.mac = mac
+		}
+		devs = append(devs, d)
+	}
+	return devs, nil
+}
+
+// setupNets adds one virtio-net function per configured interface, each
+// attached to its tap. A missing tap or one the VMM may not open surfaces
+// here, before the guest runs.
+func (m *Machine) setupNets(st *pciState, ioe ioEventRegistrar) error {
+	devs, err := checkNets(m.cfg.Nets)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		tap, err := net.OpenTap(d.tap)
+		if err != nil {
+			return fmt.Errorf("virtio-net %s: %w", d.id, err)
+		}
+		dev, err := net.New(net.Config{ID: d.id, MAC: d.mac}, tap)
+		if err != nil {
+			tap.Close()
+			return err
+		}
+		st.closers = append(st.closers, dev)
+		t, err := virtio.NewPCI(dev, virtio.PCIOptions{
+			Name: "virtio-net-" + d.id, Class: pciClassNetworkEthernet, Mem: m.mem, Log: m.log,
+			MSI: st.msi, IOEvents: ioe,
+		})
+		if err != nil {
+			return fmt.Errorf("virtio-net %s: %w", d.id, err)
+		}
+		// The transport stops the device before the tap is closed.
+		st.closers = append(st.closers[:len(st.closers)-1], t, dev)
+		slot, err := st.bus.Add(t)
+		if err != nil {
+			return fmt.Errorf("virtio-net %s: %w", d.id, err)
+		}
+		m.log.Debug("virtio-net attached", "id", d.id, "tap", tap.Name(), "mac", d.mac.String(), "pci", fmt.Sprintf("00:%02x.0", slot))
+	}
+	return nil
+}
