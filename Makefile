@@ -12,7 +12,7 @@ GO ?= go
 GUEST_DIR ?= build/guest
 export VMM_CACHE ?= $(HOME)/.cache/vmm
 MEM ?= 128M
-TEST_TIMEOUT ?= 80m
+TEST_TIMEOUT ?= 60m
 
 .PHONY: all vmm deps guest kernel initramfs testguest testimage run test check unit integration bench clean
 

@@ -73,3 +73,17 @@ func TestLinuxBoot(t *testing.T) {
 	}
 	t.Logf("whole test %v", time.Since(start).Round(time.Second))
 }
+
+// TestLinuxPanicEndsVMM boots the default kernel with no root file system:
+// the kernel panics, and with panic=1 it reboots, which must end vmm.
+func TestLinuxPanicEndsVMM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long test: boots Linux")
+	}
+	kernel, _ := defaultGuest(t)
+	v := Start(t, "--kernel", kernel, "--mem", "128M", "--cmdline", "console=ttyS0 reboot=k panic=1")
+	v.WaitFor(regexp.MustCompile(`Kernel panic - not syncing`), 0, linuxBootTimeout)
+	if code := v.Wait(5 * time.Minute); code != 0 {
+		t.Fatalf("vmm exit status %d after the guest panicked and rebooted, want 0", code)
+	}
+}
