@@ -106,20 +106,13 @@ func pciHostBridgeAML(h *PCIHostBridge) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var terms [][]byte
-	for _, n := range []struct {
-		name string
-		obj  []byte
-	}{
+	terms, err := amlNames([]amlNamedObject{
 		{"_HID", hid}, {"_CID", cid},
 		{"_SEG", amlInteger(0)}, {"_BBN", amlInteger(0)}, {"_UID", amlInteger(0)},
 		{"_CRS", crs},
-	} {
-		t, err := amlName(n.name, n.obj)
-		if err != nil {
-			return nil, err
-		}
-		terms = append(terms, t)
+	})
+	if err != nil {
+		return nil, err
 	}
 	dev, err := amlDevice("PCI0", terms...)
 	if err != nil {

@@ -48,20 +48,32 @@ func serialAML(s ISASerialPort) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var terms [][]byte
-	for _, n := range []struct {
-		name string
-		obj  []byte
-	}{{"_HID", hid}, {"_UID", amlInteger(s.UID)}, {"_CRS", crs}} {
-		t, err := amlName(n.name, n.obj)
-		if err != nil {
-			return nil, err
-		}
-		terms = append(terms, t)
+	terms, err := amlNames([]amlNamedObject{{"_HID", hid}, {"_UID", amlInteger(s.UID)}, {"_CRS", crs}})
+	if err != nil {
+		return nil, err
 	}
 	dev, err := amlDevice(s.Name, terms...)
 	if err != nil {
 		return nil, err
 	}
 	return amlScope(`\_SB_`, dev)
+}
+
+// amlNamedObject is one Name(path, object) term.
+type amlNamedObject struct {
+	name string
+	obj  []byte
+}
+
+// amlNames encodes a list of Name terms, as a device body needs.
+func amlNames(objs []amlNamedObject) ([][]byte, error) {
+	var terms [][]byte
+	for _, n := range objs {
+		t, err := amlName(n.name, n.obj)
+		if err != nil {
+			return nil, err
+		}
+		terms = append(terms, t)
+	}
+	return terms, nil
 }

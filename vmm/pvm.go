@@ -185,20 +185,15 @@ func decodeFixup(code []byte, long bool) (fixup, bool) {
 	}
 	// popcnt: optional 66 (16-bit), mandatory F3, optional REX, 0F B8, ModRM.
 	i := 0
-	opsize16 := false
-	if i < len(code) && code[i] == 0x66 {
-		opsize16 = true
+	opsize16 := i < len(code) && code[i] == 0x66
+	if opsize16 {
 		i++
 	}
 	if i >= len(code) || code[i] != 0xf3 {
 		return fixup{}, false
 	}
 	i++
-	var rex byte
-	if long && i < len(code) && code[i]&0xf0 == 0x40 {
-		rex = code[i]
-		i++
-	}
+	rex, i := parseREX(code, i, long)
 	if i+3 > len(code) || code[i] != 0x0f || code[i+1] != 0xb8 {
 		return fixup{}, false
 	}
@@ -206,32 +201,41 @@ func decodeFixup(code []byte, long bool) (fixup, bool) {
 	if modrm>>6 != 3 {
 		return fixup{}, false // memory operands are not completed here
 	}
-	f := fixup{op: opPopcnt, name: "popcnt", length: i + 3, mask: 0xffff_ffff}
-	f.dst = int(modrm>>3&7) | int(rex>>2&1)<<3
-	f.src = int(modrm&7) | int(rex&1)<<3
-	switch {
-	case rex&0x08 != 0:
-		f.mask = ^uint64(0)
-	case opsize16:
-		f.mask = 0xffff
-	}
-	return f, true
+	return fixup{
+		op: opPopcnt, name: "popcnt", length: i + 3, mask: operandMask(rex, opsize16),
+		dst: int(modrm>>3&7) | int(rex>>2&1)<<3,
+		src: int(modrm&7) | int(rex&1)<<3,
+	}, true
 }
 
-// decodeRandom recognises rdrand and rdseed to a register:
-// [66] [REX] 0F C7 /6 or /7 with a register operand (Intel SDM vol. 2B).
+// parseREX returns the REX prefix at code[i] (long mode only) and the
+// index after it.
+func parseREX(code []byte, i int, long bool) (byte, int) {
+	if long && i < len(code) && code[i]&0xf0 == 0x40 {
+		return code[i], i + 1
+	}
+	return 0, i
+}
+
+// operandMask is the register width an instruction writes: REX.W selects
+// 64 bits, an 0x66 prefix 16, and 32 otherwise.
+func operandMask(rex byte, opsize16 bool) uint64 {
+	switch {
+	case rex&0x08 != 0:
+		return ^uint64(0)
+	case opsize16:
+		return 0xffff
+	}
+	return 0xffff_ffff
+}
+
 func decodeRandom(code []byte, long bool) (fixup, bool) {
 	i := 0
-	opsize16 := false
-	if i < len(code) && code[i] == 0x66 {
-		opsize16 = true
+	opsize16 := i < len(code) && code[i] == 0x66
+	if opsize16 {
 		i++
 	}
-	var rex byte
-	if long && i < len(code) && code[i]&0xf0 == 0x40 {
-		rex = code[i]
-		i++
-	}
+	rex, i := parseREX(code, i, long)
 	if i+3 > len(code) || code[i] != 0x0f || code[i+1] != 0xc7 {
 		return fixup{}, false
 	}
@@ -240,16 +244,9 @@ func decodeRandom(code []byte, long bool) (fixup, bool) {
 	if modrm>>6 != 3 || (reg != 6 && reg != 7) {
 		return fixup{}, false
 	}
-	f := fixup{op: opRandom, name: "rdrand", length: i + 3, mask: 0xffff_ffff}
+	f := fixup{op: opRandom, name: "rdrand", length: i + 3, mask: operandMask(rex, opsize16), dst: int(modrm&7) | int(rex&1)<<3}
 	if reg == 7 {
 		f.name = "rdseed"
-	}
-	f.dst = int(modrm&7) | int(rex&1)<<3
-	switch {
-	case rex&0x08 != 0:
-		f.mask = ^uint64(0)
-	case opsize16:
-		f.mask = 0xffff
 	}
 	return f, true
 }
