@@ -188,6 +188,53 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	return nil
 }
 
+// Used is one chain to return: its head and the bytes written to it.
+type Used struct {
+	Head    uint16
+	Written uint32
+}
+
+// PushAll returns several chains at once: the driver sees them all
+// together (one used index update) and gets at most one notification. A
+// device whose answer spans several chains (virtio-net's mergeable receive
+// buffers, §5.1.6.4) must publish them this way, since the driver may
+// look at the used ring at any time.
+func (q *Queue) PushAll(used []Used) error {
+	if len(used) == 0 {
+		return nil
+	}
+	q.mu.Lock()
+	for i, u := range used {
+		elem := q.DeviceAddr + usedRingOff + usedElemSize*uint64((q.nextUsed+uint16(i))%q.Size)
+		if err := q.mem.PutUint32(elem, uint32(u.Head)); err != nil {
+			q.mu.Unlock()
+			return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
+		}
+		if err := q.mem.PutUint32(elem+4, u.Written); err != nil {
+			q.mu.Unlock()
+			return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
+		}
+	}
+	// The elements must be visible before the index that publishes them.
+	q.fence()
+	q.nextUsed += uint16(len(used))
+	if err := q.mem.PutUint16(q.DeviceAddr+usedIdxOff, q.nextUsed); err != nil {
+		q.mu.Unlock()
+		return fmt.Errorf("queue %d: write used idx: %w", q.Index, err)
+	}
+	// ...and the index before we read the driver's suppression state.
+	q.fence()
+	need, err := q.needNotifyLocked()
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if need {
+		q.notify()
+	}
+	return nil
+}
+
 // needNotifyLocked decides whether the driver wants to hear about the used
 // entries added since the last notification.
 func (q *Queue) needNotifyLocked() (bool, error) {

@@ -696,6 +696,18 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	if (blk && value_is(blk, blen, "1"))
 		blk_test();
 
+	/* net=1: PCI + virtio-net test (virtio_net.c). */
+	int nlen = 0;
+	const char *net = cmdline_value("net", &nlen);
+	if (net && value_is(net, nlen, "1"))
+		net_test();
+
+	/* vsock=1: PCI + virtio-vsock echo server (virtio_vsock.c). */
+	int vlen = 0;
+	const char *vs = cmdline_value("vsock", &vlen);
+	if (vs && value_is(vs, vlen, "1"))
+		vsock_test();
+
 	/* fault=ud: prove that unexpected exceptions are reported (vector 6,
 	 * exit status 99).  fault=gp: read a non-canonical address (#GP,
 	 * vector 13). */

@@ -22,4 +22,10 @@ int value_is(const char *v, int len, const char *want);
 /* virtio_blk.c: the blk=1 test. */
 void blk_test(void);
 
+/* virtio_net.c: the net=1 test. */
+void net_test(void);
+
+/* virtio_vsock.c: the vsock=1 test. */
+void vsock_test(void);
+
 #endif

@@ -50,7 +50,13 @@ const Base = 0x10000
 // NewDriver makes ramSize bytes of guest RAM with a queue of size entries
 // at its start.
 func NewDriver(ramSize uint64, size uint16) (*Driver, error) {
-	ram := make([]byte, ramSize)
+	return NewDriverOn(make([]byte, ramSize), size)
+}
+
+// NewDriverOn is NewDriver over caller-provided RAM. Over an mmap'd
+// region, which the race detector does not track, a test may touch the
+// rings while the device runs, as a real guest does.
+func NewDriverOn(ram []byte, size uint16) (*Driver, error) {
 	mem, err := memory.FromRegions(memory.Region{GuestAddr: Base, Host: ram})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,632 @@
+/*
+ * vsock=1: find a virtio-vsock device by PCI enumeration and run a tiny
+ * echo server on guest port 1234.
+ *
+ * Like virtio_blk.c, PCI configuration mechanism #1 finds the first modern
+ * virtio-vsock function (vendor 0x1af4, device 0x1053 = 0x1040 + type 19)
+ * on bus 0 and its vendor capabilities locate the virtio structures
+ * (virtio 1.2 §4.1.4).  The driver negotiates VERSION_1 plus
+ * VIRTIO_VSOCK_F_STREAM when offered, reads guest_cid (§5.10.4), sets up
+ * the rx (0), tx (1) and event (2) queues with 16 entries each, and polls
+ * (no interrupts).
+ *
+ * Echo server (§5.10.6): a REQUEST for port 1234 gets RESPONSE, one
+ * connection at a time; REQUESTs for other ports get RST.  RW payloads are
+ * echoed back, within the host's credit (buf_alloc - (tx_cnt - fwd_cnt)),
+ * and the guest advertises buf_alloc = 16 KiB with fwd_cnt = bytes echoed.
+ * CREDIT_REQUEST gets CREDIT_UPDATE.  When the host shuts the connection
+ * down (SHUTDOWN or RST), the guest finishes echoing, answers SHUTDOWN
+ * with both flags, waits briefly for the host's RST, prints the byte count
+ * and a FNV-1a hash of the echoed bytes, and returns.
+ *
+ * Output lines (README.md).
+ */
+#include "testguest.h"
+
+static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u32 in32(u16 port)
+{
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
+static u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
+static u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
+static void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
+static void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
+static void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+static void mmio_wr64(u64 a, u64 v)
+{
+	mmio_wr32(a, (u32)v);
+	mmio_wr32(a + 4, (u32)(v >> 32));
+}
+
+#define barrier() __asm__ volatile("" : : : "memory")
+
+/* ---- PCI (PCI Local Bus 3.0 §3.2.2.3.2, §6) ---- */
+
+#define PCI_ADDR 0xcf8
+#define PCI_DATA 0xcfc
+#define PCI_ENABLE 0x80000000u
+#define PCI_COMMAND 0x04
+#define PCI_CMD_MEM 0x2
+#define PCI_CMD_MASTER 0x4
+#define PCI_STATUS 0x06
+#define PCI_STATUS_CAPS 0x10
+#define PCI_BAR0 0x10
+#define PCI_CAP_PTR 0x34
+#define PCI_CAP_VENDOR 0x09
+
+static u32 pci_rd32(u32 dev, u32 reg)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	return in32(PCI_DATA);
+}
+
+static u8 pci_rd8(u32 dev, u32 reg) { return (u8)(pci_rd32(dev, reg) >> (8 * (reg & 3))); }
+static u16 pci_rd16(u32 dev, u32 reg) { return (u16)(pci_rd32(dev, reg) >> (8 * (reg & 2))); }
+
+static void pci_wr16(u32 dev, u32 reg, u16 v)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	out16((u16)(PCI_DATA + (reg & 2)), v);
+}
+
+static u64 pci_bar(u32 dev, u32 bar)
+{
+	u32 lo = pci_rd32(dev, PCI_BAR0 + 4 * bar);
+	u64 a = lo & ~0xfull;
+	if ((lo & 0x6) == 0x4) /* 64-bit memory BAR */
+		a |= (u64)pci_rd32(dev, PCI_BAR0 + 4 * (bar + 1)) << 32;
+	return a;
+}
+
+/* ---- virtio (virtio 1.2) ---- */
+
+#define VIRTIO_VENDOR 0x1af4
+#define VIRTIO_VSOCK_DEVICE 0x1053 /* 0x1040 + device type 19 */
+
+/* struct virtio_pci_cap cfg_type (§4.1.4) */
+#define VCAP_COMMON 1
+#define VCAP_NOTIFY 2
+#define VCAP_DEVICE 4
+
+/* struct virtio_pci_common_cfg (§4.1.4.3) */
+#define CC_DFSELECT 0x00
+#define CC_DF 0x04
+#define CC_GFSELECT 0x08
+#define CC_GF 0x0c
+#define CC_STATUS 0x14
+#define CC_QSELECT 0x16
+#define CC_QSIZE 0x18
+#define CC_QENABLE 0x1c
+#define CC_QNOTIFYOFF 0x1e
+#define CC_QDESC 0x20
+#define CC_QDRIVER 0x28
+#define CC_QDEVICE 0x30
+
+/* device status (§2.1) */
+#define S_ACK 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+#define S_NEEDS_RESET 64
+
+/* feature bits (§6, §5.10.3) */
+#define F_VSOCK_STREAM (1ull << 0)
+#define F_VERSION_1 (1ull << 32)
+
+/* struct virtio_vsock_hdr (§5.10.6) */
+struct vhdr {
+	u64 src_cid;
+	u64 dst_cid;
+	u32 src_port;
+	u32 dst_port;
+	u32 len;
+	u16 type;
+	u16 op;
+	u32 flags;
+	u32 buf_alloc;
+	u32 fwd_cnt;
+} __attribute__((packed));
+
+#define HDR_SIZE 44
+#define TYPE_STREAM 1
+#define OP_REQUEST 1
+#define OP_RESPONSE 2
+#define OP_RST 3
+#define OP_SHUTDOWN 4
+#define OP_RW 5
+#define OP_CREDIT_UPDATE 6
+#define OP_CREDIT_REQUEST 7
+#define SHUTDOWN_BOTH 3
+#define HOST_CID 2
+#define ECHO_PORT 1234
+
+/* split virtqueue (§2.7) */
+#define QSZ 16
+#define D_WRITE 2
+#define PKT_MAX 4096
+#define BUF_ALLOC 16384
+
+struct vdesc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+} __attribute__((packed));
+
+struct vavail {
+	u16 flags;
+	u16 idx;
+	u16 ring[QSZ];
+	u16 used_event;
+} __attribute__((packed));
+
+struct vused_elem {
+	u32 id;
+	u32 len;
+} __attribute__((packed));
+
+struct vused {
+	u16 flags;
+	u16 idx;
+	struct vused_elem ring[QSZ];
+	u16 avail_event;
+} __attribute__((packed));
+
+struct vq {
+	struct vdesc desc[QSZ] __attribute__((aligned(16)));
+	struct vavail avail __attribute__((aligned(4)));
+	struct vused used __attribute__((aligned(4)));
+	u64 notify;
+	u16 avail_idx, last_used;
+};
+
+static struct vq qs[3] __attribute__((aligned(4096)));
+static u8 rxbuf[QSZ][HDR_SIZE + PKT_MAX] __attribute__((aligned(8)));
+static u8 txbuf[HDR_SIZE + PKT_MAX] __attribute__((aligned(8)));
+static u8 evbuf[QSZ][8] __attribute__((aligned(8)));
+static u8 echo[BUF_ALLOC];
+
+static u64 common, devcfg, notify_base;
+static u32 notify_mult;
+static u64 cid;
+
+/* The one connection: idle, open, shut (our SHUTDOWN is out, waiting for
+ * the host's RST), done. */
+enum { C_IDLE, C_OPEN, C_SHUT, C_DONE };
+static int conn, conn_closing;
+static u32 peer_port, echo_len, fwd_cnt, tx_cnt, peer_buf_alloc, peer_fwd_cnt;
+static u64 echoed;
+static u32 fnv;
+
+/* The guest-initiated connection (vsock_connect=PORT): none, requested,
+ * established, done. */
+#define CLIENT_PORT 4000
+enum { K_NONE, K_REQUESTED, K_OPEN, K_DONE };
+static int cli, cli_refused, cli_shut;
+static u32 cli_peer, cli_fwd, cli_in_len;
+static char cli_in[64];
+
+static void fail(const char *why)
+{
+	line("vsock error ");
+	con_puts(why);
+	con_puts("\n");
+}
+
+static void post(struct vq *q, u16 id)
+{
+	q->avail.ring[q->avail_idx % QSZ] = id;
+	barrier();
+	q->avail_idx++;
+	q->avail.idx = q->avail_idx;
+	barrier();
+}
+
+#define POLL_LIMIT 50000000
+
+/* Send one packet and wait until the device has taken it.  0 on success. */
+static int tx(u16 op, u32 dst_port, u32 src_port, u32 flags, const u8 *payload, u32 len, u32 fwd)
+{
+	struct vq *q = &qs[1];
+	struct vhdr *h = (struct vhdr *)txbuf;
+	h->src_cid = cid;
+	h->dst_cid = HOST_CID;
+	h->src_port = src_port;
+	h->dst_port = dst_port;
+	h->len = len;
+	h->type = TYPE_STREAM;
+	h->op = op;
+	h->flags = flags;
+	h->buf_alloc = BUF_ALLOC;
+	h->fwd_cnt = fwd;
+	for (u32 i = 0; i < len; i++)
+		txbuf[HDR_SIZE + i] = payload[i];
+	q->desc[0].addr = (u64)txbuf;
+	q->desc[0].len = HDR_SIZE + len;
+	q->desc[0].flags = 0;
+	q->desc[0].next = 0;
+	post(q, 0);
+	mmio_wr16(q->notify, 1);
+	for (u32 i = 0; i < POLL_LIMIT; i++) {
+		barrier();
+		if (*(volatile u16 *)&q->used.idx != q->last_used) {
+			q->last_used++;
+			return 0;
+		}
+	}
+	fail(mmio_rd8(common + CC_STATUS) & S_NEEDS_RESET ? "device needs reset" : "tx timed out");
+	return -1;
+}
+
+/* Echo what the host's credit allows. */
+static int flush_echo(void)
+{
+	u32 off = 0;
+	while (off < echo_len) {
+		u32 in_flight = tx_cnt - peer_fwd_cnt;
+		u32 credit = in_flight >= peer_buf_alloc ? 0 : peer_buf_alloc - in_flight;
+		u32 n = echo_len - off;
+		if (n > PKT_MAX)
+			n = PKT_MAX;
+		if (n > credit)
+			n = credit;
+		if (n == 0)
+			break;
+		for (u32 i = 0; i < n; i++) {
+			fnv ^= echo[off + i];
+			fnv *= 16777619u;
+		}
+		fwd_cnt += n; /* consumed by the time the header goes out */
+		tx_cnt += n;
+		echoed += n;
+		if (tx(OP_RW, peer_port, ECHO_PORT, 0, echo + off, n, fwd_cnt))
+			return -1;
+		off += n;
+	}
+	/* Keep what the host can't take yet at the front. */
+	for (u32 i = off; i < echo_len; i++)
+		echo[i - off] = echo[i];
+	echo_len -= off;
+	return 0;
+}
+
+/* Handle one packet from the device.  0 to go on. */
+static int rx_packet(const u8 *p, u32 n)
+{
+	const struct vhdr *h = (const struct vhdr *)p;
+	if (n < HDR_SIZE || h->len > n - HDR_SIZE || h->dst_cid != cid) {
+		fail("bad rx packet");
+		return -1;
+	}
+	if (cli != K_NONE && cli != K_DONE && h->dst_port == CLIENT_PORT && h->src_port == cli_peer) {
+		switch (h->op) {
+		case OP_RESPONSE:
+			if (cli == K_REQUESTED)
+				cli = K_OPEN;
+			break;
+		case OP_RST:
+			cli_refused = cli == K_REQUESTED;
+			cli = K_DONE;
+			break;
+		case OP_SHUTDOWN:
+			cli_shut = 1;
+			break;
+		case OP_RW:
+			for (u32 i = 0; i < h->len; i++)
+				if (cli_in_len < sizeof(cli_in) - 1)
+					cli_in[cli_in_len++] = (char)p[HDR_SIZE + i];
+			cli_fwd += h->len;
+			break;
+		}
+		return 0;
+	}
+	int ours = (conn == C_OPEN || conn == C_SHUT) && h->src_port == peer_port && h->dst_port == ECHO_PORT;
+	if (ours) {
+		peer_buf_alloc = h->buf_alloc;
+		peer_fwd_cnt = h->fwd_cnt;
+	}
+	switch (h->op) {
+	case OP_REQUEST:
+		if (h->dst_port != ECHO_PORT || conn != C_IDLE) {
+			line("vsock refused port=");
+			put_dec(h->dst_port);
+			con_puts("\n");
+			return tx(OP_RST, h->src_port, h->dst_port, 0, 0, 0, 0);
+		}
+		conn = C_OPEN;
+		peer_port = h->src_port;
+		peer_buf_alloc = h->buf_alloc;
+		peer_fwd_cnt = h->fwd_cnt;
+		fwd_cnt = tx_cnt = echo_len = 0;
+		echoed = 0;
+		fnv = 2166136261u;
+		line("vsock accepted port=");
+		put_dec(ECHO_PORT);
+		con_puts(" peer=");
+		put_dec(peer_port);
+		con_puts("\n");
+		return tx(OP_RESPONSE, peer_port, ECHO_PORT, 0, 0, 0, fwd_cnt);
+	case OP_RW:
+		if (!ours)
+			return tx(OP_RST, h->src_port, h->dst_port, 0, 0, 0, 0);
+		if (echo_len + h->len > BUF_ALLOC) {
+			fail("host overran the credit");
+			return -1;
+		}
+		for (u32 i = 0; i < h->len; i++)
+			echo[echo_len + i] = p[HDR_SIZE + i];
+		echo_len += h->len;
+		return 0;
+	case OP_CREDIT_REQUEST:
+		if (ours)
+			return tx(OP_CREDIT_UPDATE, peer_port, ECHO_PORT, 0, 0, 0, fwd_cnt);
+		return 0;
+	case OP_SHUTDOWN:
+		if (ours)
+			conn_closing = 1;
+		return 0;
+	case OP_RST:
+		if (ours) {
+			conn_closing = 1;
+			conn = C_DONE;
+		}
+		return 0;
+	case OP_CREDIT_UPDATE:
+	case OP_RESPONSE:
+		return 0;
+	}
+	if (!ours)
+		return 0;
+	return tx(OP_RST, h->src_port, h->dst_port, 0, 0, 0, 0);
+}
+
+/* Find the device and bring it to DRIVER_OK.  Returns the PCI device
+ * number, or -1. */
+static int vsock_init(void)
+{
+	u32 dev;
+	for (dev = 0; dev < 32; dev++) {
+		u32 id = pci_rd32(dev, 0);
+		if ((id & 0xffff) == VIRTIO_VENDOR && (id >> 16) == VIRTIO_VSOCK_DEVICE)
+			break;
+	}
+	if (dev == 32) {
+		fail("no virtio-vsock device");
+		return -1;
+	}
+	if (!(pci_rd16(dev, PCI_STATUS) & PCI_STATUS_CAPS)) {
+		fail("no capabilities");
+		return -1;
+	}
+	u32 cap = pci_rd8(dev, PCI_CAP_PTR) & 0xfc;
+	for (int guard = 0; cap && guard < 48; guard++) {
+		if (pci_rd8(dev, cap) == PCI_CAP_VENDOR) {
+			u8 type = pci_rd8(dev, cap + 3);
+			u64 a = pci_bar(dev, pci_rd8(dev, cap + 4)) + pci_rd32(dev, cap + 8);
+			if (type == VCAP_COMMON && !common)
+				common = a;
+			else if (type == VCAP_NOTIFY && !notify_base) {
+				notify_base = a;
+				notify_mult = pci_rd32(dev, cap + 16);
+			} else if (type == VCAP_DEVICE && !devcfg)
+				devcfg = a;
+		}
+		cap = pci_rd8(dev, cap + 1) & 0xfc;
+	}
+	if (!common || !notify_base || !devcfg) {
+		fail("missing virtio capability");
+		return -1;
+	}
+	pci_wr16(dev, PCI_COMMAND, pci_rd16(dev, PCI_COMMAND) | PCI_CMD_MEM | PCI_CMD_MASTER);
+
+	/* Initialization sequence (§3.1.1). */
+	mmio_wr8(common + CC_STATUS, 0);
+	for (int i = 0; i < 1000 && mmio_rd8(common + CC_STATUS); i++)
+		;
+	mmio_wr8(common + CC_STATUS, S_ACK);
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER);
+	mmio_wr32(common + CC_DFSELECT, 0);
+	u64 offered = mmio_rd32(common + CC_DF);
+	mmio_wr32(common + CC_DFSELECT, 1);
+	offered |= (u64)mmio_rd32(common + CC_DF) << 32;
+	u64 features = offered & (F_VERSION_1 | F_VSOCK_STREAM);
+	mmio_wr32(common + CC_GFSELECT, 0);
+	mmio_wr32(common + CC_GF, (u32)features);
+	mmio_wr32(common + CC_GFSELECT, 1);
+	mmio_wr32(common + CC_GF, (u32)(features >> 32));
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	if (!(features & F_VERSION_1) || !(mmio_rd8(common + CC_STATUS) & S_FEATURES_OK)) {
+		fail("feature negotiation");
+		return -1;
+	}
+	cid = (u64)mmio_rd32(devcfg) | (u64)mmio_rd32(devcfg + 4) << 32;
+
+	/* Queues rx, tx, event (§5.10.2, §4.1.5.1.3). */
+	for (u16 n = 0; n < 3; n++) {
+		struct vq *q = &qs[n];
+		mmio_wr16(common + CC_QSELECT, n);
+		if (mmio_rd16(common + CC_QSIZE) < QSZ) {
+			fail("queue too small");
+			return -1;
+		}
+		mmio_wr16(common + CC_QSIZE, QSZ);
+		mmio_wr64(common + CC_QDESC, (u64)q->desc);
+		mmio_wr64(common + CC_QDRIVER, (u64)&q->avail);
+		mmio_wr64(common + CC_QDEVICE, (u64)&q->used);
+		q->notify = notify_base + (u64)mmio_rd16(common + CC_QNOTIFYOFF) * notify_mult;
+		mmio_wr16(common + CC_QENABLE, 1);
+	}
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+
+	/* Every rx and event buffer goes to the device. */
+	for (u16 i = 0; i < QSZ; i++) {
+		qs[0].desc[i].addr = (u64)rxbuf[i];
+		qs[0].desc[i].len = HDR_SIZE + PKT_MAX;
+		qs[0].desc[i].flags = D_WRITE;
+		post(&qs[0], i);
+		qs[2].desc[i].addr = (u64)evbuf[i];
+		qs[2].desc[i].len = sizeof(evbuf[i]);
+		qs[2].desc[i].flags = D_WRITE;
+		post(&qs[2], i);
+	}
+	mmio_wr16(qs[0].notify, 0);
+	mmio_wr16(qs[2].notify, 2);
+	return (int)dev;
+}
+
+/* Handle every packet the device returned.  -1 on error, else whether
+ * there were any. */
+static int rx_poll(void)
+{
+	struct vq *q = &qs[0];
+	int any = 0;
+	barrier();
+	while (*(volatile u16 *)&q->used.idx != q->last_used) {
+		barrier();
+		struct vused_elem e = q->used.ring[q->last_used % QSZ];
+		q->last_used++;
+		if (e.id >= QSZ || e.len > HDR_SIZE + PKT_MAX) {
+			fail("bad used entry");
+			return -1;
+		}
+		if (rx_packet(rxbuf[e.id], e.len))
+			return -1;
+		post(q, (u16)e.id);
+		any = 1;
+	}
+	if (any)
+		mmio_wr16(q->notify, 0);
+	return any;
+}
+
+/* Poll until *state reaches at least want.  0 when it did. */
+static int wait_state(volatile int *state, int want)
+{
+	for (u32 i = 0; i < POLL_LIMIT; i++) {
+		if (*state >= want)
+			return 0;
+		if (rx_poll() < 0)
+			return -1;
+	}
+	return *state >= want ? 0 : -1;
+}
+
+/* vsock_connect=PORT: connect to host port PORT, send a line, print the
+ * line the host answers, close. */
+static void vsock_client(u32 port)
+{
+	static const char hello[] = "hello from the guest\n";
+	cli_peer = port;
+	cli = K_REQUESTED;
+	if (tx(OP_REQUEST, port, CLIENT_PORT, 0, 0, 0, 0))
+		return;
+	if (wait_state(&cli, K_OPEN)) {
+		fail("connect timed out");
+		return;
+	}
+	line("vsock connect port=");
+	put_dec(port);
+	if (cli_refused) {
+		con_puts(" refused\n");
+		return;
+	}
+	con_puts(" ok\n");
+	if (tx(OP_RW, port, CLIENT_PORT, 0, (const u8 *)hello, sizeof(hello) - 1, cli_fwd))
+		return;
+	for (u32 i = 0; i < POLL_LIMIT && cli == K_OPEN && !cli_shut; i++) {
+		if (cli_in_len && cli_in[cli_in_len - 1] == '\n')
+			break;
+		if (rx_poll() < 0)
+			return;
+	}
+	if (cli_in_len && cli_in[cli_in_len - 1] == '\n')
+		cli_in_len--;
+	cli_in[cli_in_len] = 0;
+	line("vsock got ");
+	con_puts(cli_in);
+	con_puts("\n");
+	if (cli == K_OPEN) {
+		if (tx(OP_SHUTDOWN, port, CLIENT_PORT, SHUTDOWN_BOTH, 0, 0, cli_fwd))
+			return;
+		if (wait_state(&cli, K_DONE))
+			fail("no RST after SHUTDOWN");
+	}
+}
+
+void vsock_test(void)
+{
+	int dev = vsock_init();
+	if (dev < 0)
+		return;
+	line("vsock device=");
+	put_dec((u64)dev);
+	con_puts(" cid=");
+	put_dec(cid);
+	con_puts("\n");
+	line("vsock listening port=");
+	put_dec(ECHO_PORT);
+	con_puts("\n");
+
+	struct vq *q = &qs[0];
+	u64 idle = 0, linger = 0;
+	for (;;) {
+		barrier();
+		if (*(volatile u16 *)&q->used.idx == q->last_used) {
+			if (conn_closing && ++linger > 2000000)
+				break; /* no RST from the host: done anyway */
+			if (++idle > 20ull * POLL_LIMIT) {
+				fail("timed out");
+				return;
+			}
+			if ((idle & 0xffff) == 0 && (mmio_rd8(common + CC_STATUS) & S_NEEDS_RESET)) {
+				fail("device needs reset");
+				return;
+			}
+			continue;
+		}
+		idle = 0;
+		while (*(volatile u16 *)&q->used.idx != q->last_used) {
+			barrier();
+			struct vused_elem e = q->used.ring[q->last_used % QSZ];
+			q->last_used++;
+			if (e.id >= QSZ || e.len > HDR_SIZE + PKT_MAX) {
+				fail("bad used entry");
+				return;
+			}
+			if (rx_packet(rxbuf[e.id], e.len))
+				return;
+			post(q, (u16)e.id);
+		}
+		mmio_wr16(q->notify, 0);
+		if (conn == C_OPEN && flush_echo())
+			return;
+		if (conn_closing && conn == C_OPEN && echo_len == 0) {
+			/* Everything echoed: close our side too. */
+			if (tx(OP_SHUTDOWN, peer_port, ECHO_PORT, SHUTDOWN_BOTH, 0, 0, fwd_cnt))
+				return;
+			conn = C_SHUT;
+		}
+		if (conn == C_DONE)
+			break;
+	}
+	line("vsock echo bytes=");
+	put_dec(echoed);
+	con_puts(" fnv=");
+	put_hex(fnv);
+	con_puts("\n");
+
+	int plen = 0;
+	const char *pv = cmdline_value("vsock_connect", &plen);
+	if (pv && plen > 0) {
+		u32 port = 0;
+		for (int i = 0; i < plen && pv[i] >= '0' && pv[i] <= '9'; i++)
+			port = port * 10 + (u32)(pv[i] - '0');
+		vsock_client(port);
+	}
+}

@@ -1,0 +1,141 @@
+package net
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/virtio"
+)
+
+// errMalformed marks a chain the device can't use at all; the driver broke
+// the protocol.
+var errMalformed = errors.New("malformed virtio-net buffer")
+
+// rxChain is one receive chain mapped to guest memory.
+type rxChain struct {
+	head uint16
+	buf  iovec
+	size uint64
+}
+
+// takeRx pops and maps the next receive chain, waiting for the driver to
+// post one: the tap is not read while the ring is empty, so frames queue
+// (and, past the tap's queue length, are dropped and counted) in the host
+// kernel, never silently in the VMM (back-pressure).
+func (n *Net) takeRx(rs *runState, q *virtio.Queue, kick <-chan struct{}) (rxChain, bool) {
+	c, ok := n.nextChain(rs, q, kick)
+	if !ok {
+		return rxChain{}, false
+	}
+	// §5.1.6.3.1: receive buffers are device-writable and hold at least
+	// the header.
+	if c.ReadLen != 0 || c.WriteLen < HeaderLen {
+		n.fail(rs, fmt.Errorf("%w: receive chain head %d has %d readable and %d writable bytes, want 0 and at least %d",
+			errMalformed, c.Head, c.ReadLen, c.WriteLen, HeaderLen))
+		return rxChain{}, false
+	}
+	v, err := guestBuffers(q, c, true)
+	if err != nil {
+		n.fail(rs, err)
+		return rxChain{}, false
+	}
+	return rxChain{head: c.Head, buf: v, size: c.WriteLen}, true
+}
+
+// rxLoop moves frames from the backend into the receive queue until
+// stopped.
+func (n *Net) rxLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
+	defer rs.wg.Done()
+	// overflow takes the part of a frame that doesn't fit the first
+	// chain: spread over further chains with MRG_RXBUF, dropped without.
+	overflow := make([]byte, HeaderLen+maxFrameLen)
+	var first rxChain
+	var iov iovec // first's buffers, then overflow; reused across frames
+	var used []virtio.Used
+	for {
+		if first.buf == nil {
+			var ok bool
+			if first, ok = n.takeRx(rs, q, kick); !ok {
+				return
+			}
+		}
+		iov = append(append(iov[:0], first.buf...), overflow)
+		got, ok := n.readFrame(rs, iov)
+		if !ok {
+			return
+		}
+		if got < HeaderLen {
+			// Not even a header: nothing a guest could use.
+			n.stats.RxDropped.Add(1)
+			continue
+		}
+		used = append(used[:0], virtio.Used{Head: first.head, Written: uint32(min(got, first.size))})
+		if got > first.size {
+			if !rs.mrg {
+				// §5.1.6.3.1: without MRG_RXBUF the driver must post
+				// buffers for the largest frame it accepts; keep the
+				// chain for the next frame and drop this one.
+				n.stats.RxDropped.Add(1)
+				rs.log.Debug("virtio-net: receive buffer too small", "id", n.cfg.ID, "frame", got, "buffer", first.size)
+				continue
+			}
+			rest := overflow[:got-first.size]
+			for len(rest) > 0 {
+				c, ok := n.takeRx(rs, q, kick)
+				if !ok {
+					return
+				}
+				k := c.buf.copyIn(0, rest)
+				rest = rest[k:]
+				used = append(used, virtio.Used{Head: c.head, Written: uint32(k)})
+			}
+		}
+		// num_buffers (§5.1.6.4): 1 without MRG_RXBUF, else the number of
+		// chains the frame uses. The tap leaves the field alone.
+		var nb [2]byte
+		binary.LittleEndian.PutUint16(nb[:], uint16(len(used)))
+		first.buf.copyIn(hdrNumBuffersOff, nb[:])
+		// All chains of a frame are published together: a driver seeing
+		// num_buffers > 1 expects the rest to be there already.
+		if err := q.PushAll(used); err != nil {
+			n.fail(rs, err)
+			return
+		}
+		n.stats.RxFrames.Add(1)
+		n.stats.RxBytes.Add(got - HeaderLen)
+		first = rxChain{}
+	}
+}
+
+// readFrame reads one frame with its header into v, waiting in the poller
+// for one to arrive; ok=false means stop.
+func (n *Net) readFrame(rs *runState, v iovec) (uint64, bool) {
+	for {
+		var got int
+		var rerr error
+		err := rs.rc.Read(func(fd uintptr) bool {
+			got, rerr = unix.Readv(int(fd), v)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
+		switch {
+		case err == nil:
+			return uint64(got), true
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded) || rs.stopped():
+			return 0, false
+		default:
+			// The tap went away (deleted, or its namespace): nothing
+			// more will arrive. Keep the guest's buffers and stop.
+			rs.log.Warn("virtio-net: backend read failed; receive stopped", "id", n.cfg.ID, "err", err)
+			return 0, false
+		}
+	}
+}

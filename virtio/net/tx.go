@@ -1,0 +1,126 @@
+package net
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/virtio"
+)
+
+// iovMax is the most buffers one writev takes (IOV_MAX, limits.h); longer
+// chains are gathered into one buffer first.
+const iovMax = 1024
+
+// txBatch bounds how many transmitted chains are returned at once: enough
+// to coalesce used-ring updates and interrupts, few enough that the
+// driver gets its buffers back promptly.
+const txBatch = 64
+
+// txLoop sends the driver's frames whenever it notifies the transmit
+// queue, until stopped or the driver breaks the queue. Chains go back to
+// the driver in batches, after each burst.
+func (n *Net) txLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
+	defer rs.wg.Done()
+	var gather []byte
+	var used []virtio.Used
+	flush := func() bool {
+		err := q.PushAll(used)
+		used = used[:0]
+		if err != nil {
+			n.fail(rs, err)
+			return false
+		}
+		return true
+	}
+	for {
+		c, ok, err := q.Pop()
+		if err != nil {
+			n.fail(rs, err)
+			return
+		}
+		if !ok {
+			if !flush() {
+				return
+			}
+			more, err := q.Arm()
+			if err != nil {
+				n.fail(rs, err)
+				return
+			}
+			if !more {
+				select {
+				case <-rs.stop:
+					return
+				case <-kick:
+				}
+			}
+			continue
+		}
+		// §5.1.6.2: a transmit chain is the header then the frame, all
+		// device-readable.
+		if c.WriteLen != 0 || c.ReadLen < HeaderLen {
+			n.fail(rs, fmt.Errorf("%w: transmit chain head %d has %d readable and %d writable bytes, want at least %d and 0",
+				errMalformed, c.Head, c.ReadLen, c.WriteLen, HeaderLen))
+			return
+		}
+		v, err := guestBuffers(q, c, false)
+		if err != nil {
+			n.fail(rs, err)
+			return
+		}
+		if len(v) > iovMax {
+			if gather == nil {
+				gather = make([]byte, HeaderLen+maxFrameLen)
+			}
+			if c.ReadLen > uint64(len(gather)) {
+				n.stats.TxDropped.Add(1)
+				v = nil
+			} else {
+				v = iovec{gather[:v.copyOut(gather)]}
+			}
+		}
+		if v != nil {
+			if !n.writeFrame(rs, v, c.ReadLen) {
+				return
+			}
+		}
+		// Transmit buffers are only read: the used length is 0.
+		used = append(used, virtio.Used{Head: c.Head})
+		if len(used) >= txBatch && !flush() {
+			return
+		}
+	}
+}
+
+// writeFrame writes one header+frame to the backend; ok=false means stop.
+// A frame the host refuses (a bad GSO header, an oversized frame, a link
+// that is down) is dropped and counted, as a NIC would.
+func (n *Net) writeFrame(rs *runState, v iovec, size uint64) bool {
+	for {
+		var werr error
+		err := rs.rc.Write(func(fd uintptr) bool {
+			_, werr = unix.Writev(int(fd), v)
+			return werr != unix.EAGAIN
+		})
+		if err == nil {
+			err = werr
+		}
+		switch {
+		case err == nil:
+			n.stats.TxFrames.Add(1)
+			n.stats.TxBytes.Add(size - HeaderLen)
+			return true
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded) || rs.stopped():
+			return false
+		default:
+			n.stats.TxDropped.Add(1)
+			rs.log.Debug("virtio-net: frame dropped by the backend", "id", n.cfg.ID, "len", size, "err", err)
+			return true
+		}
+	}
+}
