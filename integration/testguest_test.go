@@ -119,3 +119,16 @@ func TestBadKernelImages(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestExceptionsDelivered checks that faults raised by guest kernel code
+// reach the guest's own handlers (on kvm-pvm hosts some of them pass through
+// the VMM's instruction fix-ups first).
+func TestGuestExceptionsDelivered(t *testing.T) {
+	kernel := filepath.Join(shared.testGuest, "testguest.elf")
+	for _, tt := range []struct{ fault, vector string }{{"ud", "6"}, {"gp", "13"}} {
+		code, out, stderr := runVMM(t, testGuestTimeout, "--kernel", kernel, "--debug-exit", "--cmdline", "fault="+tt.fault)
+		if code != 99 || !strings.Contains(out, "testguest: exception "+tt.vector+" ") {
+			t.Errorf("fault=%s: exit %d, want 99 with exception %s\nconsole:\n%s\nstderr:\n%s", tt.fault, code, tt.vector, out, stderr)
+		}
+	}
+}

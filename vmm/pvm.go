@@ -70,7 +70,10 @@ func pvmCmdline(cmdline string, tscKHz uint32) string {
 }
 
 // Exception vectors (Intel SDM vol. 3A §6.15).
-const vectorBreakpoint = 3
+const (
+	vectorBreakpoint    = 3
+	vectorInvalidOpcode = 6
+)
 
 // rflags bits.
 const (
@@ -107,8 +110,13 @@ func (v *vcpu) emulateFailedInstruction() (bool, error) {
 	v.m.log.Debug("completing instruction the host's emulator refused", "vcpu", v.id, "insn", insn.name, "rip", fmt.Sprintf("%#x", regs.RIP), "symbol", v.m.syms.lookup(regs.RIP))
 	regs.RIP += uint64(insn.length)
 	switch insn.op {
-	case opBreakpoint:
+	case opBreakpoint, opInvalidOpcode:
 		// int3 is a trap: the #BP frame's RIP points past the instruction.
+		// #UD is a fault: RIP stays on the instruction (length 0).
+		vector := uint8(vectorBreakpoint)
+		if insn.op == opInvalidOpcode {
+			vector = vectorInvalidOpcode
+		}
 		if err := v.kvm.SetRegs(regs); err != nil {
 			return false, err
 		}
@@ -116,7 +124,7 @@ func (v *vcpu) emulateFailedInstruction() (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		ev.Exception.Injected, ev.Exception.Nr, ev.Exception.HasErrorCode, ev.Exception.Pending = 1, vectorBreakpoint, 0, 0
+		ev.Exception.Injected, ev.Exception.Nr, ev.Exception.HasErrorCode, ev.Exception.Pending = 1, vector, 0, 0
 		ev.Flags = 0
 		return true, v.kvm.SetEvents(ev)
 	case opNop:
@@ -154,6 +162,7 @@ const (
 	opSTAC
 	opPopcnt
 	opRandom
+	opInvalidOpcode
 )
 
 type fixup struct {
@@ -165,7 +174,7 @@ type fixup struct {
 }
 
 // decodeFixup recognises the instructions the VMM completes itself:
-// int3 (CC), fwait (9B, a no-op with no unmasked x87 exception pending),
+// int3 (CC), ud2 (0F 0B, delivered as #UD), fwait (9B, a no-op with no unmasked x87 exception pending),
 // clac/stac (0F 01 CA/CB), register-to-register popcnt (F3 [REX] 0F B8) and
 // rdrand/rdseed to a register (0F C7 /6, /7), which give the guest kernel a
 // fast entropy source at boot where the emulator has none.
@@ -175,6 +184,10 @@ func decodeFixup(code []byte, long bool) (fixup, bool) {
 		return fixup{op: opBreakpoint, name: "int3", length: 1}, true
 	case len(code) >= 1 && code[0] == 0x9b:
 		return fixup{op: opNop, name: "fwait", length: 1}, true
+	case len(code) >= 2 && code[0] == 0x0f && code[1] == 0x0b:
+		// ud2 is how BUG() and WARN() trap; the guest's #UD handler prints
+		// the report (and, for WARN, steps over it itself).
+		return fixup{op: opInvalidOpcode, name: "ud2", length: 0}, true
 	case len(code) >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xca:
 		return fixup{op: opCLAC, name: "clac", length: 3}, true
 	case len(code) >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xcb:

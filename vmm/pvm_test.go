@@ -17,6 +17,7 @@ func TestDecodeFixup(t *testing.T) {
 	}{
 		{"int3", []byte{0xcc, 0x90}, true, opBreakpoint, 1, 0, 0, 0},
 		{"fwait", []byte{0x9b}, true, opNop, 1, 0, 0, 0},
+		{"ud2", []byte{0x0f, 0x0b}, true, opInvalidOpcode, 0, 0, 0, 0},
 		{"clac", []byte{0x0f, 0x01, 0xca}, true, opCLAC, 3, 0, 0, 0},
 		{"stac", []byte{0x0f, 0x01, 0xcb}, true, opSTAC, 3, 0, 0, 0},
 		{"popcnt rdi->rax", []byte{0xf3, 0x48, 0x0f, 0xb8, 0xc7}, true, opPopcnt, 5, 7, 0, ^uint64(0)},
@@ -50,7 +51,7 @@ func FuzzDecodeFixup(f *testing.F) {
 	f.Add([]byte{0xf3, 0x48, 0x0f, 0xb8, 0xc7}, true)
 	f.Fuzz(func(t *testing.T, code []byte, long bool) {
 		fx, ok := decodeFixup(code, long)
-		if ok && (fx.length <= 0 || fx.length > len(code)) {
+		if ok && (fx.length < 0 || fx.length > len(code) || (fx.length == 0 && fx.op != opInvalidOpcode)) {
 			t.Fatalf("length %d for %d bytes", fx.length, len(code))
 		}
 	})
