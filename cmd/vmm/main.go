@@ -53,6 +53,9 @@ func main() {
 	if len(args) > 0 && args[0] == "image" {
 		os.Exit(imageMain(args[1:], os.Stdout, os.Stderr))
 	}
+	if len(args) > 0 && args[0] == "run" {
+		os.Exit(runMain(args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
 }
 
