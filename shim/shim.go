@@ -1,0 +1,513 @@
+// Package shim runs one command in a container inside a fresh microVM: it
+// starts a child VMM process, configures and boots it through the REST
+// API, waits for the guest agent on hybrid vsock, runs the command with
+// the caller's standard streams, and tears everything down again. It is
+// the engine of `vmm run` and of any other front end that wants
+// docker-run-like behaviour.
+package shim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/govmm/vmm/api"
+	agent "github.com/govmm/vmm/guest/agent/client"
+	"github.com/govmm/vmm/guest/agent/protocol"
+	"github.com/govmm/vmm/vmm"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultBootTimeout = 10 * time.Minute
+	DefaultStopGrace   = 5 * time.Second
+	DefaultHostname    = "vmm"
+
+	// AgentPort is the guest vsock port vmm-agent listens on.
+	AgentPort = 1024
+	// GuestCID is the vsock context id given to the guest.
+	GuestCID = 3
+	// RootfsDevice is where the guest sees the image: the first (and
+	// only) virtio-blk disk.
+	RootfsDevice = "/dev/vda"
+)
+
+// Options describe one run.
+type Options struct {
+	// Image is the container's root filesystem (an ext4 image file).
+	Image string
+	// Kernel, Initrd and Cmdline boot the guest; the guest's initramfs
+	// must start vmm-agent.
+	Kernel, Initrd, Cmdline string
+	MemMiB                  int64 // guest memory
+	CPUs                    int
+	Nets                    []vmm.NetConfig
+
+	Args     []string // the command and its arguments
+	Env      []string // KEY=VALUE
+	Cwd      string   // working directory in the container ("" is /)
+	TTY      bool     // give the command a pseudo-terminal
+	Hostname string   // the container's hostname (default "vmm")
+
+	// BootTimeout bounds the wait for the guest agent after InstanceStart.
+	BootTimeout time.Duration
+	// StopGrace is how long the VMM gets between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+
+	Stdin          io.Reader // nil is /dev/null
+	Stdout, Stderr io.Writer // Stderr also gets the shim's warnings
+	// Signals are forwarded to the command (SIGWINCH resizes its
+	// terminal instead). A signal before the command runs aborts the
+	// run with status 128+signal.
+	Signals <-chan os.Signal
+	// Console receives the guest's serial console and the VMM's own
+	// diagnostics; nil keeps them in a log file in the run's directory,
+	// whose tail is reported if the VMM dies.
+	Console io.Writer
+
+	// Launcher starts the VMM; required (ExecLauncher for the real one).
+	Launcher Launcher
+	// TempDir is where the run's directory is made ("" is os.TempDir).
+	// Unix socket paths are limited to 107 bytes, so keep it short.
+	TempDir string
+}
+
+// Validate reports the first problem with o, phrased for a user; the
+// files it names must exist. It does not check Launcher.
+func (o *Options) Validate() error {
+	switch {
+	case len(o.Args) == 0:
+		return errors.New("no command given")
+	case o.Image == "":
+		return errors.New("no --image given")
+	case o.Kernel == "":
+		return errors.New("no kernel given (use --kernel, or run `make guest` to build the default guest)")
+	case o.MemMiB < vmm.MinMemSize>>20:
+		return fmt.Errorf("memory %d MiB is below the minimum of %d MiB", o.MemMiB, vmm.MinMemSize>>20)
+	case o.CPUs < 1 || o.CPUs > vmm.MaxCPUs:
+		return fmt.Errorf("%d vCPUs: must be 1-%d", o.CPUs, vmm.MaxCPUs)
+	case o.BootTimeout < 0:
+		return fmt.Errorf("boot timeout %v is negative", o.BootTimeout)
+	}
+	for _, e := range o.Env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return fmt.Errorf("environment entry %q: want KEY=VALUE", e)
+		}
+	}
+	if o.Cwd != "" && !strings.HasPrefix(o.Cwd, "/") {
+		return fmt.Errorf("working directory %q: must be absolute", o.Cwd)
+	}
+	for _, f := range []struct{ what, path string }{{"image", o.Image}, {"kernel", o.Kernel}, {"initrd", o.Initrd}} {
+		if f.path == "" {
+			continue
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.what, err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("%s: %s is not a regular file", f.what, f.path)
+		}
+	}
+	return nil
+}
+
+// SignalError is returned when a signal ended the run before the command
+// started.
+type SignalError struct{ Signal syscall.Signal }
+
+func (e *SignalError) Error() string { return "interrupted by " + e.Signal.String() }
+
+// Run boots a VM, runs o.Args in a container on o.Image, and returns the
+// command's exit status (128+signal if a signal killed it). err is set
+// when the run itself failed; exitCode is then 128+signal for a run
+// interrupted before the command started and -1 otherwise. Everything
+// Run made (VMM process, sockets, temporary files, taps) is gone when it
+// returns.
+func Run(ctx context.Context, o Options) (exitCode int, err error) {
+	if o.BootTimeout == 0 {
+		o.BootTimeout = DefaultBootTimeout
+	}
+	if o.StopGrace == 0 {
+		o.StopGrace = DefaultStopGrace
+	}
+	if o.Hostname == "" {
+		o.Hostname = DefaultHostname
+	}
+	if o.Stdout == nil {
+		o.Stdout = io.Discard
+	}
+	if o.Stderr == nil {
+		o.Stderr = io.Discard
+	}
+	if err := o.Validate(); err != nil {
+		return -1, err
+	}
+	if o.Launcher == nil {
+		return -1, errors.New("shim: Options.Launcher is nil")
+	}
+	r := &runner{o: o}
+	defer r.cleanup()
+	code, err := r.run(ctx)
+	var se *SignalError
+	if errors.As(err, &se) {
+		code = 128 + int(se.Signal)
+	}
+	return code, err
+}
+
+// runner holds what one Run made, for cleanup.
+type runner struct {
+	o        Options
+	dir      string
+	logPath  string
+	logFile  *os.File
+	vm       VMM
+	newTaps  []string
+	agent    *agent.Client
+	ctrID    string
+	restores []func()
+}
+
+// run does Run's work, recording in r what cleanup must undo.
+func (r *runner) run(ctx context.Context) (int, error) {
+	o := &r.o
+	dir, err := os.MkdirTemp(o.TempDir, "vmm-run-")
+	if err != nil {
+		return -1, fmt.Errorf("making the run directory: %w", err)
+	}
+	r.dir = dir
+	apiSock, vsockPath := filepath.Join(dir, "api.sock"), filepath.Join(dir, "vsock.sock")
+
+	console := o.Console
+	if console == nil {
+		r.logPath = filepath.Join(dir, "console.log")
+		f, err := os.Create(r.logPath)
+		if err != nil {
+			return -1, fmt.Errorf("creating the console log: %w", err)
+		}
+		r.logFile, console = f, f
+	}
+
+	var taps []string
+	for _, n := range o.Nets {
+		taps = append(taps, n.Tap)
+	}
+	r.newTaps = missingTaps(taps)
+
+	vm, err := o.Launcher.Launch(ctx, LaunchSpec{APISock: apiSock, Console: console})
+	if err != nil {
+		return -1, err
+	}
+	r.vm = vm
+
+	// Boot: everything up to the agent's answer is bounded by the boot
+	// timeout and abandoned if the VMM dies or a signal arrives.
+	bootCtx, cancelBoot := context.WithTimeout(ctx, o.BootTimeout)
+	defer cancelBoot()
+	var interrupted syscall.Signal
+	stopWatch := r.watchBoot(bootCtx, cancelBoot, &interrupted)
+	err = r.boot(bootCtx, apiSock, vsockPath)
+	stopWatch()
+	if err != nil {
+		select {
+		case <-vm.Done():
+			return -1, r.vmmDied("while booting")
+		default:
+		}
+		if interrupted != 0 {
+			return -1, &SignalError{Signal: interrupted}
+		}
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return -1, fmt.Errorf("%w (the guest did not answer within --boot-timeout %v)%s", err, o.BootTimeout, r.consoleHint())
+		}
+		return -1, err
+	}
+	return r.runCommand(ctx)
+}
+
+// watchBoot cancels the boot when the VMM exits or a signal arrives,
+// recording the signal. The returned function stops watching and must be
+// called before *sig is read.
+func (r *runner) watchBoot(ctx context.Context, cancel context.CancelFunc, sig *syscall.Signal) (stop func()) {
+	quit, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-ctx.Done():
+				return
+			case <-r.vm.Done():
+				cancel()
+				return
+			case s, ok := <-r.o.Signals:
+				if !ok {
+					r.o.Signals = nil
+					continue
+				}
+				if s == syscall.SIGWINCH {
+					continue
+				}
+				if ss, ok := s.(syscall.Signal); ok {
+					*sig = ss
+				} else {
+					*sig = syscall.SIGINT
+				}
+				cancel()
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
+}
+
+// boot configures the VM through the API, starts it, and connects to the
+// agent.
+func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
+	o := &r.o
+	c := o.Launcher.Client(apiSock)
+	if err := c.WaitReady(ctx); err != nil {
+		return fmt.Errorf("waiting for the VMM's API socket: %w", err)
+	}
+	if err := c.PutBootSource(ctx, o.Kernel, o.Initrd, o.Cmdline); err != nil {
+		return fmt.Errorf("configuring the boot source: %w", err)
+	}
+	if err := c.PutMachineConfig(ctx, int64(o.CPUs), o.MemMiB); err != nil {
+		return fmt.Errorf("configuring the machine: %w", err)
+	}
+	// Not the root device: the guest boots from its initramfs, and the
+	// agent mounts the disk as the container's root.
+	id, path, root, ro := "rootfs", o.Image, false, false
+	if err := c.PutDrive(ctx, api.Drive{DriveID: &id, PathOnHost: &path, IsRootDevice: &root, IsReadOnly: &ro}); err != nil {
+		return fmt.Errorf("attaching the image: %w", err)
+	}
+	for i, n := range o.Nets {
+		ifID, tap := n.ID, n.Tap
+		if ifID == "" {
+			ifID = fmt.Sprintf("eth%d", i)
+		}
+		ni := api.NetworkInterface{IfaceID: &ifID, HostDevName: &tap}
+		if n.MAC != "" {
+			mac := n.MAC
+			ni.GuestMAC = &mac
+		}
+		if err := c.PutNetworkInterface(ctx, ni); err != nil {
+			return fmt.Errorf("configuring network interface on tap %s: %w", tap, err)
+		}
+	}
+	if err := c.PutVsock(ctx, GuestCID, vsockPath); err != nil {
+		return fmt.Errorf("configuring vsock: %w", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		return fmt.Errorf("starting the VM: %w", err)
+	}
+	ac, err := dialAgent(ctx, vsockPath)
+	if err != nil {
+		return err
+	}
+	r.agent = ac
+	return nil
+}
+
+// agentAttempt bounds one try at reaching the agent: a guest that is up
+// answers in well under this even under instruction emulation, and one
+// that is still booting refuses the CONNECT at once.
+const agentAttempt = 30 * time.Second
+
+// dialAgent connects to the agent, retrying until ctx ends: the guest
+// kernel and init take from a second to minutes to get there.
+func dialAgent(ctx context.Context, vsockPath string) (*agent.Client, error) {
+	delay := 50 * time.Millisecond
+	var last error
+	for {
+		actx, cancel := context.WithTimeout(ctx, agentAttempt)
+		nc, err := agent.DialHybridVsock(actx, vsockPath, AgentPort)
+		if err == nil {
+			var c *agent.Client
+			c, _, err = agent.New(actx, nc)
+			if err == nil {
+				cancel()
+				return c, nil
+			}
+		}
+		cancel()
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the guest agent: %w (last attempt: %v)", ctx.Err(), last)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// runCommand creates the container, runs the command with the caller's
+// stdio and signals, and returns its exit status.
+func (r *runner) runCommand(ctx context.Context) (int, error) {
+	o := &r.o
+	r.ctrID = "run-" + randomID()
+	_, err := r.agent.CreateContainer(ctx, protocol.CreateContainerRequest{
+		ID:       r.ctrID,
+		Rootfs:   protocol.Rootfs{Source: RootfsDevice, Type: "ext4"},
+		Hostname: o.Hostname,
+	})
+	if err != nil {
+		r.ctrID = ""
+		return -1, r.explain(fmt.Errorf("creating the container: %w", err))
+	}
+
+	spec := protocol.Process{Args: o.Args, Env: o.Env, Cwd: o.Cwd, Terminal: o.TTY}
+	stdin := o.Stdin
+	termFd := -1
+	if f, ok := o.Stdin.(*os.File); ok && o.TTY && term.IsTerminal(int(f.Fd())) {
+		termFd = int(f.Fd())
+		if cols, rows, err := term.GetSize(termFd); err == nil {
+			spec.Rows, spec.Cols = uint16(rows), uint16(cols)
+		}
+		state, err := term.MakeRaw(termFd)
+		if err != nil {
+			return -1, fmt.Errorf("terminal: %w", err)
+		}
+		r.restores = append(r.restores, func() { _ = term.Restore(termFd, state) })
+	}
+	p, err := r.agent.StartProcess(ctx, r.ctrID, spec, agent.Stdio{Stdin: stdin, Stdout: o.Stdout, Stderr: o.Stderr})
+	if err != nil {
+		return -1, r.explain(fmt.Errorf("starting %s: %w", o.Args[0], err))
+	}
+
+	type result struct {
+		status protocol.ExitStatus
+		err    error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		st, err := p.Wait(ctx)
+		waited <- result{st, err}
+	}()
+	for {
+		select {
+		case res := <-waited:
+			if res.err != nil {
+				return -1, r.explain(fmt.Errorf("waiting for %s: %w", o.Args[0], res.err))
+			}
+			return res.status.Code, nil
+		case s, ok := <-o.Signals:
+			if !ok {
+				o.Signals = nil
+				continue
+			}
+			sig, isSys := s.(syscall.Signal)
+			if !isSys {
+				continue
+			}
+			if sig == syscall.SIGWINCH {
+				if termFd >= 0 {
+					if cols, rows, err := term.GetSize(termFd); err == nil {
+						_ = p.Resize(ctx, uint16(rows), uint16(cols))
+					}
+				}
+				continue
+			}
+			// The agent answers quickly; do not let a wedged guest hold
+			// up the next signal.
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := p.Signal(sctx, sig); err != nil {
+				fmt.Fprintf(o.Stderr, "vmm run: forwarding %v: %v\r\n", sig, err)
+			}
+			cancel()
+		case <-r.vm.Done():
+			return -1, r.vmmDied("while " + o.Args[0] + " was running")
+		case <-r.agent.Done():
+			return -1, r.explain(fmt.Errorf("lost the connection to the guest agent while %s was running", o.Args[0]))
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		}
+	}
+}
+
+// explain adds the VMM's fate to err if it has died meanwhile, which is
+// the usual reason for a lost agent.
+func (r *runner) explain(err error) error {
+	select {
+	case <-r.vm.Done():
+		return fmt.Errorf("%w: %w", err, r.vmmDied(""))
+	case <-time.After(100 * time.Millisecond):
+		return err
+	}
+}
+
+// vmmDied describes a VMM that exited on its own, with its console tail.
+func (r *runner) vmmDied(when string) error {
+	if when != "" {
+		when = " " + when
+	}
+	return fmt.Errorf("the VMM exited%s (%v)%s", when, r.vm.Err(), r.consoleHint())
+}
+
+// consoleHint is the tail of the console log, or a pointer to where the
+// console went.
+func (r *runner) consoleHint() string {
+	if r.logPath == "" {
+		return "; the console output is above"
+	}
+	tail := logTail(r.logPath, 20)
+	if tail == "" {
+		return "; the console log is empty"
+	}
+	return "; last console lines:\n" + tail
+}
+
+// cleanup undoes everything run made, in reverse order. Each step is
+// bounded so a dead guest cannot hang it.
+func (r *runner) cleanup() {
+	for i := len(r.restores) - 1; i >= 0; i-- {
+		r.restores[i]()
+	}
+	if r.agent != nil {
+		if r.ctrID != "" {
+			select {
+			case <-r.vm.Done():
+			default:
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_ = r.agent.DestroyContainer(ctx, r.ctrID)
+				cancel()
+			}
+		}
+		_ = r.agent.Close()
+	}
+	if r.vm != nil {
+		r.vm.Stop(r.o.StopGrace)
+	}
+	for _, tap := range r.newTaps {
+		if err := deleteTap(tap); err != nil {
+			fmt.Fprintf(r.o.Stderr, "vmm run: %v\n", err)
+		}
+	}
+	if r.logFile != nil {
+		_ = r.logFile.Close()
+	}
+	if r.dir != "" {
+		if err := os.RemoveAll(r.dir); err != nil {
+			fmt.Fprintf(r.o.Stderr, "vmm run: removing %s: %v\n", r.dir, err)
+		}
+	}
+}
+
+// randomID names a container uniquely enough within one VM and one run.
+func randomID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
