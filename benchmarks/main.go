@@ -1,0 +1,124 @@
+// Command benchmarks compares vmm with QEMU on this host: startup time, the
+// boot of the freestanding test guest and of the project's Linux guest,
+// memory overhead, and many VMs at once. `make bench` runs it:
+//
+//	go run ./benchmarks [-suites startup,boot-testguest,memory,boot-linux,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
+//
+// Every run is interleaved (vmm, QEMU, vmm, QEMU, ...) so that the noise of
+// a shared machine hits both alike. Results go to OUT/<UTC date-time>/
+// (results.json, report.md, one SVG per chart), and the Markdown report to
+// -report (benchmarks/RESULTS.md, with its charts beside it in charts/).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is the parsed command line.
+type config struct {
+	suites       []string
+	reps         int
+	linuxReps    int
+	scaleReps    int
+	scale        []int
+	memMiB       int
+	out          string
+	report       string
+	guestDir     string
+	vmm          string
+	qemu         string
+	runTimeout   time.Duration
+	linuxTimeout time.Duration
+	flags        string // as given, for the report
+	from         string // re-render this results.json instead of measuring
+	merge        string // take the suites this run skips from this results.json
+}
+
+// allSuites lists the suites in the order of the report.
+func allSuites() []string {
+	return []string{"startup", "boot-testguest", "boot-linux", "memory", "scaling"}
+}
+
+// runOrder is the order the suites run in: the slow Linux boots last, so
+// that an interrupted run (SIGINT writes what was measured) has the rest.
+func runOrder() []string {
+	return []string{"startup", "boot-testguest", "memory", "scaling", "boot-linux"}
+}
+
+func parseFlags(args []string) (config, error) {
+	fs := flag.NewFlagSet("benchmarks", flag.ContinueOnError)
+	var c config
+	suites := fs.String("suites", strings.Join(allSuites(), ","), "comma-separated suites to run: "+strings.Join(allSuites(), ", "))
+	scale := fs.String("scale", "1,2,4,8,16,32", "VM counts for the scaling suite")
+	fs.IntVar(&c.reps, "reps", 10, "repetitions per implementation (startup, boot-testguest, memory)")
+	fs.IntVar(&c.linuxReps, "linux-reps", 3, "repetitions per implementation for boot-linux (each boot takes minutes on kvm-pvm)")
+	fs.IntVar(&c.scaleReps, "scale-reps", 3, "repetitions per VM count for scaling")
+	fs.IntVar(&c.memMiB, "mem", 128, "guest memory in MiB")
+	fs.StringVar(&c.out, "out", "benchmarks/results", "directory for raw results (a dated subdirectory is made per run)")
+	fs.StringVar(&c.report, "report", "benchmarks/RESULTS.md", "Markdown report to write (charts go to charts/ beside it); empty: none")
+	fs.StringVar(&c.guestDir, "guest-dir", "build/guest", "where `make guest` put testguest.elf, vmlinux and initramfs.cpio")
+	fs.StringVar(&c.vmm, "vmm", "bin/vmm", "the vmm binary")
+	fs.StringVar(&c.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary")
+	fs.DurationVar(&c.runTimeout, "timeout", 60*time.Second, "timeout of each test-guest run")
+	fs.DurationVar(&c.linuxTimeout, "linux-timeout", 15*time.Minute, "timeout of each Linux boot")
+	fs.StringVar(&c.merge, "merge", "", "an earlier results.json whose suites fill in the ones this run does not measure")
+	fs.StringVar(&c.from, "from", "", "do not measure: rewrite the report and charts of this results.json (and -report)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	known := map[string]bool{}
+	for _, s := range allSuites() {
+		known[s] = true
+	}
+	for _, s := range strings.Split(*suites, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !known[s] {
+			return c, fmt.Errorf("unknown suite %q (have %s)", s, strings.Join(allSuites(), ", "))
+		}
+		c.suites = append(c.suites, s)
+	}
+	for _, f := range strings.Split(*scale, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return c, fmt.Errorf("invalid -scale entry %q", f)
+		}
+		c.scale = append(c.scale, n)
+	}
+	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.memMiB < 16 {
+		return c, fmt.Errorf("repetitions must be at least 1 and -mem at least 16")
+	}
+	c.flags = strings.Join(args, " ")
+	return c, nil
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "benchmarks: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	run := runAll
+	if cfg.from != "" {
+		run = func(_ context.Context, cfg config) error { return rerender(cfg) }
+	}
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "benchmarks: %v\n", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"os"
+	"strings"
+)
+
+// The two implementations compared, as they appear in tables and charts.
+const (
+	implVMM  = "vmm"
+	implQEMU = "QEMU"
+)
+
+// impls lists the implementations in table and chart order.
+func impls() []string { return []string{implVMM, implQEMU} }
+
+// SuiteResult is everything one suite measured, as written to the JSON file
+// and rendered in the report.
+type SuiteResult struct {
+	Name     string    `json:"name"`
+	Title    string    `json:"title"`
+	About    string    `json:"about"`
+	Skipped  string    `json:"skipped,omitempty"` // why the suite did not run at all
+	Notes    []string  `json:"notes,omitempty"`
+	Commands []Command `json:"commands,omitempty"`
+	Metrics  []*Metric `json:"metrics"`
+	Failures []string  `json:"failures,omitempty"`
+	Profiles []Profile `json:"profiles,omitempty"`
+}
+
+// Command is a command line used, shown verbatim in the report.
+type Command struct {
+	Label string `json:"label"`
+	Argv  string `json:"argv"`
+}
+
+// Metric is one measured quantity with the samples of each implementation.
+type Metric struct {
+	Name   string               `json:"name"`
+	Unit   string               `json:"unit"`
+	Chart  string               `json:"chart"`           // metrics with the same chart are drawn together
+	Group  string               `json:"group,omitempty"` // the label under the bars (default: Name)
+	Target string               `json:"target,omitempty"`
+	Values map[string][]float64 `json:"values"`
+}
+
+// metric returns the named metric, creating it in order of first use.
+func (r *SuiteResult) metric(name, unit, chart string) *Metric {
+	for _, m := range r.Metrics {
+		if m.Name == name {
+			return m
+		}
+	}
+	m := &Metric{Name: name, Unit: unit, Chart: chart, Values: map[string][]float64{}}
+	r.Metrics = append(r.Metrics, m)
+	return m
+}
+
+func (m *Metric) add(impl string, v float64) { m.Values[impl] = append(m.Values[impl], v) }
+
+func (m *Metric) label() string {
+	if m.Group != "" {
+		return m.Group
+	}
+	return m.Name
+}
+
+func (r *SuiteResult) note(s string)    { r.Notes = append(r.Notes, s) }
+func (r *SuiteResult) failure(s string) { r.Failures = append(r.Failures, s) }
+
+// command records a command line, with paths under the working directory
+// (the repository, under make) made relative so the report reads the same
+// on every machine.
+func (r *SuiteResult) command(label string, argv []string) {
+	shown := append([]string(nil), argv...)
+	if wd, err := os.Getwd(); err == nil {
+		for i, a := range shown {
+			shown[i] = strings.ReplaceAll(a, wd+string(os.PathSeparator), "")
+		}
+	}
+	r.Commands = append(r.Commands, Command{Label: label, Argv: shellQuote(shown)})
+}
