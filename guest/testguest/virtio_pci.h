@@ -1,0 +1,77 @@
+/* PCI configuration access (mechanism #1) and the virtio 1.x modern PCI
+ * transport's register layout, shared by the test guest's virtio drivers.
+ * Needs testguest.h (types and port I/O) first. */
+#ifndef VIRTIO_PCI_H
+#define VIRTIO_PCI_H
+
+#define barrier() __asm__ volatile("" : : : "memory")
+
+/* ---- PCI (PCI Local Bus 3.0 §3.2.2.3.2, §6) ---- */
+
+#define PCI_ADDR 0xcf8
+#define PCI_DATA 0xcfc
+#define PCI_ENABLE 0x80000000u
+#define PCI_COMMAND 0x04
+#define PCI_CMD_MEM 0x2
+#define PCI_CMD_MASTER 0x4
+#define PCI_STATUS 0x06
+#define PCI_STATUS_CAPS 0x10
+#define PCI_BAR0 0x10
+#define PCI_CAP_PTR 0x34
+#define PCI_CAP_VENDOR 0x09
+
+static inline u32 pci_rd32(u32 dev, u32 reg)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	return in32(PCI_DATA);
+}
+
+static inline u8 pci_rd8(u32 dev, u32 reg) { return (u8)(pci_rd32(dev, reg) >> (8 * (reg & 3))); }
+static inline u16 pci_rd16(u32 dev, u32 reg) { return (u16)(pci_rd32(dev, reg) >> (8 * (reg & 2))); }
+
+static inline void pci_wr16(u32 dev, u32 reg, u16 v)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	out16((u16)(PCI_DATA + (reg & 2)), v);
+}
+
+static inline u64 pci_bar(u32 dev, u32 bar)
+{
+	u32 lo = pci_rd32(dev, PCI_BAR0 + 4 * bar);
+	u64 a = lo & ~0xfull;
+	if ((lo & 0x6) == 0x4) /* 64-bit memory BAR */
+		a |= (u64)pci_rd32(dev, PCI_BAR0 + 4 * (bar + 1)) << 32;
+	return a;
+}
+
+/* ---- virtio (virtio 1.2) ---- */
+
+#define VIRTIO_VENDOR 0x1af4
+
+/* struct virtio_pci_cap cfg_type (§4.1.4) */
+#define VCAP_COMMON 1
+#define VCAP_NOTIFY 2
+#define VCAP_DEVICE 4
+
+/* struct virtio_pci_common_cfg (§4.1.4.3) */
+#define CC_DFSELECT 0x00
+#define CC_DF 0x04
+#define CC_GFSELECT 0x08
+#define CC_GF 0x0c
+#define CC_STATUS 0x14
+#define CC_QSELECT 0x16
+#define CC_QSIZE 0x18
+#define CC_QENABLE 0x1c
+#define CC_QNOTIFYOFF 0x1e
+#define CC_QDESC 0x20
+#define CC_QDRIVER 0x28
+#define CC_QDEVICE 0x30
+
+/* device status (§2.1) */
+#define S_ACK 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+#define S_NEEDS_RESET 64
+
+#endif
