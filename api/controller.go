@@ -25,11 +25,14 @@ type Machine interface {
 }
 
 // DriveUpdater is implemented by machines that can swap a drive's backing
-// file after boot (PATCH /drives/{id} with path_on_host). The virtio-blk
-// device provides it; without it the call is refused.
+// file after boot (PATCH /drives/{id} with path_on_host). *vmm.Machine
+// implements it with virtio-blk's hot swap; without it the call is refused.
 type DriveUpdater interface {
 	UpdateDrive(id, pathOnHost string) error
 }
+
+// The machine NewVMMMachine builds swaps drives after boot.
+var _ DriveUpdater = (*vmm.Machine)(nil)
 
 // Factory builds a machine from a complete config.
 type Factory func(cfg vmm.Config, log *slog.Logger) (Machine, error)

@@ -17,7 +17,7 @@
 //	PATCH /machine-config       PRE  any subset
 //	PUT   /boot-source          PRE  kernel_image_path, initrd_path, boot_args
 //	PUT   /drives/{id}          PRE  virtio-blk drive
-//	PATCH /drives/{id}          POST path_on_host (needs a DriveUpdater machine)
+//	PATCH /drives/{id}          POST path_on_host: swap the backing file (DriveUpdater)
 //	PUT   /network-interfaces/{id} PRE
 //	PATCH /network-interfaces/{id} POST (rate limiters: only "no limit")
 //	PUT   /vsock                PRE  guest_cid, uds_path (vsock_id accepted, deprecated)

@@ -71,17 +71,18 @@ func (f *fakeMachine) SendCtrlAltDel() error {
 	return nil
 }
 
-// updatingMachine can swap drives, as the virtio-blk machine will.
+// updatingMachine can swap drives, as *vmm.Machine does.
 type updatingMachine struct {
 	*fakeMachine
 	updates []string
+	fail    error // returned by UpdateDrive when set
 }
 
 func (u *updatingMachine) UpdateDrive(id, path string) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.updates = append(u.updates, id+"="+path)
-	return nil
+	return u.fail
 }
 
 // env is one API server over a real Unix socket with a fake machine.
@@ -776,6 +777,25 @@ func TestDrivesAfterBoot(t *testing.T) {
 	})
 	if got := e.updater.updates; len(got) != 1 || got[0] != "data="+other {
 		t.Fatalf("UpdateDrive calls %v", got)
+	}
+}
+
+// TestPatchDriveSwapFailure checks that a swap the machine refuses is a
+// 400 carrying the machine's reason, and the config keeps the old path.
+func TestPatchDriveSwapFailure(t *testing.T) {
+	e := newEnv(t, envOption{devices: true})
+	e.mustDo("PUT", "/drives/data", fmt.Sprintf(`{"drive_id":"data","path_on_host":%q,"is_root_device":false}`, e.disk), 204)
+	e.boot()
+	other := writeFile(t, e.dir, "other.img", "x")
+	e.updater.mu.Lock()
+	e.updater.fail = fmt.Errorf("virtio-blk data: swap to %s: image %s is in use by another VM", other, other)
+	e.updater.mu.Unlock()
+	code, body, _ := e.do("PATCH", "/drives/data", fmt.Sprintf(`{"drive_id":"data","path_on_host":%q}`, other))
+	if code != 400 || !strings.Contains(body, `drive \"data\": virtio-blk data: swap to `+other) || !strings.Contains(body, "in use by another VM") {
+		t.Fatalf("PATCH drive refused by the machine: %d %s", code, body)
+	}
+	if cfg := e.mustDo("GET", "/vm/config", "", 200); !strings.Contains(cfg, fmt.Sprintf(`"path_on_host":%q`, e.disk)) {
+		t.Errorf("/vm/config after a failed swap: %s, want the old path", cfg)
 	}
 }
 

@@ -123,6 +123,7 @@ type PCI struct {
 	pumps      sync.WaitGroup
 	isr        atomic.Uint32
 	configVec  atomic.Uint32
+	configGen  atomic.Uint32 // config_generation, low 8 bits visible
 	needsReset atomic.Bool
 
 	mu             sync.Mutex
@@ -154,6 +155,9 @@ func NewPCI(dev Device, o PCIOptions) (*PCI, error) {
 	}
 	t.configVec.Store(NoVector)
 	t.resetQueuesLocked()
+	if c, ok := dev.(ConfigChanger); ok {
+		c.BindConfigChange(t.configChanged)
+	}
 	vectors := n + 1 // one per queue plus configuration changes
 	tableLen := uint64(vectors) * pci.MSIXEntrySize
 	t.pbaOff = barMSIXTableOff + alignUp(tableLen, regionSize)
@@ -353,6 +357,24 @@ func (t *PCI) fail(reason error) {
 	}
 	t.log.Warn("virtio device needs reset", "device", t.name, "reason", reason)
 	t.isr.Or(isrConfig)
+	t.notifyConfig()
+}
+
+// configChanged is the device's ConfigChanger callback: the device
+// configuration changed, so config_generation changes (§4.1.4.3) and the
+// driver gets a configuration change notification (§4.1.5.4). ISR bit 1 is
+// set before the generation moves, so a driver that sees the new generation
+// also finds the bit. The generation is not reset with the device: a driver
+// only compares two reads of it.
+func (t *PCI) configChanged() {
+	t.isr.Or(isrConfig)
+	t.configGen.Add(1)
+	t.notifyConfig()
+}
+
+// notifyConfig sends the configuration change MSI-X message, if the driver
+// assigned a vector to configuration changes.
+func (t *PCI) notifyConfig() {
 	if v := t.configVec.Load(); v != NoVector {
 		t.msix.Notify(uint16(v))
 	}
@@ -446,7 +468,7 @@ func (t *PCI) commonImageLocked() []byte {
 		st |= StatusDeviceNeedsReset
 	}
 	b[ccDeviceStatus] = st
-	b[ccConfigGeneration] = 0 // the device configuration never changes
+	b[ccConfigGeneration] = byte(t.configGen.Load())
 	le.PutUint16(b[ccQueueSelect:], t.queueSel)
 	if int(t.queueSel) < t.numQueues {
 		q := t.queues[t.queueSel]

@@ -57,6 +57,19 @@ type Device interface {
 	Reset()
 }
 
+// ConfigChanger is implemented by devices whose configuration space changes
+// while the driver uses it (a disk whose backing file was swapped). The
+// transport calls BindConfigChange once, when it wraps the device, with the
+// function that publishes a change: it bumps config_generation (§4.1.4.3)
+// and sends a configuration change notification (§4.1.5.4: ISR bit 1, and
+// the config_msix_vector's MSI-X message when one is set). The device
+// calls it after every change, while still holding the lock its ReadConfig
+// takes, so a driver that reads any new byte also reads the new generation
+// and a multi-access read that spans the change is retried (§2.5.1).
+type ConfigChanger interface {
+	BindConfigChange(changed func())
+}
+
 // Activation is everything a device needs to run after DRIVER_OK.
 type Activation struct {
 	Mem      *memory.Guest

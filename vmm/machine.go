@@ -89,7 +89,8 @@ type Machine struct {
 	exitOnce sync.Once
 	exitCh   chan Exit
 	pause    *pauser
-	pci      *pciState // nil without PCI devices
+	pciMu    sync.Mutex // guards pci against UpdateDrive during Close
+	pci      *pciState  // nil without PCI devices
 	exits    exitCounters
 	kbd      *i8042.Controller
 }

@@ -32,6 +32,7 @@ type pciState struct {
 	bus     *pci.Bus
 	msi     *msiRouter
 	closers []io.Closer
+	drives  map[string]*blk.Block // by drive id
 }
 
 // hasPCI reports whether the configuration needs a PCI bus at all; without
@@ -88,7 +89,7 @@ func (m *Machine) setupPCI() (err error) {
 	if len(m.cfg.Drives) > 26 {
 		return fmt.Errorf("%d drives: at most 26 are supported", len(m.cfg.Drives))
 	}
-	st := &pciState{bus: pci.NewBus(m.mmio, pciMMIOStart, pciMMIOEnd), msi: &msiRouter{vm: m.vm, next: firstMSIGSI}}
+	st := &pciState{bus: pci.NewBus(m.mmio, pciMMIOStart, pciMMIOEnd), msi: &msiRouter{vm: m.vm, next: firstMSIGSI}, drives: map[string]*blk.Block{}}
 	m.pci = st
 	if err := m.pio.Register("pci-config-address", pci.ConfigAddressPort, 4, st.bus.AddressPort()); err != nil {
 		return err
@@ -112,6 +113,7 @@ func (m *Machine) setupPCI() (err error) {
 			return err
 		}
 		st.closers = append(st.closers, dev)
+		st.drives[id] = dev
 		t, err := virtio.NewPCI(dev, virtio.PCIOptions{
 			Name: "virtio-blk-" + id, Class: pci.ClassStorageOther, Mem: m.mem, Log: m.log,
 			MSI: st.msi, IOEvents: ioe,
@@ -137,13 +139,38 @@ func (m *Machine) setupPCI() (err error) {
 	return nil
 }
 
+// UpdateDrive swaps the backing image of the drive with the given ID (the
+// DriveConfig's ID, or drive<N> for an unnamed one) while the guest runs,
+// as Firecracker's PATCH /drives/{id} with path_on_host: the guest sees a
+// configuration change with the new capacity. On failure the old image
+// stays in service. See blk.Block.Swap.
+func (m *Machine) UpdateDrive(id, path string) error {
+	m.pciMu.Lock()
+	defer m.pciMu.Unlock()
+	var dev *blk.Block
+	if m.pci != nil {
+		dev = m.pci.drives[id]
+	}
+	if dev == nil {
+		return fmt.Errorf("no virtio-blk drive with id %q", id)
+	}
+	before := dev.Sectors()
+	if err := dev.Swap(path); err != nil {
+		return err
+	}
+	m.log.Info("drive swapped", "id", id, "path", path, "sectors", dev.Sectors(), "previous_sectors", before)
+	return nil
+}
+
 // closePCI stops every PCI device and releases images, eventfds and routes.
 func (m *Machine) closePCI() error {
+	m.pciMu.Lock()
 	st := m.pci
+	m.pci = nil
+	m.pciMu.Unlock()
 	if st == nil {
 		return nil
 	}
-	m.pci = nil
 	var errs []error
 	for _, c := range st.closers {
 		errs = append(errs, c.Close())

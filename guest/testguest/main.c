@@ -190,6 +190,13 @@ static u8 serial_getc(void)
 	return inb(COM1_BASE + UART_RBR);
 }
 
+int con_trygetc(void)
+{
+	if (!(inb(COM1_BASE + UART_LSR) & LSR_DR))
+		return -1;
+	return inb(COM1_BASE + UART_RBR);
+}
+
 /* ------------------------------------------------------------------ */
 /* Exits                                                              */
 
@@ -690,11 +697,14 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	if (echo && value_is(echo, elen, "1"))
 		echo_test();
 
-	/* blk=1: PCI + virtio-blk test (virtio_blk.c). */
+	/* blk=1: PCI + virtio-blk test; blk=watch: wait for the host to swap
+	 * the disk (virtio_blk.c). */
 	int blen = 0;
 	const char *blk = cmdline_value("blk", &blen);
 	if (blk && value_is(blk, blen, "1"))
 		blk_test();
+	if (blk && value_is(blk, blen, "watch"))
+		blk_watch();
 
 	/* net=1: PCI + virtio-net test (virtio_net.c). */
 	int nlen = 0;

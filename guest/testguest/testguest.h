@@ -15,12 +15,16 @@ void line(const char *s);
 void con_puts(const char *s);
 void put_hex(u64 v);
 void put_dec(u64 v);
+/* The next byte from COM1, or -1 if none has arrived (main.c). */
+int con_trygetc(void);
 /* Value of "key=value" on the command line (last wins), or 0. */
 const char *cmdline_value(const char *key, int *len);
 int value_is(const char *v, int len, const char *want);
 
-/* virtio_blk.c: the blk=1 test. */
+/* virtio_blk.c: the blk=1 test, and blk=watch (a drive swapped by the
+ * host). */
 void blk_test(void);
+void blk_watch(void);
 
 /* virtio_net.c: the net=1 test. */
 void net_test(void);

@@ -13,6 +13,11 @@
  *   arrive as an MSI-X interrupt), OUT sector 1 through an indirect
  *   descriptor table, IN sector 1 to compare, FLUSH.
  *
+ * blk=watch instead reads sector 0, then waits (bounded, timed by the CMOS
+ * RTC) for the host to swap the disk's backing file: config_generation
+ * changes, ISR bit 1 is set and MSI-X entry 1 (-> vector 0x41), the
+ * config_msix_vector, fires; then it reads the new capacity and sector 0.
+ *
  * Output lines (README.md).  Everything is physical == virtual (identity
  * map), and the device sees our .bss buffers by their link addresses.
  */
@@ -22,6 +27,13 @@
 
 static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
 static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void out8(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 in8(u16 port)
+{
+	u8 v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
 static inline u32 in32(u16 port)
 {
 	u32 v;
@@ -105,7 +117,7 @@ static struct {
 static u8 data[SECTOR] __attribute__((aligned(512)));
 static volatile u8 status;
 
-static u64 common, notify, devcfg;
+static u64 common, notify, devcfg, isr;
 static u64 features;
 static u16 avail_idx, last_used;
 
@@ -116,7 +128,10 @@ static u16 avail_idx, last_used;
 #define LAPIC_SVR_ENABLE 0x100
 #define LAPIC_SPURIOUS 0xff
 #define BLK_VECTOR 0x40
+#define BLK_CFG_VECTOR 0x41 /* blk=watch: configuration changes */
 #define MSI_ADDR_CPU0 0xfee00000u /* destination APIC ID 0, physical */
+#define MSIX_TABLE_SIZE_MASK 0x7ff
+#define NO_VECTOR 0xffff
 
 struct gate {
 	u16 off_lo, sel;
@@ -130,9 +145,9 @@ struct dtr {
 	u64 base;
 } __attribute__((packed));
 
-static struct gate idt2[BLK_VECTOR + 1] __attribute__((aligned(16)));
-volatile u32 blk_irqs;
-extern char blk_irq_entry[];
+static struct gate idt2[BLK_CFG_VECTOR + 1] __attribute__((aligned(16)));
+volatile u32 blk_irqs, blk_cfg_irqs;
+extern char blk_irq_entry[], blk_cfg_irq_entry[];
 
 /* Count the interrupt, EOI the local APIC, return. */
 __asm__(".text\n"
@@ -143,27 +158,42 @@ __asm__(".text\n"
 	"	movabsq $0xfee000b0, %rax\n"
 	"	movl $0, (%rax)\n"
 	"	popq %rax\n"
+	"	iretq\n"
+	".globl blk_cfg_irq_entry\n"
+	"blk_cfg_irq_entry:\n"
+	"	pushq %rax\n"
+	"	incl blk_cfg_irqs(%rip)\n"
+	"	movabsq $0xfee000b0, %rax\n"
+	"	movl $0, (%rax)\n"
+	"	popq %rax\n"
 	"	iretq\n");
 
-/* Copy main.c's 32 exception gates into a table that also has our vector
+static void set_gate2(int vec, u64 h, u16 sel)
+{
+	struct gate *v = &idt2[vec];
+	v->off_lo = (u16)h;
+	v->sel = sel;
+	v->ist = 0;
+	v->attr = 0x8e; /* present, DPL 0, interrupt gate */
+	v->off_mid = (u16)(h >> 16);
+	v->off_hi = (u32)(h >> 32);
+	v->rsvd = 0;
+}
+
+/* Copy main.c's 32 exception gates into a table that also has our vectors
  * (gates 32..0x3f stay not-present) and switch to it. */
 static void irq_setup(void)
 {
 	struct dtr old, p;
 	__asm__ volatile("sidt %0" : "=m"(old));
 	const struct gate *g = (const struct gate *)old.base;
+	if (g == idt2)
+		return; /* already ours */
 	u32 n = (old.limit + 1u) / sizeof(struct gate);
 	for (u32 i = 0; i < n && i < BLK_VECTOR; i++)
 		idt2[i] = g[i];
-	u64 h = (u64)blk_irq_entry;
-	struct gate *v = &idt2[BLK_VECTOR];
-	v->off_lo = (u16)h;
-	v->sel = g[0].sel;
-	v->ist = 0;
-	v->attr = 0x8e; /* present, DPL 0, interrupt gate */
-	v->off_mid = (u16)(h >> 16);
-	v->off_hi = (u32)(h >> 32);
-	v->rsvd = 0;
+	set_gate2(BLK_VECTOR, (u64)blk_irq_entry, g[0].sel);
+	set_gate2(BLK_CFG_VECTOR, (u64)blk_cfg_irq_entry, g[0].sel);
 	p.limit = sizeof(idt2) - 1;
 	p.base = (u64)idt2;
 	__asm__ volatile("lidt %0" : : "m"(p) : "memory");
@@ -264,8 +294,10 @@ static int request(u32 type, u64 sector, u32 len, int device_writes, int indirec
 }
 
 /* Find the device and bring it to DRIVER_OK.  Returns the PCI device
- * number, or -1. */
-static int blk_init(int *msix)
+ * number, or -1.  With cfg_msix non-null, configuration changes get MSI-X
+ * table entry 1 (-> vector 0x41); *cfg_msix says whether the device took
+ * it. */
+static int blk_init(int *msix, int *cfg_msix)
 {
 	u32 dev;
 	for (dev = 0; dev < 32; dev++) {
@@ -295,7 +327,9 @@ static int blk_init(int *msix)
 			else if (type == VCAP_NOTIFY && !notify_base) {
 				notify_base = a;
 				notify_mult = pci_rd32(dev, cap + 16);
-			} else if (type == VCAP_DEVICE && !devcfg)
+			} else if (type == VCAP_ISR && !isr)
+				isr = a;
+			else if (type == VCAP_DEVICE && !devcfg)
 				devcfg = a;
 		} else if (id == PCI_CAP_MSIX) {
 			u32 t = pci_rd32(dev, cap + 4);
@@ -304,7 +338,7 @@ static int blk_init(int *msix)
 		}
 		cap = pci_rd8(dev, cap + 1) & 0xfc;
 	}
-	if (!common || !notify_base || !devcfg) {
+	if (!common || !notify_base || !devcfg || !isr) {
 		fail("missing virtio capability");
 		return -1;
 	}
@@ -333,12 +367,26 @@ static int blk_init(int *msix)
 
 	/* MSI-X: table entry 0 -> vector 0x40 on CPU 0, then enable. */
 	*msix = 0;
+	if (cfg_msix)
+		*cfg_msix = 0;
 	if (msix_cap) {
 		mmio_wr32(msix_table + 0, MSI_ADDR_CPU0);
 		mmio_wr32(msix_table + 4, 0);
 		mmio_wr32(msix_table + 8, BLK_VECTOR);
 		mmio_wr32(msix_table + 12, 0); /* unmasked */
-		pci_wr16(dev, msix_cap + 2, (pci_rd16(dev, msix_cap + 2) | MSIX_CTRL_ENABLE) & ~MSIX_CTRL_MASKALL);
+		u16 ctrl = pci_rd16(dev, msix_cap + 2);
+		if (cfg_msix && (ctrl & MSIX_TABLE_SIZE_MASK) >= 1) {
+			mmio_wr32(msix_table + 16 + 0, MSI_ADDR_CPU0);
+			mmio_wr32(msix_table + 16 + 4, 0);
+			mmio_wr32(msix_table + 16 + 8, BLK_CFG_VECTOR);
+			mmio_wr32(msix_table + 16 + 12, 0);
+		}
+		pci_wr16(dev, msix_cap + 2, (ctrl | MSIX_CTRL_ENABLE) & ~MSIX_CTRL_MASKALL);
+		if (cfg_msix && (ctrl & MSIX_TABLE_SIZE_MASK) >= 1) {
+			/* The device reads back NO_VECTOR if it refuses. */
+			mmio_wr16(common + CC_MSIX, 1);
+			*cfg_msix = mmio_rd16(common + CC_MSIX) == 1;
+		}
 	}
 
 	/* Queue 0 (§4.1.5.1.3). */
@@ -362,13 +410,25 @@ static int blk_init(int *msix)
 	return (int)dev;
 }
 
-void blk_test(void)
+/* Capacity, read consistently: retried while config_generation moves
+ * under the two 32-bit reads (§2.5.1).  *gen gets the generation. */
+static u64 read_capacity(u8 *gen)
 {
-	int msix = 0;
-	int dev = blk_init(&msix);
-	if (dev < 0)
-		return;
-	u64 capacity = (u64)mmio_rd32(devcfg) | (u64)mmio_rd32(devcfg + 4) << 32;
+	u8 g0, g1;
+	u64 c;
+	int tries = 0;
+	do {
+		g0 = mmio_rd8(common + CC_CFGGEN);
+		c = (u64)mmio_rd32(devcfg) | (u64)mmio_rd32(devcfg + 4) << 32;
+		g1 = mmio_rd8(common + CC_CFGGEN);
+	} while (g0 != g1 && ++tries < 100);
+	if (gen)
+		*gen = g1;
+	return c;
+}
+
+static void report_device(int dev, u64 capacity, int msix)
+{
 	line("blk device=");
 	put_dec((u64)dev);
 	con_puts(" capacity=");
@@ -378,6 +438,15 @@ void blk_test(void)
 	con_puts(" msix=");
 	put_dec((u64)msix);
 	con_puts("\n");
+}
+
+void blk_test(void)
+{
+	int msix = 0;
+	int dev = blk_init(&msix, 0);
+	if (dev < 0)
+		return;
+	report_device(dev, read_capacity(0), msix);
 
 	/* GET_ID: 20 bytes, NUL-padded. */
 	for (int i = 0; i < SECTOR; i++)
@@ -440,4 +509,127 @@ void blk_test(void)
 		else if (st >= 0)
 			fail("flush status");
 	}
+}
+
+/* ---- blk=watch ---- */
+
+/* CMOS RTC seconds (MC146818 register 0, BCD): the wait's clock. */
+#define RTC_INDEX 0x70
+#define RTC_DATA 0x71
+#define RTC_SECONDS 0x00
+
+static u8 rtc_seconds(void)
+{
+	out8(RTC_INDEX, RTC_SECONDS);
+	return in8(RTC_DATA);
+}
+
+#define WATCH_SECS_DEFAULT 60
+#define WATCH_SECS_MAX 3600
+/* Bounds the wait should the RTC never tick: far more polls than 60 s
+ * take on any host (each is several VM exits). */
+#define WATCH_SPIN_LIMIT 200000000ull
+
+/* blk_watch_secs=N, or the default. */
+static u32 watch_secs(void)
+{
+	int len = 0;
+	const char *v = cmdline_value("blk_watch_secs", &len);
+	if (!v || len < 1 || len > 4)
+		return WATCH_SECS_DEFAULT;
+	u32 n = 0;
+	for (int i = 0; i < len; i++) {
+		if (v[i] < '0' || v[i] > '9')
+			return WATCH_SECS_DEFAULT;
+		n = n * 10 + (u32)(v[i] - '0');
+	}
+	return n == 0 || n > WATCH_SECS_MAX ? WATCH_SECS_DEFAULT : n;
+}
+
+/* Read sector 0 and print "blk watch <what> capacity=<dec> data=<hex16>".
+ * Returns 0, or -1 after printing why. */
+static int watch_report(const char *what)
+{
+	u64 capacity = read_capacity(0);
+	int st = request(T_IN, 0, SECTOR, 1, 0);
+	if (st != BLK_S_OK) {
+		if (st >= 0)
+			fail("read status");
+		return -1;
+	}
+	line("blk watch ");
+	con_puts(what);
+	con_puts(" capacity=");
+	put_dec(capacity);
+	con_puts(" data=");
+	put_hexbytes(data, 16);
+	con_puts("\n");
+	return 0;
+}
+
+void blk_watch(void)
+{
+	int msix = 0, cfg_msix = 0;
+	int dev = blk_init(&msix, &cfg_msix);
+	if (dev < 0)
+		return;
+	u8 gen0;
+	report_device(dev, read_capacity(&gen0), msix);
+	if (watch_report("before") < 0)
+		return;
+	(void)mmio_rd8(isr); /* reading clears it: start from nothing */
+	u32 cfg_irqs_before = blk_cfg_irqs;
+	if (msix) {
+		irq_setup();
+		__asm__ volatile("sti");
+	}
+	u32 secs = watch_secs();
+	line("blk watch waiting gen=");
+	put_dec(gen0);
+	con_puts(" secs=");
+	put_dec(secs);
+	con_puts("\n");
+
+	/* Poll config_generation; a byte 'r' on COM1 asks for a re-read of
+	 * sector 0 meanwhile. */
+	int changed = 0;
+	u8 last = rtc_seconds();
+	u32 ticks = 0;
+	for (u64 spins = 0; ticks < secs && spins < WATCH_SPIN_LIMIT; spins++) {
+		if (mmio_rd8(common + CC_CFGGEN) != gen0) {
+			changed = 1;
+			break;
+		}
+		if (con_trygetc() == 'r' && watch_report("reread") < 0) {
+			__asm__ volatile("cli");
+			return;
+		}
+		u8 s = rtc_seconds();
+		if (s != last) {
+			last = s;
+			ticks++;
+		}
+	}
+	if (!changed) {
+		__asm__ volatile("cli");
+		line("blk watch timeout\n");
+		return;
+	}
+	/* The device sets ISR bit 1 before it moves the generation; the
+	 * MSI-X message follows. */
+	u8 bits = mmio_rd8(isr);
+	if (cfg_msix)
+		for (u32 i = 0; i < POLL_LIMIT && blk_cfg_irqs == cfg_irqs_before; i++)
+			barrier();
+	u8 gen1;
+	(void)read_capacity(&gen1);
+	line("blk watch changed gen=");
+	put_dec(gen1);
+	con_puts(" isr=");
+	put_dec((bits & ISR_CONFIG) ? 1 : 0);
+	con_puts(" irq=");
+	con_puts(!cfg_msix ? "off" : blk_cfg_irqs != cfg_irqs_before ? "ok" : "missed");
+	con_puts("\n");
+	watch_report("after");
+	__asm__ volatile("cli");
 }

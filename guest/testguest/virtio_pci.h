@@ -51,14 +51,21 @@ static inline u64 pci_bar(u32 dev, u32 bar)
 /* struct virtio_pci_cap cfg_type (§4.1.4) */
 #define VCAP_COMMON 1
 #define VCAP_NOTIFY 2
+#define VCAP_ISR 3
 #define VCAP_DEVICE 4
+
+/* ISR status bits (§4.1.4.5): reading the byte clears it */
+#define ISR_QUEUE 1
+#define ISR_CONFIG 2
 
 /* struct virtio_pci_common_cfg (§4.1.4.3) */
 #define CC_DFSELECT 0x00
 #define CC_DF 0x04
 #define CC_GFSELECT 0x08
 #define CC_GF 0x0c
+#define CC_MSIX 0x10 /* config_msix_vector */
 #define CC_STATUS 0x14
+#define CC_CFGGEN 0x15 /* config_generation */
 #define CC_QSELECT 0x16
 #define CC_QSIZE 0x18
 #define CC_QENABLE 0x1c

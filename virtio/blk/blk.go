@@ -76,16 +76,82 @@ type Config struct {
 	Workers   int    // DefaultWorkers when zero
 }
 
-// Block is a virtio-blk device. It implements virtio.Device.
+// Block is a virtio-blk device. It implements virtio.Device and
+// virtio.ConfigChanger.
 type Block struct {
-	cfg      Config
-	file     *os.File
-	sectors  uint64
+	cfg      Config // cfg.Path is the image at Open; see path
 	features uint64
-	config   [cfgLen]byte
+
+	// io guards the backing image: every request holds it for reading
+	// while it runs, Swap holds it for writing while it switches images, so
+	// no request is served partly by the old image and partly by the new.
+	io      sync.RWMutex
+	file    *os.File // nil once closed
+	sectors uint64
+
+	// cfgMu guards the configuration space, which changes on Swap, and
+	// the transport's change callback.
+	cfgMu   sync.Mutex
+	config  [cfgLen]byte
+	changed func()
+
+	// swapMu serializes Swap and Close; path is the image in service.
+	swapMu sync.Mutex
+	path   string
 
 	mu  sync.Mutex
 	run *runState // non-nil while activated
+}
+
+// openImage opens and locks a disk image: exclusively for a writable disk,
+// shared for a read-only one, so two VMs never write the same image. If
+// path names the file current already has open (a Swap to the image in
+// service), current is returned as it is: locking it again through a second
+// descriptor would conflict with our own lock.
+func openImage(path string, readOnly bool, current *os.File) (*os.File, error) {
+	flags, lock := os.O_RDWR, unix.LOCK_EX
+	if readOnly {
+		flags, lock = os.O_RDONLY, unix.LOCK_SH
+	}
+	f, err := os.OpenFile(path, flags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open image: %w", err)
+	}
+	if current != nil && sameFile(f, current) {
+		f.Close()
+		return current, nil
+	}
+	if err := unix.Flock(int(f.Fd()), lock|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("image %s is in use by another VM", path)
+		}
+		return nil, fmt.Errorf("lock image %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// sameFile reports whether a and b are open on the same file.
+func sameFile(a, b *os.File) bool {
+	sa, err := a.Stat()
+	if err != nil {
+		return false
+	}
+	sb, err := b.Stat()
+	if err != nil {
+		return false
+	}
+	return os.SameFile(sa, sb)
+}
+
+// imageSectors is the image's size in whole 512-byte sectors.
+func imageSectors(f *os.File, path string) (uint64, error) {
+	// Seek works for regular files and block devices alike.
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("size of image %s: %w", path, err)
+	}
+	return uint64(size) / SectorSize, nil
 }
 
 // Open opens and locks the image: exclusively for a writable disk, shared
@@ -106,28 +172,16 @@ func Open(cfg Config) (*Block, error) {
 	if len(cfg.ID) > IDLen {
 		return nil, fmt.Errorf("virtio-blk %s: id is longer than %d bytes", cfg.ID, IDLen)
 	}
-	flags, lock := os.O_RDWR, unix.LOCK_EX
-	if cfg.ReadOnly {
-		flags, lock = os.O_RDONLY, unix.LOCK_SH
-	}
-	f, err := os.OpenFile(cfg.Path, flags, 0)
+	f, err := openImage(cfg.Path, cfg.ReadOnly, nil)
 	if err != nil {
-		return nil, fmt.Errorf("virtio-blk %s: open image: %w", cfg.ID, err)
+		return nil, fmt.Errorf("virtio-blk %s: %w", cfg.ID, err)
 	}
-	if err := unix.Flock(int(f.Fd()), lock|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("virtio-blk %s: image %s is in use by another VM", cfg.ID, cfg.Path)
-		}
-		return nil, fmt.Errorf("virtio-blk %s: lock image %s: %w", cfg.ID, cfg.Path, err)
-	}
-	// Seek works for regular files and block devices alike.
-	size, err := f.Seek(0, io.SeekEnd)
+	sectors, err := imageSectors(f, cfg.Path)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("virtio-blk %s: size of image %s: %w", cfg.ID, cfg.Path, err)
+		return nil, fmt.Errorf("virtio-blk %s: %w", cfg.ID, err)
 	}
-	b := &Block{cfg: cfg, file: f, sectors: uint64(size) / SectorSize}
+	b := &Block{cfg: cfg, file: f, sectors: sectors, path: cfg.Path}
 	b.features = FeatureSegMax | FeatureBlkSize | FeatureFlush
 	if cfg.ReadOnly {
 		b.features |= FeatureRO
@@ -155,11 +209,102 @@ func Open(cfg Config) (*Block, error) {
 // Close stops the device and releases the image (and its lock).
 func (b *Block) Close() error {
 	b.Reset()
-	return b.file.Close()
+	b.swapMu.Lock()
+	defer b.swapMu.Unlock()
+	b.io.Lock()
+	f := b.file
+	b.file = nil
+	b.io.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f.Close()
 }
 
 // Sectors returns the disk's capacity in 512-byte sectors.
-func (b *Block) Sectors() uint64 { return b.sectors }
+func (b *Block) Sectors() uint64 {
+	b.io.RLock()
+	defer b.io.RUnlock()
+	return b.sectors
+}
+
+// Path returns the image in service.
+func (b *Block) Path() string {
+	b.swapMu.Lock()
+	defer b.swapMu.Unlock()
+	return b.path
+}
+
+// Swap replaces the disk's backing image while the guest runs (Firecracker's
+// PATCH /drives/{id} with path_on_host). The new image is opened and locked
+// under the same rules as at Open (read-only disks stay read-only and take
+// a shared lock); if that fails, the old image stays in service. Otherwise
+// Swap waits for the requests in flight on the old image, flushes it to
+// stable storage (a failure there also keeps it in service, so no write is
+// lost), switches every later request to the new image, publishes the new
+// capacity (virtio 1.2 §5.2.4) with a configuration change, and closes the
+// old image, releasing its lock.
+//
+// Swapping to the image already in service keeps its descriptor and only
+// re-reads its size, for an image grown on the host. Either way the driver
+// is told the configuration changed.
+func (b *Block) Swap(path string) error {
+	b.swapMu.Lock()
+	defer b.swapMu.Unlock()
+	wrap := func(err error) error { return fmt.Errorf("virtio-blk %s: swap to %s: %w", b.cfg.ID, path, err) }
+	old := b.file // stable: only Swap and Close, both under swapMu, change it
+	if old == nil {
+		return wrap(errors.New("the device is closed"))
+	}
+	f, err := openImage(path, b.cfg.ReadOnly, old)
+	if err != nil {
+		return wrap(err)
+	}
+	sectors, err := imageSectors(f, path)
+	if err != nil {
+		if f != old {
+			f.Close()
+		}
+		return wrap(err)
+	}
+	b.io.Lock()
+	if f != old && !b.cfg.ReadOnly {
+		if err := unix.Fsync(int(old.Fd())); err != nil {
+			b.io.Unlock()
+			f.Close()
+			return wrap(fmt.Errorf("flush the old image %s: %w", b.path, err))
+		}
+	}
+	b.file, b.sectors = f, sectors
+	b.setCapacity(sectors)
+	b.io.Unlock()
+	b.path = path
+	if f != old {
+		// Its data is on stable storage already, so closing can't lose
+		// any; the error is only the descriptor's.
+		_ = old.Close()
+	}
+	return nil
+}
+
+// setCapacity publishes a new capacity and tells the transport.
+func (b *Block) setCapacity(sectors uint64) {
+	b.cfgMu.Lock()
+	defer b.cfgMu.Unlock()
+	binary.LittleEndian.PutUint64(b.config[cfgCapacity:], sectors)
+	if b.changed != nil {
+		// Under cfgMu: a ReadConfig that sees the new capacity returns
+		// only after the generation has moved (virtio.ConfigChanger).
+		b.changed()
+	}
+}
+
+// BindConfigChange implements virtio.ConfigChanger.
+func (b *Block) BindConfigChange(changed func()) {
+	b.cfgMu.Lock()
+	defer b.cfgMu.Unlock()
+	b.changed = changed
+}
 
 // Type implements virtio.Device.
 func (b *Block) Type() uint16 { return virtio.TypeBlock }
@@ -178,6 +323,8 @@ func (b *Block) QueueSizes() []uint16 {
 
 // ReadConfig implements virtio.Device.
 func (b *Block) ReadConfig(off uint64, data []byte) {
+	b.cfgMu.Lock()
+	defer b.cfgMu.Unlock()
 	for i := range data {
 		o := off + uint64(i)
 		if o < cfgLen {

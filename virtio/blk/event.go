@@ -130,7 +130,9 @@ func (b *Block) serve(rs *runState, j job) {
 		rs.a.Fail(fmt.Errorf("virtio-blk %s: queue %d head %d: %w", b.cfg.ID, j.q.Index, j.chain.Head, err))
 		return
 	}
+	b.io.RLock()
 	status, written := b.execute(r, rs.a.Features, rs.log)
+	b.io.RUnlock()
 	r.status[0] = status
 	if err := j.q.Push(j.chain.Head, written); err != nil {
 		rs.a.Fail(fmt.Errorf("virtio-blk %s: %w", b.cfg.ID, err))
