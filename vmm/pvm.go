@@ -34,6 +34,7 @@ const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rt
 //   - no_timer_check: the IO-APIC timer check busy-waits.
 //   - tsc_early_khz (added by pvmCmdline) also makes the kernel skip the
 //     delay-loop calibration, which would run instruction by instruction.
+//   - GODEBUG: see pvmGODEBUG.
 func pvmCmdlineOptions() []string {
 	return []string{
 		"nopv",
@@ -42,8 +43,22 @@ func pvmCmdlineOptions() []string {
 		"8250.nr_uarts=1",
 		"lpj=1000000",
 		"no_timer_check",
+		"GODEBUG=" + pvmGODEBUG,
 	}
 }
+
+// pvmGODEBUG keeps Go programs in the guest off AVX and AVX-512. Without
+// XSAVE the guest kernel switches only the x87/SSE state (FXSAVE), yet on
+// kvm-pvm guest user space runs under the host's XCR0 and CPUID, so it sees
+// AVX-512 as usable; the upper register halves then change under it across
+// context switches and signal delivery, and Go programs (memmove uses AVX,
+// async preemption uses signals) crash at random. Setting XCR0 from the
+// guest kernel does not reach the hardware there (measured). The kernel
+// hands unknown name=value options to init as environment; the default
+// guest's init passes GODEBUG on to the shell, the agent and containers.
+// Programs that pick AVX by other means (glibc's string functions) are not
+// covered.
+const pvmGODEBUG = "cpu.avx=off,cpu.avx2=off,cpu.avx512f=off,cpu.avx512cd=off,cpu.avx512bw=off,cpu.avx512dq=off,cpu.avx512vl=off"
 
 // pvmCmdline returns cmdline with the kvm-pvm options added. tscKHz, when
 // known, is passed as tsc_early_khz: calibrating the TSC against the PIT

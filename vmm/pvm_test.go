@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -70,5 +72,29 @@ func TestPVMCmdline(t *testing.T) {
 	}
 	if i := strings.Index(got, "clearcpuid="); len(got[i:])-len("clearcpuid=") > 127 && len(pvmClearCPUID) > 127 {
 		t.Fatalf("clearcpuid list longer than the kernel reads: %d", len(pvmClearCPUID))
+	}
+	for _, f := range []string{"cpu.avx=off", "cpu.avx2=off", "cpu.avx512f=off"} {
+		if !strings.Contains(got, f) {
+			t.Errorf("GODEBUG lacks %s: %q", f, got)
+		}
+	}
+	if got := pvmCmdline("console=ttyS0 GODEBUG=madvdontneed=1", 0); strings.Count(got, "GODEBUG=") != 1 || !strings.Contains(got, "GODEBUG=madvdontneed=1") {
+		t.Errorf("user's GODEBUG overridden: %q", got)
+	}
+}
+
+// TestPVMGODEBUGOptionsKnown runs this test binary (a Go program) with
+// pvmGODEBUG: the runtime warns about cpu options it does not know, so a
+// typo or a Go release that renames one shows here.
+func TestPVMGODEBUGOptionsKnown(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "GODEBUG="+pvmGODEBUG)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Contains(string(out), "GODEBUG") {
+		t.Fatalf("GODEBUG=%s: %v, output %q", pvmGODEBUG, err, out)
 	}
 }

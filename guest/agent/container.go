@@ -82,7 +82,7 @@ func (a *agent) startInit(conn *protocol.Conn, c *container, spec protocol.Proce
 
 	cmd := exec.Command(a.selfExe, initHelperArg)
 	cmd.Args[0] = "vmm-agent-init"
-	cmd.Env = []string{}
+	cmd.Env = runtimeEnv()
 	cmd.Dir = "/"
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = sio.child[0], sio.child[1], sio.child[2]
 	cmd.ExtraFiles = []*os.File{configR, statusW}
@@ -243,7 +243,7 @@ func forkInNamespaces(pidfd int, spec protocol.Process, stdio [3]*os.File, cgFil
 	}
 	// Joining a mount namespace leaves this thread at its root: the
 	// container's, after the init helper's pivot_root.
-	env := withDefaultPath(spec.Env)
+	env := withDefaults(spec.Env)
 	path, err := lookPath(spec.Args[0], env)
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeInvalidArgument, "%v", err)

@@ -64,6 +64,9 @@ func setupAndExec(cfg *initConfig) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private: %w", err)
 	}
+	if err := leaveInitialRootfs(cfg.MountPoint); err != nil {
+		return err
+	}
 	root, err := mountRootfs(cfg)
 	if err != nil {
 		return err
@@ -224,6 +227,31 @@ func populateDev(dev string) error {
 	return nil
 }
 
+// leaveInitialRootfs puts the helper's root on a mount that has a parent.
+// The agent runs from the initramfs, whose root is the kernel's initial
+// rootfs, and pivot_root(2) refuses to move that one (EINVAL). A recursive
+// bind of / moved on top of / and entered with chroot gives the same tree
+// as a mount pivot_root can work with. scratch is an empty directory that
+// briefly holds the bind mount.
+func leaveInitialRootfs(scratch string) error {
+	if err := unix.Mount("/", scratch, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mounting / for pivot_root: %w", err)
+	}
+	if err := unix.Chdir(scratch); err != nil {
+		return fmt.Errorf("entering the bind of /: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("moving the bind of / onto /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot into the bind of /: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	return nil
+}
+
 // pivotRoot makes root the root of the mount namespace and detaches the
 // old root, so nothing of the agent's filesystem stays reachable.
 func pivotRoot(root string) error {
@@ -247,7 +275,7 @@ func pivotRoot(root string) error {
 // execProcess drops to the process's credentials and replaces the helper
 // with the container's program.
 func execProcess(p *protocol.Process) error {
-	env := withDefaultPath(p.Env)
+	env := withDefaults(p.Env)
 	gids := make([]int, len(p.AdditionalGIDs))
 	for i, g := range p.AdditionalGIDs {
 		gids[i] = int(g)
@@ -282,13 +310,37 @@ func execProcess(p *protocol.Process) error {
 // defaultPath is PATH for processes whose environment sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-func withDefaultPath(env []string) []string {
+// withDefaults completes a process's environment: PATH when it sets none,
+// and the agent's own GODEBUG when it sets none (see runtimeEnv).
+func withDefaults(env []string) []string {
+	out := append([]string(nil), env...)
+	if !hasVar(env, "PATH") {
+		out = append(out, "PATH="+defaultPath)
+	}
+	if !hasVar(env, "GODEBUG") {
+		out = append(out, runtimeEnv()...)
+	}
+	return out
+}
+
+func hasVar(env []string, name string) bool {
 	for _, kv := range env {
-		if strings.HasPrefix(kv, "PATH=") {
-			return env
+		if strings.HasPrefix(kv, name+"=") {
+			return true
 		}
 	}
-	return append(append([]string(nil), env...), "PATH="+defaultPath)
+	return false
+}
+
+// runtimeEnv is the part of the agent's environment that its helpers and
+// container processes inherit: GODEBUG, which the VMM sets on the kernel
+// command line where Go programs need it to run correctly (on kvm-pvm
+// hosts it keeps them off AVX, whose state the guest kernel cannot save).
+func runtimeEnv() []string {
+	if v, ok := os.LookupEnv("GODEBUG"); ok {
+		return []string{"GODEBUG=" + v}
+	}
+	return []string{}
 }
 
 // lookPath finds name in env's PATH, relative to the calling thread's root

@@ -19,18 +19,24 @@ const guestPath = "/bin:/sbin:/usr/bin:/usr/sbin"
 const exitStatusNotFound = 127
 
 // childEnv is the environment of the shell, vmm.run program and agent.
-// TERM is passed through because the kernel sets it for init.
-func childEnv(term string) []string {
+// TERM is passed through because the kernel sets it for init; so is
+// GODEBUG (also from the kernel command line), since every guest program
+// is a Go program and it is the way to tune or debug their runtime.
+func childEnv(term, godebug string) []string {
 	if term == "" {
 		term = "linux"
 	}
-	return []string{
+	env := []string{
 		"PATH=" + guestPath,
 		"HOME=/root",
 		"USER=root",
 		"SHELL=/bin/sh",
 		"TERM=" + term,
 	}
+	if godebug != "" {
+		env = append(env, "GODEBUG="+godebug)
+	}
+	return env
 }
 
 // findProgram resolves name like a shell would: names containing a slash

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -75,14 +76,20 @@ func TestFindProgram(t *testing.T) {
 }
 
 func TestChildEnv(t *testing.T) {
-	env := childEnv("")
+	env := childEnv("", "")
 	for _, want := range []string{"PATH=" + guestPath, "HOME=/root", "TERM=linux"} {
 		if !slices.Contains(env, want) {
 			t.Errorf("childEnv(\"\") = %q, missing %q", env, want)
 		}
 	}
-	if env := childEnv("vt100"); !slices.Contains(env, "TERM=vt100") {
+	if env := childEnv("vt100", ""); !slices.Contains(env, "TERM=vt100") {
 		t.Errorf("childEnv(vt100) = %q, want the kernel's TERM kept", env)
+	}
+	if env := childEnv("", "asyncpreemptoff=1"); !slices.Contains(env, "GODEBUG=asyncpreemptoff=1") {
+		t.Errorf("childEnv with GODEBUG = %q, want it passed on", env)
+	}
+	if env := childEnv("", ""); slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "GODEBUG=") }) {
+		t.Errorf("childEnv without GODEBUG = %q, want none set", env)
 	}
 }
 
