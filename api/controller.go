@@ -140,7 +140,7 @@ func NewController(opts Options) *Controller {
 			IsReadOnly: ptr(d.ReadOnly), PartUUID: nonEmpty(d.PartUUID), CacheType: ptr("Unsafe"), IOEngine: ptr("Sync")})
 	}
 	for _, n := range opts.Base.Nets {
-		c.nets = append(c.nets, NetworkInterface{IfaceID: ptr(n.ID), HostDevName: ptr(n.Tap), GuestMAC: nonEmpty(n.MAC)})
+		c.nets = append(c.nets, NetworkInterface{IfaceID: ptr(n.ID), HostDevName: ptr(n.Tap), GuestMAC: nonEmpty(n.MAC), Queues: n.Queues})
 	}
 	if v := opts.Base.Vsock; v != nil {
 		c.vsock = &Vsock{GuestCID: ptr(int64(v.GuestCID)), UDSPath: ptr(v.UDSPath), VsockID: nonEmpty(v.ID)}
@@ -446,7 +446,7 @@ func (c *Controller) vmmConfigLocked() vmm.Config {
 			ReadOnly: *d.IsReadOnly, Root: *d.IsRootDevice, PartUUID: deref(d.PartUUID, "")})
 	}
 	for _, n := range c.nets {
-		cfg.Nets = append(cfg.Nets, vmm.NetConfig{ID: *n.IfaceID, Tap: *n.HostDevName, MAC: deref(n.GuestMAC, "")})
+		cfg.Nets = append(cfg.Nets, vmm.NetConfig{ID: *n.IfaceID, Tap: *n.HostDevName, MAC: deref(n.GuestMAC, ""), Queues: n.Queues})
 	}
 	if v := c.vsock; v != nil {
 		cfg.Vsock = &vmm.VsockConfig{ID: deref(v.VsockID, ""), GuestCID: uint32(*v.GuestCID), UDSPath: *v.UDSPath}

@@ -88,6 +88,10 @@ type NetworkInterface struct {
 	MTU           *int64       `json:"mtu,omitempty"`
 	RxRateLimiter *RateLimiter `json:"rx_rate_limiter,omitempty"`
 	TxRateLimiter *RateLimiter `json:"tx_rate_limiter,omitempty"`
+	// Queues carries vmm.NetConfig.Queues for an interface configured on
+	// the command line; Firecracker's API has no queue count, so an
+	// interface PUT through the API has one queue pair.
+	Queues int `json:"-"`
 }
 
 // PartialNetworkInterface is the body of PATCH /network-interfaces/{iface_id}.

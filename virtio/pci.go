@@ -423,6 +423,9 @@ func (t *PCI) checkFeaturesLocked() error {
 	if t.driverFeatures&FeatureVersion1 == 0 {
 		return errors.New("driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)")
 	}
+	if c, ok := t.dev.(FeatureChecker); ok {
+		return c.CheckFeatures(t.driverFeatures)
+	}
 	return nil
 }
 

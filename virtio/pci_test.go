@@ -2,6 +2,7 @@ package virtio_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -472,4 +473,42 @@ func TestPCITransportBadQueue(t *testing.T) {
 		t.Fatalf("status %#x, want DEVICE_NEEDS_RESET", st)
 	}
 	r.waitSignal(1)
+}
+
+// pickyDevice refuses feature bit 3 without bit 4 (as virtio-net refuses
+// MQ without CTRL_VQ).
+type pickyDevice struct{ echoDevice }
+
+func (*pickyDevice) Features() uint64 { return 1<<3 | 1<<4 }
+func (*pickyDevice) CheckFeatures(f uint64) error {
+	if f&(1<<3) != 0 && f&(1<<4) == 0 {
+		return errors.New("bit 3 needs bit 4")
+	}
+	return nil
+}
+
+// TestPCIFeatureChecker: a combination the device refuses leaves
+// FEATURES_OK clear (§3.1.1); one it accepts sets it.
+func TestPCIFeatureChecker(t *testing.T) {
+	for _, tt := range []struct {
+		features uint64
+		ok       bool
+	}{
+		{virtio.FeatureVersion1 | 1<<3, false},
+		{virtio.FeatureVersion1 | 1<<3 | 1<<4, true},
+		{virtio.FeatureVersion1, true},
+	} {
+		r := newRigFor(t, &pickyDevice{})
+		r.enumerate()
+		cc := r.capOff(1)
+		r.wr(cc+ccStatus, 1, virtio.StatusAcknowledge|virtio.StatusDriver)
+		r.wr(cc+ccGFSelect, 4, 0)
+		r.wr(cc+ccGF, 4, tt.features&0xffff_ffff)
+		r.wr(cc+ccGFSelect, 4, 1)
+		r.wr(cc+ccGF, 4, tt.features>>32)
+		r.wr(cc+ccStatus, 1, virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusFeaturesOK)
+		if got := r.rd(cc+ccStatus, 1)&virtio.StatusFeaturesOK != 0; got != tt.ok {
+			t.Errorf("features %#x: FEATURES_OK %v, want %v", tt.features, got, tt.ok)
+		}
+	}
 }

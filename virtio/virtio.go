@@ -57,6 +57,15 @@ type Device interface {
 	Reset()
 }
 
+// FeatureChecker is implemented by devices with feature combinations they
+// can't run (a feature that depends on another, §5.1.3.1 for
+// virtio-net). The transport calls CheckFeatures with the driver's
+// selection when the driver sets FEATURES_OK; an error leaves FEATURES_OK
+// clear, which tells the driver the device refused (§3.1.1 step 6).
+type FeatureChecker interface {
+	CheckFeatures(driver uint64) error
+}
+
 // ConfigChanger is implemented by devices whose configuration space changes
 // while the driver uses it (a disk whose backing file was swapped). The
 // transport calls BindConfigChange once, when it wraps the device, with the

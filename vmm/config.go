@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/govmm/vmm/virtio/net"
 )
 
 // Config describes one machine. The command line, the config file and the
@@ -56,7 +58,16 @@ type NetConfig struct {
 	ID  string
 	Tap string
 	MAC string // the guest's MAC; a stable random one when empty
+	// Queues is the number of receive/transmit queue pairs, 1 to
+	// MaxNetQueues (0 means 1). More than one opens the tap multi-queue
+	// (an existing tap must have been created multi_queue) with one tap
+	// queue per pair, and gives the guest VIRTIO_NET_F_MQ and the control
+	// queue.
+	Queues int
 }
+
+// MaxNetQueues bounds NetConfig.Queues.
+const MaxNetQueues = net.MaxQueuePairs
 
 // VsockConfig is the virtio-vsock device, bridged to host Unix sockets as
 // in Firecracker's hybrid vsock.

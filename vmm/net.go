@@ -4,6 +4,7 @@ import (
 	"fmt"
 	stdnet "net"
 
+	"github.com/govmm/vmm/devices/pci"
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/net"
 )
@@ -16,6 +17,7 @@ const pciClassNetworkEthernet = 0x020000
 type netDevice struct {
 	id, tap string
 	mac     stdnet.HardwareAddr
+	queues  int // queue pairs
 }
 
 // checkNets validates every interface before any tap is opened.
@@ -31,6 +33,18 @@ func checkNets(nets []NetConfig) ([]netDevice, error) {
 			return nil, fmt.Errorf("network interface id %q used twice", d.id)
 		}
 		seen[d.id] = true
+		d.queues = c.Queues
+		if d.queues == 0 {
+			d.queues = 1
+		}
+		if d.queues < 1 || d.queues > MaxNetQueues {
+			return nil, fmt.Errorf("virtio-net %s: %d queue pairs is outside 1-%d", d.id, c.Queues, MaxNetQueues)
+		}
+		// One MSI-X vector per queue (2 per pair and the control queue)
+		// and one for configuration changes.
+		if v := 2*d.queues + 2; d.queues > 1 && v > pci.MaxMSIXVectors {
+			return nil, fmt.Errorf("virtio-net %s: %d queue pairs need %d MSI-X vectors, more than %d", d.id, d.queues, v, pci.MaxMSIXVectors)
+		}
 		if c.MAC == "" {
 			d.mac = net.StableMAC(d.id + "/" + c.Tap)
 		} else {
@@ -57,13 +71,25 @@ func (m *Machine) setupNets(st *pciState, ioe ioEventRegistrar) error {
 		return err
 	}
 	for _, d := range devs {
-		tap, err := net.OpenTap(d.tap)
-		if err != nil {
+		var taps []*net.Tap
+		if d.queues == 1 {
+			tap, err := net.OpenTap(d.tap)
+			if err != nil {
+				return fmt.Errorf("virtio-net %s: %w", d.id, err)
+			}
+			taps = []*net.Tap{tap}
+		} else if taps, err = net.OpenTapQueues(d.tap, d.queues); err != nil {
 			return fmt.Errorf("virtio-net %s: %w", d.id, err)
 		}
-		dev, err := net.New(net.Config{ID: d.id, MAC: d.mac}, tap)
+		var backends []net.Backend
+		for _, tap := range taps {
+			backends = append(backends, tap)
+		}
+		dev, err := net.New(net.Config{ID: d.id, MAC: d.mac}, backends...)
 		if err != nil {
-			tap.Close()
+			for _, tap := range taps {
+				tap.Close()
+			}
 			return err
 		}
 		st.closers = append(st.closers, dev)
@@ -80,7 +106,7 @@ func (m *Machine) setupNets(st *pciState, ioe ioEventRegistrar) error {
 		if err != nil {
 			return fmt.Errorf("virtio-net %s: %w", d.id, err)
 		}
-		m.log.Debug("virtio-net attached", "id", d.id, "tap", tap.Name(), "mac", d.mac.String(), "pci", fmt.Sprintf("00:%02x.0", slot))
+		m.log.Debug("virtio-net attached", "id", d.id, "tap", taps[0].Name(), "queues", d.queues, "mac", d.mac.String(), "pci", fmt.Sprintf("00:%02x.0", slot))
 	}
 	return nil
 }

@@ -3,13 +3,14 @@ package main
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/govmm/vmm/vmm"
 )
 
-// netFlag is the repeatable --net tap=NAME[,mac=MAC][,id=NAME] option;
-// each use appends one virtio-net interface.
+// netFlag is the repeatable --net tap=NAME[,mac=MAC][,id=NAME][,queues=N]
+// option; each use appends one virtio-net interface.
 type netFlag struct{ nets *[]vmm.NetConfig }
 
 func (f netFlag) String() string {
@@ -41,10 +42,11 @@ func (f netFlag) Set(v string) error {
 	return nil
 }
 
-// parseNet parses tap=NAME[,mac=MAC][,id=NAME]; a bare NAME is accepted
-// as the tap. The MAC must be a unicast Ethernet address; without one the
-// guest gets a stable locally administered address derived from the id
-// and tap name.
+// parseNet parses tap=NAME[,mac=MAC][,id=NAME][,queues=N]; a bare NAME
+// is accepted as the tap. The MAC must be a unicast Ethernet address;
+// without one the guest gets a stable locally administered address derived
+// from the id and tap name. queues is the number of queue pairs, 1 (the
+// default) to vmm.MaxNetQueues.
 func parseNet(v string) (vmm.NetConfig, error) {
 	var n vmm.NetConfig
 	for i, part := range strings.Split(v, ",") {
@@ -56,10 +58,16 @@ func parseNet(v string) (vmm.NetConfig, error) {
 			n.MAC = val
 		case k == "id" && hasVal:
 			n.ID = val
+		case k == "queues" && hasVal:
+			q, err := strconv.Atoi(val)
+			if err != nil || q < 1 || q > vmm.MaxNetQueues {
+				return n, fmt.Errorf("net %q: queues=%s: want a number of queue pairs from 1 to %d", v, val, vmm.MaxNetQueues)
+			}
+			n.Queues = q
 		case i == 0 && !hasVal && part != "":
 			n.Tap = part
 		default:
-			return n, fmt.Errorf("net %q: unknown option %q (want tap=NAME[,mac=MAC][,id=NAME])", v, part)
+			return n, fmt.Errorf("net %q: unknown option %q (want tap=NAME[,mac=MAC][,id=NAME][,queues=N])", v, part)
 		}
 	}
 	if n.Tap == "" {

@@ -21,6 +21,14 @@ func TestParseNet(t *testing.T) {
 		{in: "tap=tap0,mac=zz", err: "not an Ethernet MAC"},
 		{in: "tap=" + strings.Repeat("t", 16), err: "longer than 15"},
 		{in: "tap=tap0,vhost", err: `unknown option "vhost"`},
+		{in: "tap=tap0,queues=4", want: vmm.NetConfig{Tap: "tap0", Queues: 4}},
+		{in: "tap=tap0,queues=1,id=e", want: vmm.NetConfig{Tap: "tap0", Queues: 1, ID: "e"}},
+		{in: "tap=tap0,queues=16", want: vmm.NetConfig{Tap: "tap0", Queues: 16}},
+		{in: "tap=tap0,queues=0", err: "queues=0: want a number of queue pairs from 1 to 16"},
+		{in: "tap=tap0,queues=17", err: "queues=17"},
+		{in: "tap=tap0,queues=-2", err: "queues=-2"},
+		{in: "tap=tap0,queues=two", err: "queues=two"},
+		{in: "tap=tap0,queues=", err: "queues="},
 		{in: "", err: "unknown option"},
 	} {
 		got, err := parseNet(tt.in)

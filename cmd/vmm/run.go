@@ -100,6 +100,13 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 		return nil, flag.ErrHelp
 	}
 	s.Args = fs.Args()
+	for _, n := range nets {
+		// The child VMM is configured over Firecracker's API, which has
+		// no queue count.
+		if n.Queues > 1 {
+			return nil, fmt.Errorf("--net %s: queues=%d is not supported by vmm run (one queue pair)", n.Tap, n.Queues)
+		}
+	}
 	s.Nets = nets
 	if len(s.Args) == 0 {
 		return nil, errors.New("no command given (usage: vmm run --image FILE [flags] [--] CMD [ARG...])")

@@ -86,6 +86,7 @@ func TestParseRunFlagsErrors(t *testing.T) {
 		{[]string{"--image", image, "--cpus", "0", "true"}, "vCPUs"},
 		{[]string{"--image", image, "--boot-timeout", "0s", "true"}, "--boot-timeout"},
 		{[]string{"--image", image, "--boot-timeout", "soon", "true"}, "boot-timeout"},
+		{[]string{"--image", image, "--net", "tap=t0,queues=2", "true"}, "queues=2 is not supported by vmm run"},
 		{[]string{"--image", image, "-e", "=v", "true"}, "KEY=VALUE"},
 		{[]string{"--image", image, "-w", "rel", "true"}, "absolute"},
 		{[]string{"--image", image, "--net", "mac=zz", "true"}, "net"},

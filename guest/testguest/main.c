@@ -706,11 +706,14 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	if (blk && value_is(blk, blen, "watch"))
 		blk_watch();
 
-	/* net=1: PCI + virtio-net test (virtio_net.c). */
+	/* net=1: PCI + virtio-net test; net=mq: the same through the last
+	 * queue pair of a multi-queue device (virtio_net.c). */
 	int nlen = 0;
 	const char *net = cmdline_value("net", &nlen);
 	if (net && value_is(net, nlen, "1"))
 		net_test();
+	if (net && value_is(net, nlen, "mq"))
+		net_mq_test();
 
 	/* vsock=1: PCI + virtio-vsock echo server (virtio_vsock.c). */
 	int vlen = 0;

@@ -26,8 +26,10 @@ int value_is(const char *v, int len, const char *want);
 void blk_test(void);
 void blk_watch(void);
 
-/* virtio_net.c: the net=1 test. */
+/* virtio_net.c: the net=1 test, and net=mq (multi-queue, control
+ * queue). */
 void net_test(void);
+void net_mq_test(void);
 
 /* virtio_vsock.c: the vsock=1 test. */
 void vsock_test(void);

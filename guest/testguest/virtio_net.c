@@ -16,6 +16,15 @@
  *
  * Frames the guest doesn't care about (IPv6 neighbour discovery and the
  * like from the host) are skipped.  Each exchange is retried a few times.
+ *
+ * net=mq: the same over a multi-queue device (§5.1.2, §5.1.6.5).  The
+ * driver also negotiates CTRL_VQ and MQ (both required), reads
+ * max_virtqueue_pairs (N), sets up receiveq1..N and transmitq1..N (queues
+ * 2i and 2i+1) and the control queue (2N), turns every pair on with
+ * VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (ack must be OK), checks that an unknown
+ * command class and VQ_PAIRS_SET N+1 are answered VIRTIO_NET_ERR, then
+ * ARPs and pings through transmitqN, taking replies from whichever receive
+ * queue the host's tap steered them to.
  * Output lines (README.md).
  */
 #include "testguest.h"
@@ -49,12 +58,29 @@ static void mmio_wr64(u64 a, u64 v)
 #define F_NET_MAC (1ull << 5)
 #define F_NET_MRG_RXBUF (1ull << 15)
 #define F_NET_STATUS (1ull << 16)
+#define F_NET_CTRL_VQ (1ull << 17)
+#define F_NET_MQ (1ull << 22)
 #define F_VERSION_1 (1ull << 32)
 
 /* struct virtio_net_config (§5.1.4) */
 #define NCFG_MAC 0
 #define NCFG_STATUS 6
+#define NCFG_MAX_PAIRS 8
 #define NET_S_LINK_UP 1
+
+/* common configuration: num_queues (§4.1.4.3) */
+#define CC_NUMQ 0x12
+
+/* control queue (§5.1.6.5): class, command, data, then the ack byte */
+#define CTRL_MQ 4
+#define CTRL_MQ_VQ_PAIRS_SET 0
+#define CTRL_OK 0
+#define CTRL_ERR 1
+
+/* net=mq: the most pairs the guest drives, and the receive buffers of
+ * every queue after receiveq1 */
+#define MAXPAIRS 16
+#define MQ_RXBUFS 4
 
 /* struct virtio_net_hdr with num_buffers (§5.1.6) */
 #define NET_HDR 12
@@ -90,21 +116,32 @@ struct vused {
 	u16 avail_event;
 } __attribute__((packed));
 
+/* The split virtqueue's three parts at the alignments §2.7 requires. */
 struct vq {
-	struct vdesc desc[QSZ] __attribute__((aligned(4096)));
-	struct vavail avail __attribute__((aligned(4096)));
-	struct vused used __attribute__((aligned(4096)));
+	struct vdesc desc[QSZ] __attribute__((aligned(16)));
+	struct vavail avail __attribute__((aligned(2)));
+	struct vused used __attribute__((aligned(4)));
 	u16 avail_idx, last_used;
 	u64 notify;
+	u8 (*buf)[RXBUF]; /* receive queues: buffer i is descriptor i */
+	u16 nbuf;
 };
 
-static struct vq rxq, txq;
+/* rxqs[i], txqs[i]: pair i.  net=1 uses pair 0 only. */
+static struct vq rxqs[MAXPAIRS], txqs[MAXPAIRS], ctrlq;
 static u8 rxbuf[QSZ][RXBUF] __attribute__((aligned(64)));
+static u8 mqbuf[MAXPAIRS - 1][MQ_RXBUFS][RXBUF] __attribute__((aligned(64)));
 static u8 txbuf[NET_HDR + 1514] __attribute__((aligned(64)));
 static u64 common, notify_base, devcfg;
 static u32 notify_mult;
+/* Receive queues polled (pairs on), and the transmit queue in use. */
+static u16 rx_pairs = 1;
+static struct vq *txq = &txqs[0];
+static u8 ctrl_cmd[16];
+static volatile u8 ctrl_ack;
 
 static u8 mac[6], host_mac[6];
+static u16 arp_rx; /* the pair the ARP reply came on */
 static const u8 guest_ip[4] = {10, 200, 0, 2};
 static const u8 host_ip[4] = {10, 200, 0, 1};
 
@@ -192,7 +229,7 @@ static void post(struct vq *v, u16 head)
 	barrier();
 }
 
-static int net_init(void)
+static int net_init(int mq)
 {
 	u32 dev;
 	for (dev = 0; dev < 32; dev++) {
@@ -239,7 +276,14 @@ static int net_init(void)
 	u64 offered = mmio_rd32(common + CC_DF);
 	mmio_wr32(common + CC_DFSELECT, 1);
 	offered |= (u64)mmio_rd32(common + CC_DF) << 32;
-	u64 features = offered & (F_VERSION_1 | F_NET_MAC | F_NET_STATUS | F_NET_MRG_RXBUF);
+	u64 want = F_VERSION_1 | F_NET_MAC | F_NET_STATUS | F_NET_MRG_RXBUF;
+	if (mq)
+		want |= F_NET_CTRL_VQ | F_NET_MQ;
+	u64 features = offered & want;
+	if (mq && (features & (F_NET_CTRL_VQ | F_NET_MQ)) != (F_NET_CTRL_VQ | F_NET_MQ)) {
+		fail("no multiqueue");
+		return -1;
+	}
 	mmio_wr32(common + CC_GFSELECT, 0);
 	mmio_wr32(common + CC_GF, (u32)features);
 	mmio_wr32(common + CC_GFSELECT, 1);
@@ -254,18 +298,42 @@ static int net_init(void)
 		mac[i] = mmio_rd8(devcfg + NCFG_MAC + (u64)i);
 	u16 status = (features & F_NET_STATUS) ? mmio_rd16(devcfg + NCFG_STATUS) : NET_S_LINK_UP;
 
-	if (queue_init(0, &rxq) || queue_init(1, &txq))
-		return -1;
-	/* Every receive buffer is one device-writable descriptor. */
-	for (u16 i = 0; i < QSZ; i++) {
-		rxq.desc[i].addr = (u64)rxbuf[i];
-		rxq.desc[i].len = RXBUF;
-		rxq.desc[i].flags = D_WRITE;
-		rxq.desc[i].next = 0;
-		post(&rxq, i);
+	u16 pairs = 1;
+	if (mq) {
+		pairs = mmio_rd16(devcfg + NCFG_MAX_PAIRS);
+		u16 numq = mmio_rd16(common + CC_NUMQ);
+		line("net mq max_pairs=");
+		put_dec(pairs);
+		con_puts(" num_queues=");
+		put_dec(numq);
+		con_puts("\n");
+		if (pairs < 1 || pairs > MAXPAIRS || numq < 2 * pairs + 1) {
+			fail("bad max_virtqueue_pairs");
+			return -1;
+		}
 	}
+	/* Every queue of every pair, and the control queue, is set up
+	 * before DRIVER_OK (§5.1.6.5.5: before VQ_PAIRS_SET turns them on). */
+	for (u16 p = 0; p < pairs; p++) {
+		struct vq *rq = &rxqs[p];
+		rq->buf = p ? mqbuf[p - 1] : rxbuf;
+		rq->nbuf = p ? MQ_RXBUFS : QSZ;
+		if (queue_init((u16)(2 * p), rq) || queue_init((u16)(2 * p + 1), &txqs[p]))
+			return -1;
+		/* Every receive buffer is one device-writable descriptor. */
+		for (u16 i = 0; i < rq->nbuf; i++) {
+			rq->desc[i].addr = (u64)rq->buf[i];
+			rq->desc[i].len = RXBUF;
+			rq->desc[i].flags = D_WRITE;
+			rq->desc[i].next = 0;
+			post(rq, i);
+		}
+	}
+	if (mq && queue_init((u16)(2 * pairs), &ctrlq))
+		return -1;
 	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-	mmio_wr16(rxq.notify, 0);
+	for (u16 p = 0; p < pairs; p++)
+		mmio_wr16(rxqs[p].notify, (u16)(2 * p));
 
 	line("net device=");
 	put_dec((u64)dev);
@@ -276,7 +344,57 @@ static int net_init(void)
 	con_puts(" mrg=");
 	put_dec((features & F_NET_MRG_RXBUF) ? 1 : 0);
 	con_puts("\n");
-	return 0;
+	return pairs;
+}
+
+/* Send one control command (class, cmd, n bytes of data) and return its
+ * ack, or -1 if the device didn't answer. */
+static int ctrl_send(u8 class, u8 cmd, const u8 *data, u32 n)
+{
+	ctrl_cmd[0] = class;
+	ctrl_cmd[1] = cmd;
+	for (u32 i = 0; i < n; i++)
+		ctrl_cmd[2 + i] = data[i];
+	ctrl_ack = 0xee;
+	ctrlq.desc[0].addr = (u64)ctrl_cmd;
+	ctrlq.desc[0].len = 2 + n;
+	ctrlq.desc[0].flags = 1; /* NEXT */
+	ctrlq.desc[0].next = 1;
+	ctrlq.desc[1].addr = (u64)&ctrl_ack;
+	ctrlq.desc[1].len = 1;
+	ctrlq.desc[1].flags = D_WRITE;
+	ctrlq.desc[1].next = 0;
+	post(&ctrlq, 0);
+	mmio_wr16(ctrlq.notify, 0);
+	for (u32 i = 0; i < POLL_LIMIT; i++) {
+		barrier();
+		if (*(volatile u16 *)&ctrlq.used.idx != ctrlq.last_used) {
+			struct vused_elem e = ctrlq.used.ring[ctrlq.last_used % QSZ];
+			ctrlq.last_used++;
+			if (e.id != 0 || e.len != 1)
+				return -1;
+			return ctrl_ack;
+		}
+	}
+	return -1;
+}
+
+static void put_ack(int ack)
+{
+	con_puts(ack == CTRL_OK ? "ok" : ack == CTRL_ERR ? "err" : "none");
+}
+
+/* VQ_PAIRS_SET n; prints "net mq pairs_set=<n> ack=<ack>". */
+static int pairs_set(u16 n)
+{
+	u8 d[2] = {(u8)n, (u8)(n >> 8)};
+	int ack = ctrl_send(CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET, d, 2);
+	line("net mq pairs_set=");
+	put_dec(n);
+	con_puts(" ack=");
+	put_ack(ack);
+	con_puts("\n");
+	return ack;
 }
 
 /* Send the frame in txbuf + NET_HDR (len bytes) and wait until the device
@@ -290,16 +408,16 @@ static int send(u32 len)
 			txbuf[NET_HDR + i] = 0;
 		len = 60;
 	}
-	txq.desc[0].addr = (u64)txbuf;
-	txq.desc[0].len = NET_HDR + len;
-	txq.desc[0].flags = 0;
-	txq.desc[0].next = 0;
-	post(&txq, 0);
-	mmio_wr16(txq.notify, 1);
+	txq->desc[0].addr = (u64)txbuf;
+	txq->desc[0].len = NET_HDR + len;
+	txq->desc[0].flags = 0;
+	txq->desc[0].next = 0;
+	post(txq, 0);
+	mmio_wr16(txq->notify, (u16)(2 * (txq - txqs) + 1));
 	for (u32 i = 0; i < POLL_LIMIT; i++) {
 		barrier();
-		if (*(volatile u16 *)&txq.used.idx != txq.last_used) {
-			txq.last_used++;
+		if (*(volatile u16 *)&txq->used.idx != txq->last_used) {
+			txq->last_used++;
 			return 0;
 		}
 	}
@@ -307,35 +425,45 @@ static int send(u32 len)
 	return -1;
 }
 
-/* Wait for a received frame; returns its buffer index and sets *len to
- * the frame length (without the header), or -1 on timeout.  The caller
- * gives the buffer back with repost(). */
+/* The receive queue the last frame came from (a pair number). */
+static u16 rx_from;
+
+/* Wait for a received frame on any receive queue that is on; returns its
+ * buffer index and sets *len to the frame length (without the header) and
+ * rx_from to its queue pair, or -1 on timeout.  The caller gives the
+ * buffer back with repost(). */
 static int receive(u32 *len)
 {
-	for (u32 i = 0; i < POLL_LIMIT; i++) {
+	for (u32 i = 0; i < POLL_LIMIT / rx_pairs; i++) {
 		barrier();
-		if (*(volatile u16 *)&rxq.used.idx == rxq.last_used)
-			continue;
-		struct vused_elem e = rxq.used.ring[rxq.last_used % QSZ];
-		rxq.last_used++;
-		if (e.id >= QSZ || e.len < NET_HDR || e.len > RXBUF) {
-			fail("bad used entry");
-			return -2;
+		for (u16 p = 0; p < rx_pairs; p++) {
+			struct vq *rq = &rxqs[p];
+			if (*(volatile u16 *)&rq->used.idx == rq->last_used)
+				continue;
+			struct vused_elem e = rq->used.ring[rq->last_used % QSZ];
+			rq->last_used++;
+			if (e.id >= rq->nbuf || e.len < NET_HDR || e.len > RXBUF) {
+				fail("bad used entry");
+				return -2;
+			}
+			if (rq->buf[e.id][HDR_NUM_BUFFERS] != 1 || rq->buf[e.id][HDR_NUM_BUFFERS + 1] != 0) {
+				fail("bad num_buffers");
+				return -2;
+			}
+			*len = e.len - NET_HDR;
+			rx_from = p;
+			return (int)e.id;
 		}
-		if (rxbuf[e.id][HDR_NUM_BUFFERS] != 1 || rxbuf[e.id][HDR_NUM_BUFFERS + 1] != 0) {
-			fail("bad num_buffers");
-			return -2;
-		}
-		*len = e.len - NET_HDR;
-		return (int)e.id;
 	}
 	return -1;
 }
 
+static u8 *rx_frame(int id) { return rxqs[rx_from].buf[id]; }
+
 static void repost(int id)
 {
-	post(&rxq, (u16)id);
-	mmio_wr16(rxq.notify, 0);
+	post(&rxqs[rx_from], (u16)id);
+	mmio_wr16(rxqs[rx_from].notify, (u16)(2 * rx_from));
 }
 
 /* ARP for the host (RFC 826); 1 when the reply came. */
@@ -364,7 +492,7 @@ static int arp(void)
 		int id = receive(&len);
 		if (id < 0)
 			return id;
-		const u8 *r = rxbuf[id] + NET_HDR;
+		const u8 *r = rx_frame(id) + NET_HDR;
 		int ok = len >= 42 && get16be(r + 12) == ETH_ARP && get16be(r + 14 + 6) == 2 &&
 			 same(r + 14 + 14, host_ip, 4) && same(r + 14 + 24, guest_ip, 4) && same(r, mac, 6);
 		if (ok)
@@ -411,7 +539,7 @@ static int ping(u16 seq)
 		int id = receive(&len);
 		if (id < 0)
 			return id;
-		const u8 *r = rxbuf[id] + NET_HDR;
+		const u8 *r = rx_frame(id) + NET_HDR;
 		const u8 *rip = r + 14, *ric = r + 34;
 		int ok = len >= (u32)(14 + total) && get16be(r + 12) == ETH_IP && same(r, mac, 6) &&
 			 rip[9] == 1 && same(rip + 12, host_ip, 4) && same(rip + 16, guest_ip, 4) &&
@@ -425,28 +553,67 @@ static int ping(u16 seq)
 	}
 }
 
-void net_test(void)
+/* ARP for and ping the host on the transmit queue in use: 0 on success. */
+static int exchange(void)
 {
-	if (net_init())
-		return;
 	int r = -1;
 	for (int t = 0; t < TRIES && r == -1; t++)
 		r = arp();
 	if (r != 1) {
 		if (r == -1)
 			fail("no arp reply");
-		return;
+		return -1;
 	}
 	line("net arp ok host=");
 	put_mac(host_mac);
 	con_puts("\n");
+	arp_rx = rx_from;
 	r = -1;
 	for (int t = 0; t < TRIES && r == -1; t++)
 		r = ping((u16)(t + 1));
 	if (r != 1) {
 		if (r == -1)
 			fail("no ping reply");
-		return;
+		return -1;
 	}
 	line("net ping ok\n");
+	return 0;
+}
+
+void net_test(void)
+{
+	if (net_init(0) < 0)
+		return;
+	exchange();
+}
+
+/* net=mq */
+void net_mq_test(void)
+{
+	int pairs = net_init(1);
+	if (pairs < 0)
+		return;
+	if (pairs_set((u16)pairs) != CTRL_OK) {
+		fail("VQ_PAIRS_SET refused");
+		return;
+	}
+	rx_pairs = (u16)pairs;
+	/* An unknown class, and more pairs than the device has: both
+	 * VIRTIO_NET_ERR, and the pairs stay as they were. */
+	u8 junk[2] = {1, 2};
+	int ack = ctrl_send(0x7f, 0, junk, 2);
+	line("net mq bad_class ack=");
+	put_ack(ack);
+	con_puts("\n");
+	pairs_set((u16)(pairs + 1));
+	txq = &txqs[pairs - 1];
+	if (exchange())
+		return;
+	line("net mq tx=");
+	put_dec((u64)(pairs - 1));
+	con_puts(" arp_rx=");
+	put_dec(arp_rx);
+	con_puts(" ping_rx=");
+	put_dec(rx_from);
+	con_puts("\n");
 }

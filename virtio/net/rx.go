@@ -46,25 +46,39 @@ func (n *Net) takeRx(rs *runState, q *virtio.Queue, kick <-chan struct{}) (rxCha
 	return rxChain{head: c.Head, buf: v, size: c.WriteLen}, true
 }
 
-// rxLoop moves frames from the backend into the receive queue until
-// stopped.
-func (n *Net) rxLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
+// rxLoop moves frames from pair p's backend into its receive queue until
+// stopped. While the pair is off it doesn't read the backend, and a frame
+// read just before the pair went off is dropped rather than published.
+func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{}) {
 	defer rs.wg.Done()
 	// overflow takes the part of a frame that doesn't fit the first
 	// chain: spread over further chains with MRG_RXBUF, dropped without.
 	overflow := make([]byte, HeaderLen+maxFrameLen)
 	var first rxChain
+	var held []rxChain // chains taken for a dropped frame, used first
+	take := func() (rxChain, bool) {
+		if len(held) > 0 {
+			c := held[0]
+			held = held[1:]
+			return c, true
+		}
+		return n.takeRx(rs, q, kick)
+	}
 	var iov iovec // first's buffers, then overflow; reused across frames
 	var used []virtio.Used
+	var rest []rxChain // the chains after first that a frame uses
 	for {
+		if !n.waitOn(rs, p) {
+			return
+		}
 		if first.buf == nil {
 			var ok bool
-			if first, ok = n.takeRx(rs, q, kick); !ok {
+			if first, ok = take(); !ok {
 				return
 			}
 		}
 		iov = append(append(iov[:0], first.buf...), overflow)
-		got, ok := n.readFrame(rs, iov)
+		got, ok := n.readFrame(rs, p, iov)
 		if !ok {
 			return
 		}
@@ -74,6 +88,7 @@ func (n *Net) rxLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 			continue
 		}
 		used = append(used[:0], virtio.Used{Head: first.head, Written: uint32(min(got, first.size))})
+		rest = rest[:0]
 		if got > first.size {
 			if !rs.mrg {
 				// §5.1.6.3.1: without MRG_RXBUF the driver must post
@@ -83,15 +98,16 @@ func (n *Net) rxLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 				rs.log.Debug("virtio-net: receive buffer too small", "id", n.cfg.ID, "frame", got, "buffer", first.size)
 				continue
 			}
-			rest := overflow[:got-first.size]
-			for len(rest) > 0 {
-				c, ok := n.takeRx(rs, q, kick)
+			tail := overflow[:got-first.size]
+			for len(tail) > 0 {
+				c, ok := take()
 				if !ok {
 					return
 				}
-				k := c.buf.copyIn(0, rest)
-				rest = rest[k:]
+				k := c.buf.copyIn(0, tail)
+				tail = tail[k:]
 				used = append(used, virtio.Used{Head: c.head, Written: uint32(k)})
+				rest = append(rest, c)
 			}
 		}
 		// num_buffers (§5.1.6.4): 1 without MRG_RXBUF, else the number of
@@ -101,7 +117,19 @@ func (n *Net) rxLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 		first.buf.copyIn(hdrNumBuffersOff, nb[:])
 		// All chains of a frame are published together: a driver seeing
 		// num_buffers > 1 expects the rest to be there already.
-		if err := q.PushAll(used); err != nil {
+		p.gate.RLock()
+		if !p.on {
+			p.gate.RUnlock()
+			// The pair went off while the frame was on its way: the
+			// queue must not get it (§5.1.6.5.5). Its chains stay ours
+			// for the frames after the pair comes back on.
+			n.stats.RxDropped.Add(1)
+			held = append(append([]rxChain(nil), rest...), held...)
+			continue
+		}
+		err := q.PushAll(used)
+		p.gate.RUnlock()
+		if err != nil {
 			n.fail(rs, err)
 			return
 		}
@@ -113,11 +141,11 @@ func (n *Net) rxLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 
 // readFrame reads one frame with its header into v, waiting in the poller
 // for one to arrive; ok=false means stop.
-func (n *Net) readFrame(rs *runState, v iovec) (uint64, bool) {
+func (n *Net) readFrame(rs *runState, p *pair, v iovec) (uint64, bool) {
 	for {
 		var got int
 		var rerr error
-		err := rs.rc.Read(func(fd uintptr) bool {
+		err := p.rc.Read(func(fd uintptr) bool {
 			got, rerr = unix.Readv(int(fd), v)
 			return rerr != unix.EAGAIN
 		})
@@ -134,7 +162,7 @@ func (n *Net) readFrame(rs *runState, v iovec) (uint64, bool) {
 		default:
 			// The tap went away (deleted, or its namespace): nothing
 			// more will arrive. Keep the guest's buffers and stop.
-			rs.log.Warn("virtio-net: backend read failed; receive stopped", "id", n.cfg.ID, "err", err)
+			rs.log.Warn("virtio-net: backend read failed; receive stopped", "id", n.cfg.ID, "queue", p.index, "err", err)
 			return 0, false
 		}
 	}

@@ -32,9 +32,21 @@ func ipCmd(t *testing.T, args ...string) {
 	}
 }
 
-// openTapInNetNS creates a network namespace of its own with a tap at
-// 10.201.0.1/24 and opens the tap from it. Both go away with the test.
-func openTapInNetNS(t *testing.T) *Tap {
+// ipOut runs ip(8) and returns its output.
+func ipOut(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// newTapNetNS creates a network namespace of its own with a tap vtap0 at
+// 10.201.0.1/24 (multi-queue if multi); both go away with the test.
+func newTapNetNS(t *testing.T, suffix string, multi bool) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace")
@@ -45,20 +57,28 @@ func openTapInNetNS(t *testing.T) *Tap {
 	if _, err := os.Stat(tunDevice); err != nil {
 		t.Skip("no " + tunDevice)
 	}
-	ns := fmt.Sprintf("vmmtest-%d-net", os.Getpid())
+	ns := fmt.Sprintf("vmmtest-%d-%s", os.Getpid(), suffix)
 	ipCmd(t, "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	ipCmd(t, "-n", ns, "tuntap", "add", "dev", "vtap0", "mode", "tap")
+	args := []string{"-n", ns, "tuntap", "add", "dev", "vtap0", "mode", "tap"}
+	if multi {
+		args = append(args, "multi_queue")
+	}
+	ipCmd(t, args...)
 	ipCmd(t, "-n", ns, "addr", "add", "10.201.0.1/24", "dev", "vtap0")
 	ipCmd(t, "-n", ns, "link", "set", "vtap0", "up")
+	return ns
+}
 
+// inNetNS runs fn on a thread switched into namespace ns.
+func inNetNS(t *testing.T, ns string, fn func() error) error {
+	t.Helper()
 	target, err := os.Open("/run/netns/" + ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer target.Close()
-	var tap *Tap
-	var openErr error
+	var fnErr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -67,23 +87,35 @@ func openTapInNetNS(t *testing.T) *Tap {
 		runtime.LockOSThread()
 		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
-			openErr = err
+			fnErr = err
 			return
 		}
 		defer orig.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			openErr = err
+			fnErr = err
 			return
 		}
-		tap, openErr = OpenTap("vtap0")
+		fnErr = fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			return
 		}
 		runtime.UnlockOSThread()
 	}()
 	<-done
-	if openErr != nil {
-		t.Fatal(openErr)
+	return fnErr
+}
+
+// openTapInNetNS creates a network namespace of its own with a tap at
+// 10.201.0.1/24 and opens the tap from it. Both go away with the test.
+func openTapInNetNS(t *testing.T) *Tap {
+	t.Helper()
+	ns := newTapNetNS(t, "net", false)
+	var tap *Tap
+	if err := inNetNS(t, ns, func() (err error) {
+		tap, err = OpenTap("vtap0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	return tap
 }

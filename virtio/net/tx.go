@@ -19,10 +19,13 @@ const iovMax = 1024
 // driver gets its buffers back promptly.
 const txBatch = 64
 
-// txLoop sends the driver's frames whenever it notifies the transmit
-// queue, until stopped or the driver breaks the queue. Chains go back to
-// the driver in batches, after each burst.
-func (n *Net) txLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
+// txLoop sends the driver's frames on pair p's backend whenever it
+// notifies the transmit queue, until stopped or the driver breaks the
+// queue. Chains go back to the driver in batches, after each burst. An off
+// pair still transmits what the driver queued (the kernel accepts writes
+// on a detached tap queue): frames posted before the driver turned the
+// pair off must complete.
+func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{}) {
 	defer rs.wg.Done()
 	var gather []byte
 	var used []virtio.Used
@@ -83,7 +86,7 @@ func (n *Net) txLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 			}
 		}
 		if v != nil {
-			if !n.writeFrame(rs, v, c.ReadLen) {
+			if !n.writeFrame(rs, p, v, c.ReadLen) {
 				return
 			}
 		}
@@ -98,10 +101,10 @@ func (n *Net) txLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 // writeFrame writes one header+frame to the backend; ok=false means stop.
 // A frame the host refuses (a bad GSO header, an oversized frame, a link
 // that is down) is dropped and counted, as a NIC would.
-func (n *Net) writeFrame(rs *runState, v iovec, size uint64) bool {
+func (n *Net) writeFrame(rs *runState, p *pair, v iovec, size uint64) bool {
 	for {
 		var werr error
-		err := rs.rc.Write(func(fd uintptr) bool {
+		err := p.rc.Write(func(fd uintptr) bool {
 			_, werr = unix.Writev(int(fd), v)
 			return werr != unix.EAGAIN
 		})
