@@ -34,7 +34,7 @@ const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rt
 //   - no_timer_check: the IO-APIC timer check busy-waits.
 //   - tsc_early_khz (added by pvmCmdline) also makes the kernel skip the
 //     delay-loop calibration, which would run instruction by instruction.
-//   - GODEBUG: see pvmGODEBUG.
+//   - GODEBUG, GLIBC_TUNABLES: see pvmGODEBUG.
 func pvmCmdlineOptions() []string {
 	return []string{
 		"nopv",
@@ -44,6 +44,7 @@ func pvmCmdlineOptions() []string {
 		"lpj=1000000",
 		"no_timer_check",
 		"GODEBUG=" + pvmGODEBUG,
+		"GLIBC_TUNABLES=" + pvmGlibcTunables,
 	}
 }
 
@@ -56,9 +57,14 @@ func pvmCmdlineOptions() []string {
 // guest kernel does not reach the hardware there (measured). The kernel
 // hands unknown name=value options to init as environment; the default
 // guest's init passes GODEBUG on to the shell, the agent and containers.
-// Programs that pick AVX by other means (glibc's string functions) are not
-// covered.
 const pvmGODEBUG = "cpu.avx=off,cpu.avx2=off,cpu.avx512f=off,cpu.avx512cd=off,cpu.avx512bw=off,cpu.avx512dq=off,cpu.avx512vl=off"
+
+// pvmGlibcTunables does the same for glibc's string and memory functions
+// (their AVX2 and EVEX variants), which containers' programs use: a static
+// busybox `sleep` died of SIGSEGV without it. AVX_Fast_Unaligned_Load is
+// the preference that selects the AVX memmove. Programs with their own
+// CPU dispatch are not covered.
+const pvmGlibcTunables = "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-FMA,-AVX_Fast_Unaligned_Load"
 
 // pvmCmdline returns cmdline with the kvm-pvm options added. tscKHz, when
 // known, is passed as tsc_early_khz: calibrating the TSC against the PIT

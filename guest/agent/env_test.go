@@ -18,8 +18,19 @@ func TestWithDefaults(t *testing.T) {
 		{"GODEBUG inherited", "cpu.avx=off", []string{"A=b"}, []string{"A=b", "PATH=" + defaultPath, "GODEBUG=cpu.avx=off"}},
 		{"process GODEBUG wins", "cpu.avx=off", []string{"GODEBUG=x=1", "PATH=/y"}, []string{"GODEBUG=x=1", "PATH=/y"}},
 	}
+	t.Run("GLIBC_TUNABLES inherited", func(t *testing.T) {
+		t.Setenv("GODEBUG", "")
+		unsetenv(t, "GODEBUG")
+		t.Setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2")
+		want := []string{"PATH=/z", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"}
+		if got := withDefaults([]string{"PATH=/z"}); !slices.Equal(got, want) {
+			t.Errorf("withDefaults = %q, want %q", got, want)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("GLIBC_TUNABLES", "")
+			unsetenv(t, "GLIBC_TUNABLES")
 			if tt.godebug != "" {
 				t.Setenv("GODEBUG", tt.godebug)
 			} else {

@@ -311,14 +311,17 @@ func execProcess(p *protocol.Process) error {
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // withDefaults completes a process's environment: PATH when it sets none,
-// and the agent's own GODEBUG when it sets none (see runtimeEnv).
+// and the agent's own runtime variables it does not set (see runtimeEnv).
 func withDefaults(env []string) []string {
 	out := append([]string(nil), env...)
 	if !hasVar(env, "PATH") {
 		out = append(out, "PATH="+defaultPath)
 	}
-	if !hasVar(env, "GODEBUG") {
-		out = append(out, runtimeEnv()...)
+	for _, kv := range runtimeEnv() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !hasVar(env, name) {
+			out = append(out, kv)
+		}
 	}
 	return out
 }
@@ -333,14 +336,18 @@ func hasVar(env []string, name string) bool {
 }
 
 // runtimeEnv is the part of the agent's environment that its helpers and
-// container processes inherit: GODEBUG, which the VMM sets on the kernel
-// command line where Go programs need it to run correctly (on kvm-pvm
-// hosts it keeps them off AVX, whose state the guest kernel cannot save).
+// container processes inherit: GODEBUG and GLIBC_TUNABLES, which the VMM
+// sets on the kernel command line where programs need them to run
+// correctly (on kvm-pvm hosts they keep Go and glibc off AVX, whose state
+// the guest kernel cannot save).
 func runtimeEnv() []string {
-	if v, ok := os.LookupEnv("GODEBUG"); ok {
-		return []string{"GODEBUG=" + v}
+	env := []string{}
+	for _, name := range []string{"GODEBUG", "GLIBC_TUNABLES"} {
+		if v, ok := os.LookupEnv(name); ok {
+			env = append(env, name+"="+v)
+		}
 	}
-	return []string{}
+	return env
 }
 
 // lookPath finds name in env's PATH, relative to the calling thread's root

@@ -39,7 +39,7 @@ func main() {
 		fmt.Fprintf(console, "vmm-guest: set hostname: %v\n", err)
 	}
 
-	env := childEnv(os.Getenv("TERM"), os.Getenv("GODEBUG"))
+	env := childEnv(os.Getenv("TERM"), os.LookupEnv)
 	startAgent(console, env)
 
 	argv, isShell := programToRun(console)

@@ -19,10 +19,9 @@ const guestPath = "/bin:/sbin:/usr/bin:/usr/sbin"
 const exitStatusNotFound = 127
 
 // childEnv is the environment of the shell, vmm.run program and agent.
-// TERM is passed through because the kernel sets it for init; so is
-// GODEBUG (also from the kernel command line), since every guest program
-// is a Go program and it is the way to tune or debug their runtime.
-func childEnv(term, godebug string) []string {
+// TERM is passed through because the kernel sets it for init; so are the
+// runtimeVars (also from the kernel command line).
+func childEnv(term string, lookup func(string) (string, bool)) []string {
 	if term == "" {
 		term = "linux"
 	}
@@ -33,11 +32,19 @@ func childEnv(term, godebug string) []string {
 		"SHELL=/bin/sh",
 		"TERM=" + term,
 	}
-	if godebug != "" {
-		env = append(env, "GODEBUG="+godebug)
+	for _, name := range runtimeVars() {
+		if v, ok := lookup(name); ok {
+			env = append(env, name+"="+v)
+		}
 	}
 	return env
 }
+
+// runtimeVars tune the language runtimes of guest programs: every program
+// of the default guest is a Go program, and containers' are often glibc
+// ones. On kvm-pvm hosts the VMM sets them to keep programs off AVX state
+// the guest kernel cannot preserve.
+func runtimeVars() []string { return []string{"GODEBUG", "GLIBC_TUNABLES"} }
 
 // findProgram resolves name like a shell would: names containing a slash
 // are taken as paths, others are searched for in pathList.

@@ -76,22 +76,31 @@ func TestFindProgram(t *testing.T) {
 }
 
 func TestChildEnv(t *testing.T) {
-	env := childEnv("", "")
+	env := childEnv("", noEnv)
 	for _, want := range []string{"PATH=" + guestPath, "HOME=/root", "TERM=linux"} {
 		if !slices.Contains(env, want) {
 			t.Errorf("childEnv(\"\") = %q, missing %q", env, want)
 		}
 	}
-	if env := childEnv("vt100", ""); !slices.Contains(env, "TERM=vt100") {
+	if env := childEnv("vt100", noEnv); !slices.Contains(env, "TERM=vt100") {
 		t.Errorf("childEnv(vt100) = %q, want the kernel's TERM kept", env)
 	}
-	if env := childEnv("", "asyncpreemptoff=1"); !slices.Contains(env, "GODEBUG=asyncpreemptoff=1") {
-		t.Errorf("childEnv with GODEBUG = %q, want it passed on", env)
+	kernelEnv := map[string]string{"GODEBUG": "asyncpreemptoff=1", "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2", "OTHER": "x"}
+	env = childEnv("", func(k string) (string, bool) { v, ok := kernelEnv[k]; return v, ok })
+	for _, want := range []string{"GODEBUG=asyncpreemptoff=1", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("childEnv = %q, want %q passed on", env, want)
+		}
 	}
-	if env := childEnv("", ""); slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "GODEBUG=") }) {
+	if slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "OTHER=") }) {
+		t.Errorf("childEnv = %q passes on a variable that is not a runtime one", env)
+	}
+	if env := childEnv("", noEnv); slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "GODEBUG=") }) {
 		t.Errorf("childEnv without GODEBUG = %q, want none set", env)
 	}
 }
+
+func noEnv(string) (string, bool) { return "", false }
 
 func TestBootMountsNestInOrder(t *testing.T) {
 	// A mount inside another filesystem must come after it, or it would be
