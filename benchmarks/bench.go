@@ -31,6 +31,7 @@ type bench struct {
 	testguest string
 	vmlinux   string
 	initrd    string
+	image     string // test.ext4, the busybox container image (run, exec)
 
 	memory *SuiteResult // boot-linux adds its idle Linux numbers here
 }
@@ -61,6 +62,9 @@ func newBench(cfg config) (*bench, error) {
 				break
 			}
 		}
+	}
+	if p := filepath.Join(cfg.guestDir, "test.ext4"); exists(p) {
+		b.image, _ = filepath.Abs(p)
 	}
 	if p, err := exec.LookPath(cfg.qemu); err != nil {
 		b.qemuWhy = fmt.Sprintf("%s not found (`apt-get install -y qemu-system-x86` installs it; `make bench` tries to)", cfg.qemu)
@@ -104,6 +108,12 @@ func (b *bench) plan() int {
 			n += b.cfg.linuxReps * perImpl
 		case "scaling":
 			n += len(b.cfg.scale) * b.cfg.scaleReps * perImpl * 2
+		case "api":
+			n += b.apiSteps()
+		case "run":
+			n += b.runSteps()
+		case "exec":
+			n += b.execSteps()
 		}
 	}
 	return n
@@ -128,6 +138,9 @@ func runAll(ctx context.Context, cfg config) error {
 		"memory":         b.memorySuite,
 		"boot-linux":     b.bootLinux,
 		"scaling":        b.scaling,
+		"api":            b.apiSuite,
+		"run":            b.runSuite,
+		"exec":           b.execSuite,
 	}
 	for _, name := range runOrder() {
 		if !slices.Contains(cfg.suites, name) {

@@ -1,8 +1,9 @@
-// Command benchmarks compares vmm with QEMU on this host: startup time, the
-// boot of the freestanding test guest and of the project's Linux guest,
-// memory overhead, and many VMs at once. `make bench` runs it:
+// Command benchmarks compares vmm with QEMU on this host: startup time, API
+// latency, the boot of the freestanding test guest and of the project's
+// Linux guest, containers (`vmm run` cold start, exec in a warm VM), memory
+// overhead, and many VMs at once. `make bench` runs it:
 //
-//	go run ./benchmarks [-suites startup,boot-testguest,memory,boot-linux,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
+//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,memory,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
 //
 // Every run is interleaved (vmm, QEMU, vmm, QEMU, ...) so that the noise of
 // a shared machine hits both alike. Results go to OUT/<UTC date-time>/
@@ -20,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/govmm/vmm/kvm"
 )
 
 // config is the parsed command line.
@@ -27,6 +30,9 @@ type config struct {
 	suites       []string
 	reps         int
 	linuxReps    int
+	runReps      int
+	execReps     int
+	apiRequests  int
 	scaleReps    int
 	scale        []int
 	memMiB       int
@@ -44,13 +50,23 @@ type config struct {
 
 // allSuites lists the suites in the order of the report.
 func allSuites() []string {
-	return []string{"startup", "boot-testguest", "boot-linux", "memory", "scaling"}
+	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "memory", "scaling"}
 }
 
 // runOrder is the order the suites run in: the slow Linux boots last, so
 // that an interrupted run (SIGINT writes what was measured) has the rest.
 func runOrder() []string {
-	return []string{"startup", "boot-testguest", "memory", "scaling", "boot-linux"}
+	return []string{"startup", "api", "boot-testguest", "memory", "scaling", "exec", "boot-linux", "run"}
+}
+
+// defaultRunReps is -run-reps's default: each cold start and plain boot
+// takes minutes on a kvm-pvm host (guest kernel code in KVM's instruction
+// emulator), a second or so elsewhere.
+func defaultRunReps(pvm bool) int {
+	if pvm {
+		return 3
+	}
+	return 10
 }
 
 func parseFlags(args []string) (config, error) {
@@ -61,6 +77,9 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.reps, "reps", 10, "repetitions per implementation (startup, boot-testguest, memory)")
 	fs.IntVar(&c.linuxReps, "linux-reps", 3, "repetitions per implementation for boot-linux (each boot takes minutes on kvm-pvm)")
 	fs.IntVar(&c.scaleReps, "scale-reps", 3, "repetitions per VM count for scaling")
+	fs.IntVar(&c.runReps, "run-reps", defaultRunReps(kvm.IsPVM()), "cold starts and plain boots for run (3 on kvm-pvm hosts, 10 elsewhere)")
+	fs.IntVar(&c.execReps, "exec-reps", 20, "measured execs in the warm VM for exec")
+	fs.IntVar(&c.apiRequests, "api-requests", 1000, "measured API (and QMP) round trips of each kind for api")
 	fs.IntVar(&c.memMiB, "mem", 128, "guest memory in MiB")
 	fs.StringVar(&c.out, "out", "benchmarks/results", "directory for raw results (a dated subdirectory is made per run)")
 	fs.StringVar(&c.report, "report", "benchmarks/RESULTS.md", "Markdown report to write (charts go to charts/ beside it); empty: none")
@@ -98,7 +117,7 @@ func parseFlags(args []string) (config, error) {
 		}
 		c.scale = append(c.scale, n)
 	}
-	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.memMiB < 16 {
+	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.runReps < 1 || c.execReps < 1 || c.apiRequests < 1 || c.memMiB < 16 {
 		return c, fmt.Errorf("repetitions must be at least 1 and -mem at least 16")
 	}
 	c.flags = strings.Join(args, " ")

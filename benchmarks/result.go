@@ -42,6 +42,10 @@ type Metric struct {
 	Group  string               `json:"group,omitempty"` // the label under the bars (default: Name)
 	Target string               `json:"target,omitempty"`
 	Values map[string][]float64 `json:"values"`
+	// Quantiles, when set, makes the metric a latency distribution: the
+	// report gives these percentiles (e.g. 50, 99) and the maximum of its
+	// many samples instead of their median, minimum and maximum.
+	Quantiles []float64 `json:"quantiles,omitempty"`
 }
 
 // metric returns the named metric, creating it in order of first use.

@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
+	"strconv"
 )
 
 // Summary condenses the repetitions of one measurement.
@@ -67,4 +69,54 @@ func FormatValue(v float64) string {
 	default:
 		return fmt.Sprintf("%.3g", v)
 	}
+}
+
+// Percentile returns the p-th percentile (0 < p ≤ 100) of xs by the
+// nearest-rank method: the smallest sample that at least p% of the samples
+// are less than or equal to, so it is always one of the samples (p99 of
+// 1000 samples is the 990th smallest). NaN for no samples or a p out of
+// range.
+func Percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 || !(p > 0 && p <= 100) {
+		return math.NaN()
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[min(max(rank, 1), len(s))-1]
+}
+
+// QuantileName labels a percentile in a table header: "p50", "p99.9".
+func QuantileName(p float64) string { return "p" + strconv.FormatFloat(p, 'f', -1, 64) }
+
+// Quantiles summarizes a latency distribution: the given percentiles and
+// the maximum.
+type Quantiles struct {
+	N      int       `json:"n"`
+	Values []float64 `json:"values"` // one per requested percentile
+	Max    float64   `json:"max"`
+}
+
+// SummarizeQuantiles returns the percentiles ps of xs and their maximum;
+// with no samples, N == 0 and NaNs.
+func SummarizeQuantiles(xs []float64, ps []float64) Quantiles {
+	q := Quantiles{N: len(xs), Max: math.NaN()}
+	for _, p := range ps {
+		q.Values = append(q.Values, Percentile(xs, p))
+	}
+	if len(xs) > 0 {
+		q.Max = slices.Max(xs)
+	}
+	return q
+}
+
+// RatioOf is Ratio for two single values (NaN: missing).
+func RatioOf(a, b float64) string {
+	one := func(v float64) Summary {
+		if math.IsNaN(v) {
+			return Summary{}
+		}
+		return Summary{N: 1, Median: v, Min: v, Max: v}
+	}
+	return Ratio(one(a), one(b))
 }

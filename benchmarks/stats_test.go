@@ -77,3 +77,95 @@ func TestFormatValue(t *testing.T) {
 		}
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	hundred := make([]float64, 100)
+	for i := range hundred {
+		hundred[i] = float64(100 - i) // 100..1, unsorted
+	}
+	tests := []struct {
+		name string
+		in   []float64
+		p    float64
+		want float64
+	}{
+		{"one sample", []float64{7}, 50, 7},
+		{"median of odd count", []float64{5, 1, 3}, 50, 3},
+		{"median of even count is the lower middle", []float64{4, 1, 3, 10}, 50, 3},
+		{"p99 of 1..100", hundred, 99, 99},
+		{"p90 of 1..100", hundred, 90, 90},
+		{"p100 is the maximum", hundred, 100, 100},
+		{"tiny p is the minimum", hundred, 0.001, 1},
+		{"p99 of 10 samples is the maximum", []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 99, 10},
+		{"p50 of two", []float64{2, 1}, 50, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Percentile(tt.in, tt.p); got != tt.want {
+				t.Errorf("Percentile(%v, %v) = %v, want %v", tt.in, tt.p, got, tt.want)
+			}
+		})
+	}
+	for _, bad := range []struct {
+		in []float64
+		p  float64
+	}{{nil, 50}, {[]float64{1}, 0}, {[]float64{1}, 101}, {[]float64{1}, math.NaN()}} {
+		if got := Percentile(bad.in, bad.p); !math.IsNaN(got) {
+			t.Errorf("Percentile(%v, %v) = %v, want NaN", bad.in, bad.p, got)
+		}
+	}
+	in := []float64{3, 1, 2}
+	Percentile(in, 50)
+	if in[0] != 3 || in[1] != 1 || in[2] != 2 {
+		t.Errorf("Percentile sorted its input in place: %v", in)
+	}
+}
+
+func TestSummarizeQuantiles(t *testing.T) {
+	tests := []struct {
+		name    string
+		in, ps  []float64
+		wantN   int
+		wantVs  []float64
+		wantMax float64
+	}{
+		{"p50 p99 max", []float64{4, 2, 9, 1, 3}, []float64{50, 99}, 5, []float64{3, 9}, 9},
+		{"p50 p90", []float64{10, 20}, []float64{50, 90}, 2, []float64{10, 20}, 20},
+		{"empty", nil, []float64{50}, 0, []float64{math.NaN()}, math.NaN()},
+	}
+	same := func(a, b float64) bool { return a == b || (math.IsNaN(a) && math.IsNaN(b)) }
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := SummarizeQuantiles(tt.in, tt.ps)
+			ok := q.N == tt.wantN && same(q.Max, tt.wantMax) && len(q.Values) == len(tt.wantVs)
+			for i := range tt.wantVs {
+				ok = ok && same(q.Values[i], tt.wantVs[i])
+			}
+			if !ok {
+				t.Errorf("SummarizeQuantiles(%v, %v) = %+v, want n=%d values %v max %v", tt.in, tt.ps, q, tt.wantN, tt.wantVs, tt.wantMax)
+			}
+		})
+	}
+}
+
+func TestQuantileName(t *testing.T) {
+	for _, tt := range []struct {
+		p    float64
+		want string
+	}{{50, "p50"}, {99, "p99"}, {99.9, "p99.9"}} {
+		if got := QuantileName(tt.p); got != tt.want {
+			t.Errorf("QuantileName(%v) = %q, want %q", tt.p, got, tt.want)
+		}
+	}
+}
+
+func TestRatioOf(t *testing.T) {
+	for _, tt := range []struct {
+		a, b float64
+		want string
+	}{{1, 4, "0.25×"}, {30, 2, "15.0×"}, {math.NaN(), 1, "—"}, {1, math.NaN(), "—"}, {1, 0, "—"}} {
+		if got := RatioOf(tt.a, tt.b); got != tt.want {
+			t.Errorf("RatioOf(%v, %v) = %q, want %q", tt.a, tt.b, got, tt.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -27,7 +28,8 @@ func implColor(impl string) string {
 
 // ChartSVG draws metrics that share a unit as grouped bars: one group per
 // metric, one bar per implementation at its median, a whisker from min to
-// max. Hand-written SVG keeps the benchmark free of plotting dependencies.
+// max (for a latency distribution, to its highest percentile: one outlier
+// in a thousand would squash every bar). Hand-written SVG keeps the benchmark free of plotting dependencies.
 func ChartSVG(title, unit string, metrics []*Metric) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", chartW, chartH, chartW, chartH)
@@ -37,7 +39,7 @@ func ChartSVG(title, unit string, metrics []*Metric) string {
 	top := 0.0
 	for _, m := range metrics {
 		for _, impl := range impls() {
-			if s := Summarize(m.Values[impl]); s.N > 0 {
+			if s, _ := m.bar(impl); s.N > 0 {
 				top = math.Max(top, s.Max)
 			}
 		}
@@ -76,15 +78,15 @@ func ChartSVG(title, unit string, metrics []*Metric) string {
 	for gi, m := range metrics {
 		gx := chartLeft + groupW*float64(gi) + (groupW-barW*float64(len(impls())))/2
 		for ii, impl := range impls() {
-			s := Summarize(m.Values[impl])
+			s, hi := m.bar(impl)
 			x := gx + barW*float64(ii)
 			if s.N == 0 {
 				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="#888">n/a</text>`+"\n", x+barW/2, y(0)-4)
 				continue
 			}
-			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: median %s, min %s, max %s %s (n=%d)</title></rect>`+"\n",
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: median %s, min %s, %s %s %s (n=%d)</title></rect>`+"\n",
 				x+1, y(s.Median), barW-2, y(0)-y(s.Median), implColor(impl), impl, html.EscapeString(m.Name),
-				FormatValue(s.Median), FormatValue(s.Min), FormatValue(s.Max), html.EscapeString(m.Unit), s.N)
+				FormatValue(s.Median), FormatValue(s.Min), hi, FormatValue(s.Max), html.EscapeString(m.Unit), s.N)
 			cx := x + barW/2
 			fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", cx, cx, y(s.Min), y(s.Max))
 			fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/><line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n",
@@ -104,6 +106,21 @@ func ChartSVG(title, unit string, metrics []*Metric) string {
 	fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", chartLeft, chartW-chartRight, y(0), y(0))
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// bar is what a chart draws for one implementation's samples of m: the
+// median, minimum and maximum, or for a latency distribution the p50 (by
+// nearest rank, as in its table), minimum and highest percentile (in Max);
+// hi names what Max is.
+func (m *Metric) bar(impl string) (s Summary, hi string) {
+	s = Summarize(m.Values[impl])
+	if len(m.Quantiles) == 0 || s.N == 0 {
+		return s, "max"
+	}
+	p := slices.Max(m.Quantiles)
+	s.Median = Percentile(m.Values[impl], 50) // as the table's p50
+	s.Max = Percentile(m.Values[impl], p)
+	return s, QuantileName(p)
 }
 
 // niceStep rounds a raw tick step up to 1, 2 or 5 times a power of ten.

@@ -40,3 +40,29 @@ func TestWrap(t *testing.T) {
 		t.Errorf("wrap = %q, want %q", got, want)
 	}
 }
+
+func TestMetricBar(t *testing.T) {
+	m := &Metric{Name: "lat", Unit: "µs", Values: map[string][]float64{implVMM: {1, 2, 3, 4, 5, 1000}}}
+	tests := []struct {
+		name       string
+		quantiles  []float64
+		wantMedian float64
+		wantMax    float64
+		wantHi     string
+	}{
+		{"plain: median of the middle two, whisker to the maximum", nil, 3.5, 1000, "max"},
+		{"latency: nearest-rank p50, whisker to the highest percentile", []float64{50, 80}, 3, 5, "p80"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m.Quantiles = tt.quantiles
+			s, hi := m.bar(implVMM)
+			if s.Median != tt.wantMedian || s.Min != 1 || s.Max != tt.wantMax || hi != tt.wantHi {
+				t.Errorf("bar = %+v, %q; want median %v, min 1, max %v, %q", s, hi, tt.wantMedian, tt.wantMax, tt.wantHi)
+			}
+		})
+	}
+	if s, _ := m.bar(implQEMU); s.N != 0 {
+		t.Errorf("bar of no samples: %+v", s)
+	}
+}
