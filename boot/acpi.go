@@ -120,13 +120,15 @@ type ACPIConfig struct {
 	ResetValue uint8
 	// S5SleepType is the SLP_TYP value of \_S5 (soft off).
 	S5SleepType uint8
-	// PCI, when set, adds a PCI host bridge (\_SB.PCI0) to the DSDT.
+	// PCI, when set, adds a PCI host bridge (\_SB.PCI0) to the DSDT and,
+	// if it has an ECAM window, the MCFG table.
 	PCI *PCIHostBridge
 	// Serial lists legacy UARTs to describe in the DSDT.
 	Serial []ISASerialPort
 }
 
-// WriteACPITables writes RSDP, XSDT, FADT, DSDT and MADT into
+// WriteACPITables writes RSDP, XSDT, FADT, DSDT, MADT and (for a PCI host
+// bridge with ECAM) MCFG into
 // [ACPITablesAddr, 0x100000) and returns the RSDP address.
 //
 // Every table is built as a byte slice and then laid out, so adding a table
@@ -145,6 +147,9 @@ func WriteACPITables(mem *memory.Guest, cfg ACPIConfig) (uint64, error) {
 	xsdtEntries := []uint64{
 		l.place(buildFADT(cfg, dsdtAddr)),
 		l.place(buildMADT(cfg)),
+	}
+	if cfg.PCI != nil && cfg.PCI.ECAMBase != 0 {
+		xsdtEntries = append(xsdtEntries, l.place(buildMCFG(cfg.PCI)))
 	}
 	xsdtAddr := l.place(buildXSDT(xsdtEntries))
 	l.add(ACPITablesAddr, buildRSDP(xsdtAddr))

@@ -16,7 +16,8 @@
 //     at a struct hvm_start_info.
 //
 // The package also writes the E820/PVH memory map and a minimal set of ACPI
-// tables (RSDP, XSDT, FADT, DSDT, MADT) for a hardware-reduced ACPI platform.
+// tables (RSDP, XSDT, FADT, DSDT, MADT, and MCFG with PCI) for a
+// hardware-reduced ACPI platform.
 //
 // All guest memory access goes through *memory.Guest, which bounds-checks
 // every access, and every value taken from a kernel image is validated before
@@ -36,10 +37,12 @@
 //	...          initrd, as high as allowed in low RAM
 //	0xc000_0000  MMIO hole up to 4 GiB (I/O APIC, local APIC, devices)
 //	0x1_0000_0000 RAM above 3 GiB is relocated here
+//	HighMMIOStart  MMIO above RAM (PCI 64-bit BARs), 1 GiB aligned
 package boot
 
 import (
 	"fmt"
+	"sort"
 
 	"github.com/govmm/vmm/memory"
 )
@@ -143,6 +146,18 @@ func MemoryLayout(memSize uint64) []memory.Layout {
 	return l
 }
 
+// highMMIOAlign aligns the MMIO space above RAM.
+const highMMIOAlign = 1 << 30
+
+// HighMMIOStart returns where MMIO above 4 GiB may start for memSize bytes
+// of RAM: the first 1 GiB boundary at or above both 4 GiB and the end of
+// the RAM relocated there. Nothing in the memory map covers it, so a PCI
+// host bridge window placed there clashes with no e820 entry.
+func HighMMIOStart(memSize uint64) uint64 {
+	end := uint64(MMIOHoleEnd) + highMemSize(memSize)
+	return (end + highMMIOAlign - 1) &^ (highMMIOAlign - 1)
+}
+
 // E820 address range types (ACPI 6.5 §15.1, Table 15.1 "Address Range
 // Types"; the same values are used by struct hvm_memmap_table_entry).
 const (
@@ -161,8 +176,10 @@ type E820Entry struct {
 }
 
 // E820Map returns the guest memory map for memSize bytes of RAM laid out by
-// MemoryLayout.
-func E820Map(memSize uint64) []E820Entry {
+// MemoryLayout, plus the given reserved ranges (such as a PCI ECAM window in
+// the MMIO hole, which Linux checks against the map) in address order. The
+// reserved ranges must not overlap RAM.
+func E820Map(memSize uint64, reserved ...E820Entry) []E820Entry {
 	low := lowMemEnd(memSize)
 	m := []E820Entry{
 		{Addr: 0, Size: min(EBDAStart, low), Type: E820RAM},
@@ -174,6 +191,10 @@ func E820Map(memSize uint64) []E820Entry {
 	}
 	if hi := highMemSize(memSize); hi > 0 {
 		m = append(m, E820Entry{Addr: MMIOHoleEnd, Size: hi, Type: E820RAM})
+	}
+	if len(reserved) > 0 {
+		m = append(m, reserved...)
+		sort.SliceStable(m, func(i, j int) bool { return m[i].Addr < m[j].Addr })
 	}
 	return m
 }

@@ -81,3 +81,47 @@ func TestValidateMemSize(t *testing.T) {
 		}
 	}
 }
+
+// TestE820Reserved checks that extra reserved ranges (the PCI ECAM window)
+// land in address order between the RAM entries, RAM unchanged.
+func TestE820Reserved(t *testing.T) {
+	ecam := E820Entry{0xE000_0000, 1 * mib, E820Reserved}
+	got := E820Map(6*gib, ecam)
+	want := []E820Entry{
+		{0, 0x9FC00, E820RAM},
+		{0x9FC00, 0x400, E820Reserved},
+		{0xE0000, 0x20000, E820Reserved},
+		{0x100000, 3*gib - 0x100000, E820RAM},
+		ecam,
+		{4 * gib, 3 * gib, E820RAM},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("E820Map(6 GiB, ECAM) = %+v, want %+v", got, want)
+	}
+	if got := E820Map(128*mib, ecam); got[len(got)-1] != ecam || len(got) != 5 {
+		t.Errorf("E820Map(128 MiB, ECAM) = %+v", got)
+	}
+}
+
+// TestHighMMIOStart: MMIO above 4 GiB starts at 4 GiB or the next 1 GiB
+// boundary past the relocated RAM, never inside an e820 entry.
+func TestHighMMIOStart(t *testing.T) {
+	for _, tt := range []struct{ mem, want uint64 }{
+		{128 * mib, 4 * gib},
+		{3 * gib, 4 * gib},
+		{3*gib + 4096, 5 * gib},
+		{4 * gib, 5 * gib},
+		{6 * gib, 7 * gib},
+		{6*gib + 512*mib, 8 * gib},
+	} {
+		got := HighMMIOStart(tt.mem)
+		if got != tt.want {
+			t.Errorf("HighMMIOStart(%#x) = %#x, want %#x", tt.mem, got, tt.want)
+		}
+		for _, e := range E820Map(tt.mem) {
+			if e.Addr+e.Size > got {
+				t.Errorf("mem %#x: e820 entry %+v reaches past %#x", tt.mem, e, got)
+			}
+		}
+	}
+}

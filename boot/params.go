@@ -67,6 +67,9 @@ type Params struct {
 	InitrdAddr uint64 // 0 with InitrdSize 0 for no initrd
 	InitrdSize uint64
 	RSDPAddr   uint64 // 0 if there are no ACPI tables
+	// Reserved are extra reserved ranges for the memory map, outside RAM
+	// (e.g. the PCI ECAM window).
+	Reserved []E820Entry
 }
 
 // WriteBootParams writes the command line and the protocol's boot
@@ -136,7 +139,7 @@ func writeZeroPage(mem *memory.Guest, k *Kernel, p Params) (uint64, error) {
 		return 0, fmt.Errorf("boot: write zero page: initrd [%#x, %#x) extends above 4 GiB but the kernel lacks XLF_CAN_BE_LOADED_ABOVE_4G",
 			p.InitrdAddr, p.InitrdAddr+p.InitrdSize)
 	}
-	e820 := E820Map(p.MemSize)
+	e820 := E820Map(p.MemSize, p.Reserved...)
 	if len(e820) > zpE820MaxEntries {
 		return 0, fmt.Errorf("boot: write zero page: %d e820 entries exceed the %d the zero page holds", len(e820), zpE820MaxEntries)
 	}
@@ -157,7 +160,7 @@ func writeZeroPage(mem *memory.Guest, k *Kernel, p Params) (uint64, error) {
 // by the module list (the initrd, if any) and the memory map.
 func writeStartInfo(mem *memory.Guest, p Params) (uint64, error) {
 	le := binary.LittleEndian
-	e820 := E820Map(p.MemSize)
+	e820 := E820Map(p.MemSize, p.Reserved...)
 	nmod := 0
 	if p.InitrdSize != 0 {
 		nmod = 1

@@ -72,7 +72,10 @@ const (
 	isrConfig = 2
 )
 
-// BAR 0 layout: each structure in its own page.
+// BAR 0 layout: each structure in its own page. BAR 0 is a 64-bit
+// prefetchable BAR (as QEMU's modern virtio BAR), so it also takes BAR slot
+// 1 and is placed above 4 GiB when the bus has a window there; Linux's
+// virtio_pci_modern and the test guest handle both halves.
 const (
 	barIndex         = 0
 	barCommonOff     = 0x0000
@@ -111,6 +114,7 @@ type PCI struct {
 	log  *slog.Logger
 	cfg  *pci.ConfigSpace
 	msix *pci.MSIX
+	intx *pci.INTx
 	ioe  IOEventRegistrar
 
 	numQueues  int
@@ -173,7 +177,7 @@ func NewPCI(dev Device, o PCIOptions) (*PCI, error) {
 		SubsysVendor: pciSubsysVendorID, SubsysID: pciSubsysID,
 		Revision: pciRevisionModern, Class: o.Class,
 	})
-	if err := t.cfg.SetBAR(barIndex, pci.BAR{Size: barSize, Handler: barHandler{t}, OnMap: t.barMapped}); err != nil {
+	if err := t.cfg.SetBAR(barIndex, pci.BAR{Size: barSize, Is64: true, Prefetchable: true, Handler: barHandler{t}, OnMap: t.barMapped}); err != nil {
 		return nil, err
 	}
 	caps := []struct {
@@ -210,6 +214,13 @@ func NewPCI(dev Device, o PCIOptions) (*PCI, error) {
 	t.cfg.OnWrite(off+capPCICfgData, 4, t.pciCfgWrite)
 	if t.msix, err = pci.AddMSIX(t.cfg, barIndex, barMSIXTableOff, t.pbaOff, vectors, o.MSI, func(err error) {
 		t.log.Warn("MSI-X delivery failed", "device", t.name, "err", err)
+	}); err != nil {
+		return nil, err
+	}
+	// Without MSI-X the driver gets INTA#, asserted while the ISR status
+	// is non-zero (§4.1.4.5, §4.1.5.3-4): reading the ISR deasserts it.
+	if t.intx, err = pci.AddINTx(t.cfg, func() bool { return t.isr.Load() != 0 }, func(err error) {
+		t.log.Warn("INTx delivery failed", "device", t.name, "err", err)
 	}); err != nil {
 		return nil, err
 	}
@@ -340,6 +351,7 @@ func (t *PCI) resetLocked() {
 	t.devFeatSel, t.drvFeatSel, t.queueSel = 0, 0, 0
 	t.configVec.Store(NoVector)
 	t.isr.Store(0)
+	t.intx.Update()
 	t.resetQueuesLocked()
 	for _, k := range t.kicks {
 		select {
@@ -372,20 +384,27 @@ func (t *PCI) configChanged() {
 	t.notifyConfig()
 }
 
-// notifyConfig sends the configuration change MSI-X message, if the driver
-// assigned a vector to configuration changes.
+// notifyConfig sends the configuration change notification: the MSI-X
+// message, if the driver assigned a vector to configuration changes, or
+// INTx without MSI-X.
 func (t *PCI) notifyConfig() {
-	if v := t.configVec.Load(); v != NoVector {
-		t.msix.Notify(uint16(v))
-	}
+	t.interrupt(uint16(t.configVec.Load()))
 }
 
 // signalQueue sends queue q's used-buffer notification.
 func (t *PCI) signalQueue(q *Queue) {
 	t.isr.Or(isrQueue)
-	if q.Vector != NoVector {
-		t.msix.Notify(q.Vector)
+	t.interrupt(q.Vector)
+}
+
+// interrupt delivers a notification whose ISR bit is already set: through
+// MSI-X vector vec when MSI-X is enabled (none for NO_VECTOR, §4.1.5.1.2),
+// else by asserting INTx (§4.1.5.3-4), which INTx ignores while MSI-X is on.
+func (t *PCI) interrupt(vec uint16) {
+	if vec != NoVector && t.msix.Enabled() {
+		t.msix.Notify(vec)
 	}
+	t.intx.Update()
 }
 
 // setStatusLocked applies a driver write of device_status.
@@ -594,8 +613,10 @@ func (h barHandler) Read(off uint64, data []byte) {
 	case off >= barISROff && off < barISROff+regionSize:
 		clear(data)
 		if off == barISROff {
-			// Reading ISR status clears it (§4.1.4.5).
+			// Reading ISR status clears it and deasserts INTx
+			// (§4.1.4.5).
 			data[0] = byte(t.isr.Swap(0))
+			t.intx.Update()
 		}
 	case off >= barDeviceOff && off < barDeviceOff+regionSize:
 		t.dev.ReadConfig(off-barDeviceOff, data)

@@ -115,6 +115,43 @@ func (r *fakeRoute) Signal() error {
 
 func (r *fakeRoute) Close() error { return nil }
 
+// fakeINTx is the bus's interrupt controller: it records the pin's
+// assertions and offers the resample query.
+type fakeINTx struct {
+	mu       sync.Mutex
+	gsi      uint32
+	asserted func() bool
+	asserts  int
+	up       chan struct{} // one token per assertion (buffered)
+}
+
+func (f *fakeINTx) NewLevelIRQ(gsi uint32, asserted func() bool) (pci.LevelIRQ, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gsi, f.asserted = gsi, asserted
+	return f, nil
+}
+
+func (f *fakeINTx) Assert() error {
+	f.mu.Lock()
+	f.asserts++
+	f.mu.Unlock()
+	select {
+	case f.up <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (f *fakeINTx) Deassert() error { return nil }
+func (f *fakeINTx) Close() error    { return nil }
+
+func (f *fakeINTx) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.asserts
+}
+
 // rig is a PCI bus with one virtio function, driven through port and MMIO
 // accesses as a guest would.
 type rig struct {
@@ -123,12 +160,15 @@ type rig struct {
 	mmio *devices.Bus
 	drv  *virtiotest.Driver
 	msi  *fakeMSI
+	intx *fakeINTx
 	tr   *virtio.PCI
 	dev  *echoDevice
 	slot uint32
 	bar  uint64
 	caps map[byte]int // virtio cfg_type -> capability offset
 	msix int
+	// noMSIX makes setup leave MSI-X off, so notifications use INTx.
+	noMSIX bool
 }
 
 func newRig(t *testing.T) *rig {
@@ -141,8 +181,12 @@ func newRig(t *testing.T) *rig {
 // newRigFor puts dev on the bus instead of an echoDevice (kick is then
 // unavailable).
 func newRigFor(t *testing.T, dev virtio.Device) *rig {
-	r := &rig{t: t, mmio: devices.NewBus("mmio"), msi: &fakeMSI{signals: make(chan int, 16)}, caps: map[byte]int{}}
-	r.bus = pci.NewBus(r.mmio, 0xc000_0000, 0xe000_0000)
+	r := &rig{t: t, mmio: devices.NewBus("mmio"), msi: &fakeMSI{signals: make(chan int, 16)}, caps: map[byte]int{},
+		intx: &fakeINTx{up: make(chan struct{}, 64)}}
+	r.bus = pci.NewBusWith(pci.BusConfig{
+		MMIO: r.mmio, Mem32Start: 0xc000_0000, Mem32End: 0xe000_0000, Mem64Start: 1 << 32, Mem64End: 1 << 34,
+		INTx: r.intx, INTxRouting: pci.INTxRouting{FirstGSI: 16, Count: 8},
+	})
 	r.drv = newDriver(t)
 	tr, err := virtio.NewPCI(dev, virtio.PCIOptions{Name: "test", Mem: r.drv.Mem, MSI: r.msi})
 	if err != nil {
@@ -243,18 +287,25 @@ func (r *rig) enumerate() {
 	if rev := r.cfgRead(8, 1); rev < 1 {
 		t.Errorf("revision %d, want >= 1 for a modern device", rev)
 	}
-	orig := r.cfgRead(0x10, 4)
+	// BAR 0 is 64-bit prefetchable (type bits 0xc) and takes BAR 1 as its
+	// upper half: size both halves, restore them.
+	lo, hi := r.cfgRead(0x10, 4), r.cfgRead(0x14, 4)
 	r.cfgWrite(0x10, 4, 0xffff_ffff)
-	mask := r.cfgRead(0x10, 4)
-	r.cfgWrite(0x10, 4, orig)
-	size := uint64(^(mask &^ 0xf)) + 1
-	if size < 0x4000 || size&(size-1) != 0 || mask&0xf != 0 {
+	r.cfgWrite(0x14, 4, 0xffff_ffff)
+	mask := uint64(r.cfgRead(0x14, 4))<<32 | uint64(r.cfgRead(0x10, 4))
+	r.cfgWrite(0x10, 4, lo)
+	r.cfgWrite(0x14, 4, hi)
+	size := ^(mask &^ 0xf) + 1
+	if size < 0x4000 || size&(size-1) != 0 || mask&0xf != 0xc {
 		t.Fatalf("BAR 0 sizing mask %#x", mask)
 	}
-	if r.cfgRead(0x10, 4) != orig || orig == 0 {
-		t.Fatalf("BAR 0 = %#x after restore, want %#x", r.cfgRead(0x10, 4), orig)
+	if r.cfgRead(0x10, 4) != lo || r.cfgRead(0x14, 4) != hi {
+		t.Fatalf("BAR 0 = %#x:%#x after restore, want %#x:%#x", r.cfgRead(0x14, 4), r.cfgRead(0x10, 4), hi, lo)
 	}
-	r.bar = uint64(orig &^ 0xf)
+	r.bar = uint64(hi)<<32 | uint64(lo&^0xf)
+	if r.bar < 1<<32 {
+		t.Fatalf("BAR 0 at %#x, want it in the window above 4 GiB", r.bar)
+	}
 	// BARs don't decode until memory space is enabled.
 	if err := r.mmio.Read(r.bar, make([]byte, 4)); err == nil {
 		t.Fatal("BAR decodes with memory space disabled")
@@ -297,21 +348,25 @@ func (r *rig) setup(features uint64) {
 		t.Fatal("FEATURES_OK refused")
 	}
 	// MSI-X: two entries, then enable.
-	tbl := uint64(r.cfgRead(uint32(r.msix)+4, 4) &^ 7)
-	for v := uint64(0); v < 2; v++ {
-		r.wr(tbl+16*v, 4, 0xfee0_0000)
-		r.wr(tbl+16*v+8, 4, 0x40+v)
-		r.wr(tbl+16*v+12, 4, 0)
+	if !r.noMSIX {
+		tbl := uint64(r.cfgRead(uint32(r.msix)+4, 4) &^ 7)
+		for v := uint64(0); v < 2; v++ {
+			r.wr(tbl+16*v, 4, 0xfee0_0000)
+			r.wr(tbl+16*v+8, 4, 0x40+v)
+			r.wr(tbl+16*v+12, 4, 0)
+		}
+		r.cfgWrite(uint32(r.msix)+2, 2, 0x8000)
+		r.wr(cc+ccMSIX, 2, 1)
 	}
-	r.cfgWrite(uint32(r.msix)+2, 2, 0x8000)
-	r.wr(cc+ccMSIX, 2, 1)
 	r.wr(cc+ccQSelect, 2, 0)
 	if got := r.rd(cc+ccQSize, 2); got != qsize {
 		t.Fatalf("queue size %d, want %d", got, qsize)
 	}
-	r.wr(cc+ccQMSIX, 2, 0)
-	if r.rd(cc+ccQMSIX, 2) != 0 {
-		t.Fatal("queue vector refused")
+	if !r.noMSIX {
+		r.wr(cc+ccQMSIX, 2, 0)
+		if r.rd(cc+ccQMSIX, 2) != 0 {
+			t.Fatal("queue vector refused")
+		}
 	}
 	r.wr(cc+ccQDesc, 4, r.drv.Desc)
 	r.wr(cc+ccQDesc+4, 4, 0)
@@ -458,6 +513,10 @@ func TestPCITransport(t *testing.T) {
 	r.cfgWrite(c+12, 4, 2)
 	if got := r.cfgRead(c+16, 2); got != 1 {
 		t.Errorf("num_queues through pci_cfg_data = %d", got)
+	}
+	// With MSI-X in use, INTx# never moved.
+	if n := r.intx.count(); n != 0 {
+		t.Errorf("INTx asserted %d times with MSI-X enabled", n)
 	}
 }
 

@@ -187,7 +187,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
 	}
 	log.Debug("kernel loaded", "protocol", kernel.Protocol, "entry", fmt.Sprintf("%#x", kernel.Entry))
-	params := boot.Params{Cmdline: m.cmdline(), MemSize: cfg.MemSize}
+	params := boot.Params{Cmdline: m.cmdline(), MemSize: cfg.MemSize, Reserved: pciReserved(cfg)}
 	if initrd != nil {
 		addr, err := boot.LoadInitrd(m.mem, kernel, cfg.MemSize, initrd)
 		if err != nil {

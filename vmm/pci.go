@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"sync"
 
@@ -15,17 +16,37 @@ import (
 	"github.com/govmm/vmm/virtio/blk"
 )
 
-// The PCI host bridge's resources, described to the guest in the DSDT.
-// BARs come from the bottom of the 32-bit MMIO hole; the rest of the hole
-// (up to the I/O APIC) stays free for an ECAM window and later platform
-// devices.
+// The PCI host bridge's resources, described to the guest in the DSDT
+// (and the ECAM window in MCFG and the e820 map). 32-bit BARs come from the
+// bottom of the 32-bit MMIO hole, 64-bit prefetchable ones from a window
+// above RAM; the rest of the hole (up to the I/O APIC) stays free for later
+// platform devices.
 const (
 	pciMMIOStart = boot.MMIOHoleStart // 0xC000_0000
 	pciMMIOEnd   = 0xE000_0000
+	// pciECAMBase is bus 0's ECAM window (1 MiB): the first address above
+	// the 32-bit BAR window, 256 MiB aligned as chipsets place it (PCI
+	// Firmware Specification 3.x asks for 1 MiB per bus).
+	pciECAMBase = pciMMIOEnd
+	// pciMMIO64Size is the size of the window above RAM for 64-bit
+	// prefetchable BARs (it starts at boot.HighMMIOStart): 32 GiB, as
+	// QEMU's default 64-bit hole, ending well inside the 36 bits of
+	// physical address every x86-64 CPU has while RAM stays below 28 GiB.
+	pciMMIO64Size = 32 << 30
+	// pciINTxFirstGSI and pciINTxGSIs: the devices' INTx# pins reach I/O
+	// APIC inputs 16-23, the ones above the ISA IRQs (pci.INTxRouting
+	// spreads them over the slots), level-triggered through irqfds with a
+	// resample fd.
+	pciINTxFirstGSI = 16
+	pciINTxGSIs     = 8
 	// firstMSIGSI is the first GSI above the IOAPIC's 24 pins: MSI routes
 	// live there.
 	firstMSIGSI = 24
 )
+
+// pciINTxRouting is how bus 0's interrupt pins reach GSIs, for the bus and
+// the DSDT's _PRT alike.
+var pciINTxRouting = pci.INTxRouting{FirstGSI: pciINTxFirstGSI, Count: pciINTxGSIs}
 
 // pciState is the machine's PCI bus and the devices on it.
 type pciState struct {
@@ -41,16 +62,38 @@ func hasPCI(cfg Config) bool {
 	return len(cfg.Drives) > 0 || len(cfg.Nets) > 0 || cfg.Vsock != nil
 }
 
-// pciACPI describes the host bridge for the DSDT, nil without PCI.
+// pciACPI describes the host bridge for the ACPI tables, nil without PCI.
 func pciACPI(cfg Config) *boot.PCIHostBridge {
 	if !hasPCI(cfg) {
 		return nil
 	}
-	return &boot.PCIHostBridge{
+	h := &boot.PCIHostBridge{
 		ConfigPort: pci.ConfigAddressPort,
 		MMIOBase:   pciMMIOStart,
 		MMIOSize:   pciMMIOEnd - pciMMIOStart,
+		MMIO64Base: boot.HighMMIOStart(cfg.MemSize),
+		MMIO64Size: pciMMIO64Size,
+		ECAMBase:   pciECAMBase,
 	}
+	// Every slot's four pins, as firmware describes a bus whatever is
+	// plugged in (slot 0, the host bridge, has none).
+	for dev := 1; dev < pci.MaxDevices; dev++ {
+		for pin := 1; pin <= 4; pin++ {
+			h.INTx = append(h.INTx, boot.PCIINTxRoute{Device: uint8(dev), Pin: uint8(pin - 1), GSI: pciINTxRouting.GSI(dev, pin)})
+		}
+	}
+	return h
+}
+
+// pciReserved returns the e820 reservations PCI needs: the ECAM window,
+// which Linux checks against the memory map before it trusts MCFG (early,
+// when firmware has no DMI date of 2016 or later) besides looking for the
+// PNP0C02 device that reserves it.
+func pciReserved(cfg Config) []boot.E820Entry {
+	if !hasPCI(cfg) {
+		return nil
+	}
+	return []boot.E820Entry{{Addr: pciECAMBase, Size: pci.ECAMBusSize, Type: boot.E820Reserved}}
 }
 
 // withDriveRoot appends root= for the drive marked Root. Disks appear to
@@ -80,8 +123,9 @@ func withDriveRoot(cmdline string, drives []DriveConfig) string {
 }
 
 // setupPCI creates bus 0 with its host bridge on configuration mechanism
-// #1 and one virtio-pci function per drive. Image problems (missing,
-// unreadable, locked by another VM) surface here, before the guest runs.
+// #1 and ECAM, and one virtio-pci function per drive. Image problems
+// (missing, unreadable, locked by another VM) surface here, before the
+// guest runs.
 func (m *Machine) setupPCI() (err error) {
 	if !hasPCI(m.cfg) {
 		return nil
@@ -89,12 +133,25 @@ func (m *Machine) setupPCI() (err error) {
 	if len(m.cfg.Drives) > 26 {
 		return fmt.Errorf("%d drives: at most 26 are supported", len(m.cfg.Drives))
 	}
-	st := &pciState{bus: pci.NewBus(m.mmio, pciMMIOStart, pciMMIOEnd), msi: &msiRouter{vm: m.vm, next: firstMSIGSI}, drives: map[string]*blk.Block{}}
+	mmio64 := boot.HighMMIOStart(m.cfg.MemSize)
+	st := &pciState{
+		bus: pci.NewBusWith(pci.BusConfig{
+			MMIO:       m.mmio,
+			Mem32Start: pciMMIOStart, Mem32End: pciMMIOEnd,
+			Mem64Start: mmio64, Mem64End: mmio64 + pciMMIO64Size,
+			INTx: &intxRouter{vm: m.vm, log: m.log}, INTxRouting: pciINTxRouting,
+		}),
+		msi:    &msiRouter{vm: m.vm, next: firstMSIGSI},
+		drives: map[string]*blk.Block{},
+	}
 	m.pci = st
 	if err := m.pio.Register("pci-config-address", pci.ConfigAddressPort, 4, st.bus.AddressPort()); err != nil {
 		return err
 	}
 	if err := m.pio.Register("pci-config-data", pci.ConfigDataPort, 4, st.bus.DataPort()); err != nil {
+		return err
+	}
+	if err := m.mmio.Register("pci-ecam", pciECAMBase, pci.ECAMBusSize, st.bus.ECAM()); err != nil {
 		return err
 	}
 	ioe := ioEventRegistrar{m.vm}
@@ -175,7 +232,7 @@ func (m *Machine) closePCI() error {
 	for _, c := range st.closers {
 		errs = append(errs, c.Close())
 	}
-	st.bus.Close()
+	errs = append(errs, st.bus.Close())
 	return errors.Join(errs...)
 }
 
@@ -256,3 +313,96 @@ func (m *msiRoute) Close() error {
 	}
 	return errors.Join(err, m.efd.Close())
 }
+
+// intxRouter connects PCI interrupt pins to I/O APIC inputs. Each pin gets
+// an irqfd with a resample fd (KVM_IRQFD_FLAG_RESAMPLE): signalling the
+// irqfd raises the GSI and keeps it raised; when the guest EOIs the
+// interrupt KVM lowers it and signals the resample fd, and the line is
+// raised again if the device still asserts its pin (for virtio: the ISR
+// status was not read). That is a level-triggered input without a vCPU exit
+// per interrupt. Pins sharing a GSI share KVM's resampler, which lowers the
+// line for all and asks each again: a wired OR.
+//
+// On kvm-pvm hosts KVM acknowledges a level-triggered I/O APIC interrupt
+// when it injects it, not at the guest's EOI (measured with the test
+// guest's blk=intx; KVM_IRQ_LINE behaves the same there): the resample then
+// finds the ISR not yet read and raises the line again, so one spurious
+// interrupt follows each real one, which the guest's handler finds with a
+// clear ISR. It never becomes a storm: by the next injection the ISR has
+// been read.
+type intxRouter struct {
+	vm  *kvm.VM
+	log *slog.Logger
+}
+
+// NewLevelIRQ implements pci.LevelIRQAllocator.
+func (r *intxRouter) NewLevelIRQ(gsi uint32, asserted func() bool) (pci.LevelIRQ, error) {
+	trigger, err := eventfd.New()
+	if err != nil {
+		return nil, err
+	}
+	resample, err := eventfd.New()
+	if err != nil {
+		trigger.Close()
+		return nil, err
+	}
+	if err := r.vm.RegisterIRQFD(trigger.FD(), gsi, resample.FD()); err != nil {
+		trigger.Close()
+		resample.Close()
+		// A KVM without irqfd resampling still has KVM_IRQ_LINE, level
+		// exact but a vCPU-independent ioctl per edge, and not shareable.
+		r.log.Warn("PCI INTx: irqfd with resample failed, using KVM_IRQ_LINE", "gsi", gsi, "err", err)
+		return &irqLineLevel{vm: r.vm, gsi: gsi}, nil
+	}
+	l := &resampledIRQ{vm: r.vm, gsi: gsi, trigger: trigger, resample: resample, asserted: asserted, done: make(chan struct{})}
+	go l.resampler()
+	return l, nil
+}
+
+// resampledIRQ is a level-triggered GSI driven through an irqfd with a
+// resample fd.
+type resampledIRQ struct {
+	vm                *kvm.VM
+	gsi               uint32
+	trigger, resample *eventfd.EventFD
+	asserted          func() bool
+	done              chan struct{}
+}
+
+// Assert raises the line; KVM keeps it raised until the guest's EOI.
+func (l *resampledIRQ) Assert() error { return l.trigger.Signal() }
+
+// Deassert does nothing: KVM lowers the line at the EOI, and the resampler
+// leaves it low once the device no longer asserts its pin.
+func (l *resampledIRQ) Deassert() error { return nil }
+
+// resampler raises the line again after each EOI while the pin is still
+// asserted.
+func (l *resampledIRQ) resampler() {
+	defer close(l.done)
+	for {
+		if _, err := l.resample.Wait(); err != nil {
+			return
+		}
+		if l.asserted() {
+			_ = l.trigger.Signal()
+		}
+	}
+}
+
+func (l *resampledIRQ) Close() error {
+	err := l.vm.UnregisterIRQFD(l.trigger.FD(), l.gsi)
+	l.resample.Close()
+	<-l.done
+	return errors.Join(err, l.trigger.Close())
+}
+
+// irqLineLevel drives a GSI with KVM_IRQ_LINE.
+type irqLineLevel struct {
+	vm  *kvm.VM
+	gsi uint32
+}
+
+func (l *irqLineLevel) Assert() error   { return l.vm.IRQLine(l.gsi, true) }
+func (l *irqLineLevel) Deassert() error { return l.vm.IRQLine(l.gsi, false) }
+func (l *irqLineLevel) Close() error    { return l.vm.IRQLine(l.gsi, false) }

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/govmm/vmm/boot"
+	"github.com/govmm/vmm/devices/pci"
+	"github.com/govmm/vmm/memory"
 	"github.com/govmm/vmm/virtio/blk"
 )
 
@@ -87,4 +90,57 @@ func unwrapAll(err error) error {
 		}
 		err = u.Unwrap()
 	}
+}
+
+// TestPCIACPI checks what the firmware tables say about PCI against the
+// bus: windows that clash with neither RAM nor each other, the ECAM
+// window reserved in e820, and a _PRT that is the bus's own routing.
+func TestPCIACPI(t *testing.T) {
+	if pciACPI(Config{MemSize: 128 << 20}) != nil || pciReserved(Config{MemSize: 128 << 20}) != nil {
+		t.Error("PCI described without PCI devices")
+	}
+	for _, mem := range []uint64{128 << 20, 3 << 30, 6<<30 + 4096} {
+		cfg := Config{MemSize: mem, Drives: []DriveConfig{{Path: "x"}}}
+		h := pciACPI(cfg)
+		if h.ECAMBase != pciECAMBase || h.ECAMBase < uint64(h.MMIOBase)+uint64(h.MMIOSize) || h.ECAMBase+pci.ECAMBusSize > boot.IOAPICAddr {
+			t.Errorf("mem %#x: ECAM at %#x, 32-bit window %#x+%#x", mem, h.ECAMBase, h.MMIOBase, h.MMIOSize)
+		}
+		res := pciReserved(cfg)
+		if len(res) != 1 || res[0] != (boot.E820Entry{Addr: pciECAMBase, Size: 1 << 20, Type: boot.E820Reserved}) {
+			t.Errorf("mem %#x: reserved %+v", mem, res)
+		}
+		for _, e := range boot.E820Map(mem, res...) {
+			if e.Addr+e.Size > h.MMIO64Base {
+				t.Errorf("mem %#x: e820 %+v reaches the 64-bit window at %#x", mem, e, h.MMIO64Base)
+			}
+			if e.Type == boot.E820RAM && e.Addr < h.ECAMBase+pci.ECAMBusSize && e.Addr+e.Size > h.ECAMBase {
+				t.Errorf("mem %#x: RAM %+v overlaps ECAM", mem, e)
+			}
+		}
+		if h.MMIO64Base < 1<<32 || h.MMIO64Base%(1<<30) != 0 || h.MMIO64Base+h.MMIO64Size > 1<<36 {
+			t.Errorf("mem %#x: 64-bit window %#x+%#x", mem, h.MMIO64Base, h.MMIO64Size)
+		}
+		if len(h.INTx) != 31*4 {
+			t.Fatalf("%d _PRT entries, want 124", len(h.INTx))
+		}
+		for _, r := range h.INTx {
+			if want := pciINTxRouting.GSI(int(r.Device), int(r.Pin)+1); r.GSI != want || r.GSI < 16 || r.GSI > 23 {
+				t.Errorf("_PRT device %d pin %d -> GSI %d, bus routes it to %d", r.Device, r.Pin, r.GSI, want)
+			}
+		}
+		if _, err := boot.WriteACPITables(acpiGuest(t), boot.ACPIConfig{NumCPUs: 1, PCI: h}); err != nil {
+			t.Errorf("mem %#x: ACPI tables: %v", mem, err)
+		}
+	}
+}
+
+// acpiGuest returns a small guest memory holding the ACPI area.
+func acpiGuest(t *testing.T) *memory.Guest {
+	t.Helper()
+	g, err := memory.New([]memory.Layout{{GuestAddr: 0, Size: 2 << 20}}, memory.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g
 }

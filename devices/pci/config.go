@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/govmm/vmm/devices"
 )
@@ -46,7 +47,12 @@ const (
 )
 
 // Status register bits (§6.2.3).
-const statusCapList = 1 << 4 // a capability list starts at RegCapPtr
+const (
+	// StatusInterrupt is the Interrupt Status bit: the function asserts
+	// its INTx# pin (whatever the Command register's INTx Disable says).
+	StatusInterrupt = 1 << 3
+	statusCapList   = 1 << 4 // a capability list starts at RegCapPtr
+)
 
 // BAR low bits (§6.2.5.1).
 const (
@@ -120,6 +126,8 @@ type ConfigSpace struct {
 	hooks   []writeHook
 	rhooks  []writeHook
 	mapper  Mapper
+	intx    *INTx       // the INTx pin, nil if the function has none
+	msixOn  atomic.Bool // MSI-X Enable: INTx# must not be asserted
 }
 
 // writeHook runs after a guest write touching [off, off+n).
@@ -345,7 +353,9 @@ func (c *ConfigSpace) Write(off int, data []byte) {
 }
 
 // attach assigns BAR addresses from alloc and remembers where to map them.
-func (c *ConfigSpace) attach(m Mapper, alloc func(size uint64) (uint64, error)) error {
+// alloc gets each BAR's size and whether it may live above 4 GiB (64-bit
+// and prefetchable, the BARs a PCI-to-PCI bridge could also forward there).
+func (c *ConfigSpace) attach(m Mapper, alloc func(size uint64, high bool) (uint64, error)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mapper = m
@@ -354,7 +364,7 @@ func (c *ConfigSpace) attach(m Mapper, alloc func(size uint64) (uint64, error)) 
 		if !b.present {
 			continue
 		}
-		addr, err := alloc(b.Size)
+		addr, err := alloc(b.Size, b.Is64 && b.Prefetchable)
 		if err != nil {
 			return fmt.Errorf("pci %s: BAR %d: %w", c.name, i, err)
 		}
@@ -368,9 +378,23 @@ func (c *ConfigSpace) memoryEnabledLocked() bool {
 	return c.Uint16Locked(RegCommand)&CommandMemory != 0
 }
 
+// sizing reports whether the BAR holds the all-ones pattern a guest writes
+// to size it, which is not a placement, so the BAR does not decode there:
+// a 32-bit BAR reading back its size mask, or a 64-bit BAR whose upper
+// half does (nothing lives in the top 4 GiB of the 64-bit space). While
+// only the lower half of a 64-bit BAR is being sized the BAR moves below
+// the next 4 GiB boundary, as on hardware; guests turn off memory decoding
+// around sizing anyway.
+func (b *barState) sizing() bool {
+	if b.Is64 {
+		return uint32(b.addr>>32)|uint32((b.Size-1)>>32) == 0xffff_ffff
+	}
+	return uint32(b.addr)|uint32(b.Size-1)|uint32(^barMemAddrMask) == 0xffff_ffff
+}
+
 // updateMappingsLocked makes the MMIO bus match the BARs and the command
 // register: a BAR decodes when memory space is enabled and its address is
-// not the all-ones sizing pattern.
+// neither zero nor the all-ones sizing pattern.
 func (c *ConfigSpace) updateMappingsLocked() {
 	if c.mapper == nil {
 		return
@@ -381,7 +405,7 @@ func (c *ConfigSpace) updateMappingsLocked() {
 		if !b.present {
 			continue
 		}
-		want := on && b.addr != 0 && b.addr+b.Size > b.addr
+		want := on && b.addr != 0 && !b.sizing() && b.addr+b.Size > b.addr
 		if b.mapped && (!want || b.mappedAt != b.addr) {
 			_ = c.mapper.UnmapBAR(b.mappedAt)
 			b.mapped = false

@@ -108,14 +108,19 @@ func (m *MSIX) Enabled() bool {
 }
 
 // controlWritten runs under the config lock after Message Control changed.
+// With MSI-X on, the function's INTx# pin is quiet (§6.8.2).
 func (m *MSIX) controlWritten() {
 	ctl := m.cfg.Uint16Locked(m.capOff + msixControl)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.enabled = ctl&msixControlEnable != 0
 	m.maskAll = ctl&msixControlMaskAll != 0
 	for i := range m.entries {
 		m.deliverPendingLocked(i)
+	}
+	enabled := m.enabled
+	m.mu.Unlock()
+	if m.cfg.msixOn.Swap(enabled) != enabled && m.cfg.intx != nil {
+		m.cfg.intx.msixChanged()
 	}
 }
 

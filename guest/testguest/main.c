@@ -67,6 +67,57 @@ static int phys_ok(u64 pa, u64 len)
 	return pa != 0 && pa < IDENTITY_MAP_LIMIT && len <= IDENTITY_MAP_LIMIT - pa;
 }
 
+/* ------------------------------------------------------------------ */
+/* Identity mapping above 4 GiB (64-bit PCI BARs)                      */
+
+/* Page-table pages for mappings added at run time (never freed). */
+#define MAP_POOL_PAGES 8
+#define MAP_PTE_ADDR 0x000ffffffffff000ULL
+#define MAP_LARGE_PAGE 0x200000ULL
+static u64 map_pool[MAP_POOL_PAGES][512] __attribute__((aligned(4096)));
+static int map_pool_used;
+
+/* The table an entry points to, installing a zeroed one if it is empty.
+ * Tables are reached through their physical addresses, so they must lie
+ * in the first 4 GiB (ours in .bss, the VMM's at 0x9000 do). */
+static u64 *map_table(u64 *entry)
+{
+	if (!(*entry & PTE_PRESENT)) {
+		if (map_pool_used == MAP_POOL_PAGES)
+			return 0;
+		*entry = (u64)map_pool[map_pool_used++] | PTE_PRESENT | PTE_WRITE;
+	}
+	return (u64 *)(*entry & MAP_PTE_ADDR);
+}
+
+/* Identity-map [pa, pa+len) with 2 MiB pages in the live page tables
+ * (ours on the PVH path, the VMM's on the 64-bit Linux path), leaving
+ * existing mappings alone.  Returns 0, or -1 when out of table pages. */
+int map_identity(u64 pa, u64 len)
+{
+	u64 cr3;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	u64 *pml4 = (u64 *)(cr3 & MAP_PTE_ADDR);
+	for (u64 a = pa & ~(MAP_LARGE_PAGE - 1); a < pa + len; a += MAP_LARGE_PAGE) {
+		u64 *pdpt = map_table(&pml4[(a >> 39) & 511]);
+		if (!pdpt)
+			return -1;
+		u64 *e3 = &pdpt[(a >> 30) & 511];
+		if ((*e3 & PTE_PRESENT) && (*e3 & PTE_PS))
+			continue; /* a 1 GiB page covers it */
+		u64 *pd = map_table(e3);
+		if (!pd)
+			return -1;
+		u64 *e2 = &pd[(a >> 21) & 511];
+		if (!(*e2 & PTE_PRESENT))
+			*e2 = a | PTE_PRESENT | PTE_WRITE | PTE_PS;
+	}
+	/* Flush the TLB (no stale "not present" entries are cached on x86,
+	 * but reloading CR3 costs nothing here). */
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+	return 0;
+}
+
 /* The compiler may emit calls to these; simple loops, no string insns.
  * (build.sh passes -fno-tree-loop-distribute-patterns so these loops are
  * not turned back into calls to themselves.) */
@@ -447,6 +498,9 @@ static u32 sdt_valid(u64 pa)
 	return checksum_ok(pa, len) ? len : 0;
 }
 
+/* The RSDP count_cpus found, for acpi_find_table. */
+static u64 acpi_rsdp;
+
 /* Returns the CPU count, or -1 after printing "acpi error <why>". */
 static int count_cpus(u64 rsdp_hint)
 {
@@ -455,6 +509,7 @@ static int count_cpus(u64 rsdp_hint)
 		line("acpi error no RSDP\n");
 		return -1;
 	}
+	acpi_rsdp = rsdp;
 
 	u64 root;
 	u32 entry_size;
@@ -513,6 +568,31 @@ static int count_cpus(u64 rsdp_hint)
 		off += elen;
 	}
 	return cpus;
+}
+
+/* The first valid table with signature sig (4 characters) in the XSDT
+ * (or RSDT) of the RSDP found at boot, or 0. */
+u64 acpi_find_table(const char *sig)
+{
+	u64 rsdp = acpi_rsdp;
+	if (!rsdp)
+		return 0;
+	u64 root;
+	u32 entry_size;
+	if (rd8(rsdp + RSDP_REVISION) >= 2 && rd64(rsdp + RSDP_XSDT_ADDRESS)) {
+		root = rd64(rsdp + RSDP_XSDT_ADDRESS);
+		entry_size = 8;
+	} else {
+		root = rd32(rsdp + RSDP_RSDT_ADDRESS);
+		entry_size = 4;
+	}
+	u32 root_len = sdt_valid(root);
+	for (u32 off = SDT_HEADER_LENGTH; root_len && off + entry_size <= root_len; off += entry_size) {
+		u64 t = entry_size == 8 ? rd64(root + off) : rd32(root + off);
+		if (sdt_valid(t) && sig_eq(t, sig, 4))
+			return t;
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -698,13 +778,16 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 		echo_test();
 
 	/* blk=1: PCI + virtio-blk test; blk=watch: wait for the host to swap
-	 * the disk (virtio_blk.c). */
+	 * the disk; blk=intx: one read completed by INTx through the I/O APIC
+	 * instead of MSI-X (virtio_blk.c). */
 	int blen = 0;
 	const char *blk = cmdline_value("blk", &blen);
 	if (blk && value_is(blk, blen, "1"))
 		blk_test();
 	if (blk && value_is(blk, blen, "watch"))
 		blk_watch();
+	if (blk && value_is(blk, blen, "intx"))
+		blk_intx_test();
 
 	/* net=1: PCI + virtio-net test; net=mq: the same through the last
 	 * queue pair of a multi-queue device (virtio_net.c). */

@@ -21,10 +21,17 @@ int con_trygetc(void);
 const char *cmdline_value(const char *key, int *len);
 int value_is(const char *v, int len, const char *want);
 
-/* virtio_blk.c: the blk=1 test, and blk=watch (a drive swapped by the
- * host). */
+/* Identity-map [pa, pa+len) above the boot mapping of the first 4 GiB,
+ * e.g. a 64-bit BAR; 0 or -1 (main.c). */
+int map_identity(u64 pa, u64 len);
+/* The ACPI table with signature sig ("MCFG"), or 0 (main.c). */
+u64 acpi_find_table(const char *sig);
+
+/* virtio_blk.c: the blk=1 test, blk=watch (a drive swapped by the
+ * host), and blk=intx (INTx instead of MSI-X). */
 void blk_test(void);
 void blk_watch(void);
+void blk_intx_test(void);
 
 /* virtio_net.c: the net=1 test, and net=mq (multi-queue, control
  * queue). */

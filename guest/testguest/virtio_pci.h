@@ -16,9 +16,15 @@
 #define PCI_CMD_MASTER 0x4
 #define PCI_STATUS 0x06
 #define PCI_STATUS_CAPS 0x10
+#define PCI_STATUS_INT 0x08 /* Interrupt Status: INTx# asserted */
 #define PCI_BAR0 0x10
+#define PCI_BAR_MEM64 0x4 /* memory BAR type 10b: the next BAR is the upper half */
+#define PCI_BAR_PREFETCH 0x8
 #define PCI_CAP_PTR 0x34
+#define PCI_INT_LINE 0x3c
+#define PCI_INT_PIN 0x3d
 #define PCI_CAP_VENDOR 0x09
+#define BELOW_4G 0x100000000ull
 
 static inline u32 pci_rd32(u32 dev, u32 reg)
 {
@@ -35,13 +41,53 @@ static inline void pci_wr16(u32 dev, u32 reg, u16 v)
 	out16((u16)(PCI_DATA + (reg & 2)), v);
 }
 
+static inline void pci_wr32(u32 dev, u32 reg, u32 v)
+{
+	out32(PCI_ADDR, PCI_ENABLE | dev << 11 | (reg & 0xfc));
+	out32(PCI_DATA, v);
+}
+
+/* Base address of memory BAR bar, both halves of a 64-bit one.  A BAR
+ * above 4 GiB (the VMM puts 64-bit prefetchable BARs there) is mapped
+ * first: the 2 MiB page holding its base, which covers the whole of any
+ * BAR up to 2 MiB (BARs are naturally aligned).  0 if it can't be. */
 static inline u64 pci_bar(u32 dev, u32 bar)
 {
 	u32 lo = pci_rd32(dev, PCI_BAR0 + 4 * bar);
 	u64 a = lo & ~0xfull;
-	if ((lo & 0x6) == 0x4) /* 64-bit memory BAR */
+	if ((lo & 0x6) == PCI_BAR_MEM64)
 		a |= (u64)pci_rd32(dev, PCI_BAR0 + 4 * (bar + 1)) << 32;
+	if (a >= BELOW_4G && map_identity(a, 1) < 0)
+		return 0;
 	return a;
+}
+
+/* Size memory BAR bar as an OS does (PCI 3.0 §6.2.5.1): with memory
+ * decoding off, write all ones to its register, and to the upper half of
+ * a 64-bit BAR, read the size mask back, then put the address back.
+ * Returns the size (0 if the BAR is not implemented). */
+static inline u64 pci_bar_size(u32 dev, u32 bar)
+{
+	u32 reg = PCI_BAR0 + 4 * bar;
+	u16 cmd = pci_rd16(dev, PCI_COMMAND);
+	pci_wr16(dev, PCI_COMMAND, cmd & (u16)~PCI_CMD_MEM);
+	u32 lo = pci_rd32(dev, reg), hi = 0;
+	int is64 = (lo & 0x6) == PCI_BAR_MEM64;
+	if (is64)
+		hi = pci_rd32(dev, reg + 4);
+	pci_wr32(dev, reg, 0xffffffffu);
+	if (is64)
+		pci_wr32(dev, reg + 4, 0xffffffffu);
+	u64 mask = pci_rd32(dev, reg) & ~0xfull;
+	if (is64)
+		mask |= (u64)pci_rd32(dev, reg + 4) << 32;
+	else if (mask)
+		mask |= 0xffffffff00000000ull;
+	pci_wr32(dev, reg, lo);
+	if (is64)
+		pci_wr32(dev, reg + 4, hi);
+	pci_wr16(dev, PCI_COMMAND, cmd);
+	return mask ? ~mask + 1 : 0;
 }
 
 /* ---- virtio (virtio 1.2) ---- */
