@@ -111,10 +111,23 @@ type VM struct {
 // Start runs vmm with args. The process is killed when the test ends.
 func Start(t *testing.T, args ...string) *VM {
 	t.Helper()
+	return startVM(t, nil, args)
+}
+
+// StartInNS runs vmm with args inside the test's network namespace, where
+// its taps live. `ip netns exec` execs vmm in place, so the PID is vmm's.
+func StartInNS(t *testing.T, ns *netNS, args ...string) *VM {
+	t.Helper()
+	return startVM(t, []string{"ip", "netns", "exec", ns.name}, args)
+}
+
+func startVM(t *testing.T, prefix, args []string) *VM {
+	t.Helper()
 	requireKVM(t)
 	v := &VM{t: t, done: make(chan struct{})}
 	v.cond = sync.NewCond(&v.mu)
-	v.cmd = exec.Command(shared.vmm, args...)
+	argv := append(append(append([]string(nil), prefix...), shared.vmm), args...)
+	v.cmd = exec.Command(argv[0], argv[1:]...)
 	v.cmd.Dir = shared.root
 	stdout, err := v.cmd.StdoutPipe()
 	if err != nil {
