@@ -81,6 +81,8 @@ const (
 	CapSetIdentityMapAdr Capability = 37
 	CapAdjustClock       Capability = 39
 	CapVCPUEvents        Capability = 41
+	CapXSAVE             Capability = 55
+	CapXCRS              Capability = 56
 	CapMaxVCPUs          Capability = 66
 	CapSignalMSI         Capability = 77
 	CapImmediateExit     Capability = 136
@@ -122,6 +124,10 @@ func (c Capability) String() string {
 		return "KVM_CAP_VCPU_EVENTS"
 	case CapMaxVCPUs:
 		return "KVM_CAP_MAX_VCPUS"
+	case CapXSAVE:
+		return "KVM_CAP_XSAVE"
+	case CapXCRS:
+		return "KVM_CAP_XCRS"
 	case CapSignalMSI:
 		return "KVM_CAP_SIGNAL_MSI"
 	case CapImmediateExit:

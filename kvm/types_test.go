@@ -28,6 +28,8 @@ func TestStructSizesMatchUAPI(t *testing.T) {
 		{"kvm_msi", unsafe.Sizeof(msi{}), 0x20},
 		{"kvm_cpuid_entry2", unsafe.Sizeof(CPUIDEntry{}), 40},
 		{"kvm_irq_routing_entry", unsafe.Sizeof(routingEntry{}), 48},
+		{"kvm_xsave", unsafe.Sizeof(XSAVE{}), 0x1000},
+		{"kvm_xcrs", unsafe.Sizeof(XCRs{}), 0x188},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

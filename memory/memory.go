@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -225,5 +227,27 @@ func (g *Guest) PutUint64(addr uint64, v uint64) error {
 		return err
 	}
 	binary.LittleEndian.PutUint64(s, v)
+	return nil
+}
+
+// OrUint64 sets bits in the little-endian 64-bit value at addr, which must
+// be 8-byte aligned, with one atomic read-modify-write, as a processor sets
+// the accessed and dirty flags of a page-table entry: a vCPU updating the
+// same entry at the same time loses nothing.
+func (g *Guest) OrUint64(addr, bits uint64) error {
+	if addr%8 != 0 {
+		return fmt.Errorf("memory: unaligned 64-bit update at %#x", addr)
+	}
+	s, err := g.Slice(addr, 8)
+	if err != nil {
+		return err
+	}
+	p := unsafe.Pointer(unsafe.SliceData(s))
+	if uintptr(p)%8 != 0 {
+		// Host buffers handed to FromRegions need not be aligned.
+		binary.LittleEndian.PutUint64(s, binary.LittleEndian.Uint64(s)|bits)
+		return nil
+	}
+	atomic.OrUint64((*uint64)(p), bits) // x86-64: native order is little-endian
 	return nil
 }

@@ -71,3 +71,110 @@ func translate(mem *memory.Guest, sregs kvm.Sregs, linear uint64) (uint64, error
 	}
 	return uint64(pte&0xffff_f000) | linear&0xfff, nil
 }
+
+// Page-table and control bits a checked data access uses (Intel SDM vol.
+// 3A §4.6, §4.8).
+const (
+	pteWrite    = 1 << 1
+	pteUser     = 1 << 2
+	pteAccessed = 1 << 5
+	pteDirty    = 1 << 6
+	cr0WP       = 1 << 16
+	cr4SMAP     = 1 << 21
+)
+
+// Page-fault error-code bits (Intel SDM vol. 3A §4.7).
+const (
+	pfErrPresent = 1 << 0 // a protection violation, not a not-present page
+	pfErrWrite   = 1 << 1
+	pfErrUser    = 1 << 2
+)
+
+// dataAccess describes a data access to guest-linear memory.
+type dataAccess struct {
+	write bool
+	user  bool // at CPL 3
+	ac    bool // RFLAGS.AC: lets supervisor accesses reach user pages under SMAP
+}
+
+// pageFault is the #PF an access raises: the linear address for CR2 and
+// the error code.
+type pageFault struct {
+	addr uint64
+	code uint32
+}
+
+// translateAccess translates a linear address for a data access the way
+// the processor does: besides walking the tables like translate, it
+// checks the present, writable and user bits of every level (honouring
+// CR0.WP and CR4.SMAP) and returns the page fault the access raises; on
+// success it sets the accessed flag of every entry it used and, for a
+// write, the dirty flag of the last one. It handles unpaged mode and
+// 4-level long mode; other paging modes, and tables outside guest RAM, are
+// errors (the caller gives up on the instruction).
+func translateAccess(mem *memory.Guest, sregs kvm.Sregs, linear uint64, acc dataAccess) (uint64, *pageFault, error) {
+	if sregs.CR0&cr0PG == 0 {
+		return linear & 0xffff_ffff, nil, nil
+	}
+	if sregs.EFER&eferLMA == 0 || sregs.CR4&cr4LA57 != 0 {
+		return 0, nil, fmt.Errorf("page walk for %#x: only 4-level long-mode paging is supported", linear)
+	}
+	fault := func(code uint32) *pageFault {
+		if acc.write {
+			code |= pfErrWrite
+		}
+		if acc.user {
+			code |= pfErrUser
+		}
+		return &pageFault{addr: linear, code: code}
+	}
+	var used [4]uint64 // guest-physical addresses of the entries walked
+	n := 0
+	writable, user := true, true
+	table := sregs.CR3 & pteAddr
+	var pa uint64
+	for level := 3; level >= 0; level-- {
+		ea := table + ((linear>>(12+9*uint(level)))&0x1ff)*8
+		e, err := mem.Uint64(ea)
+		if err != nil {
+			return 0, nil, fmt.Errorf("page walk for %#x: level %d table at %#x: %w", linear, level+1, table, err)
+		}
+		if e&ptePres == 0 {
+			return 0, fault(0), nil
+		}
+		used[n] = ea
+		n++
+		writable = writable && e&pteWrite != 0
+		user = user && e&pteUser != 0
+		if e&ptePS != 0 && level > 0 {
+			if level == 3 {
+				return 0, nil, fmt.Errorf("page walk for %#x: PS set in a PML4 entry", linear)
+			}
+			span := uint64(1) << (12 + 9*uint(level))
+			pa = (e & pteAddr &^ (span - 1)) | (linear & (span - 1))
+			break
+		}
+		table = e & pteAddr
+		if level == 0 {
+			pa = table | (linear & (pageSize - 1))
+		}
+	}
+	switch {
+	case acc.user && !user:
+		return 0, fault(pfErrPresent), nil
+	case acc.write && !writable && (acc.user || sregs.CR0&cr0WP != 0):
+		return 0, fault(pfErrPresent), nil
+	case !acc.user && user && sregs.CR4&cr4SMAP != 0 && !acc.ac:
+		return 0, fault(pfErrPresent), nil
+	}
+	for i := 0; i < n; i++ {
+		bits := uint64(pteAccessed)
+		if i == n-1 && acc.write {
+			bits |= pteDirty
+		}
+		if err := mem.OrUint64(used[i], bits); err != nil {
+			return 0, nil, err
+		}
+	}
+	return pa, nil, nil
+}

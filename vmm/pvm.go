@@ -20,16 +20,23 @@ import (
 
 // pvmClearCPUID lists features to hide from the guest kernel; the kernel
 // parses only the first 127 characters of clearcpuid=, so the list is
-// ordered by importance and kept short. fsrm and erms matter for speed, not
-// correctness: with them the kernel copies and clears memory with byte-wise
-// `rep movsb`/`rep stosb`, which the emulator steps one byte at a time.
-const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
+// ordered by importance and kept short. xsaves, xsavec and xsaveopt leave
+// the kernel on plain XSAVE/XRSTOR with the standard-format area, the
+// forms the VMM completes (xsave.go); with any of them it would pick an
+// instruction nothing completes (Linux 6.12 xstate.h: XSAVES > XSAVEC >
+// XSAVEOPT > XSAVE). Hiding xsave itself would leave the upper AVX/AVX-512
+// state of guest processes, which run on the hardware under the host's
+// XCR0, unsaved across context switches. fsrm and erms matter for speed,
+// not correctness: with them the kernel copies and clears memory with
+// byte-wise `rep movsb`/`rep stosb`, which the emulator steps one byte at a
+// time.
+const pvmClearCPUID = "xsaves,xsavec,xsaveopt,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rtm,hle,pku,rdpid,sse4_2,sse4_1,ssse3"
 
 // pvmCmdlineOptions are added to the guest command line on kvm-pvm hosts,
 // unless the user already set the same option:
 //   - nopv: KVM paravirt features loop on hypercalls the emulator serves slowly.
-//   - clearcpuid: xsave/xrstor, popcnt, cmpxchg16b and friends fail in the
-//     emulator (6.12 dropped noxsave; clearcpuid=xsave does its job).
+//   - clearcpuid: popcnt, cmpxchg16b and friends fail in the emulator, and
+//     of the XSAVE family only XSAVE/XRSTOR are completed by the VMM.
 //   - 8250.nr_uarts=1: each extra legacy UART probe costs seconds there.
 //   - no_timer_check: the IO-APIC timer check busy-waits.
 //   - tsc_early_khz (added by pvmCmdline) also makes the kernel skip the
@@ -38,7 +45,6 @@ const pvmClearCPUID = "xsave,popcnt,cx16,smap,fsrm,erms,fsgsbase,pcid,invpcid,rt
 func pvmCmdlineOptions() []string {
 	return []string{
 		"nopv",
-		"noxsave",
 		"clearcpuid=" + pvmClearCPUID,
 		"8250.nr_uarts=1",
 		"lpj=1000000",
@@ -48,15 +54,19 @@ func pvmCmdlineOptions() []string {
 	}
 }
 
-// pvmGODEBUG keeps Go programs in the guest off AVX and AVX-512. Without
-// XSAVE the guest kernel switches only the x87/SSE state (FXSAVE), yet on
+// pvmGODEBUG keeps Go programs in the guest off AVX and AVX-512. On
 // kvm-pvm guest user space runs under the host's XCR0 and CPUID, so it sees
-// AVX-512 as usable; the upper register halves then change under it across
+// AVX-512 as usable; a guest kernel limited to FXSAVE switched only the
+// x87/SSE state, the upper register halves changed under programs across
 // context switches and signal delivery, and Go programs (memmove uses AVX,
-// async preemption uses signals) crash at random. Setting XCR0 from the
-// guest kernel does not reach the hardware there (measured). The kernel
-// hands unknown name=value options to init as environment; the default
-// guest's init passes GODEBUG on to the shell, the agent and containers.
+// async preemption uses signals) crashed at random. Setting XCR0 from the
+// guest kernel does not reach the hardware there (measured). Now that the
+// VMM completes XSAVE/XRSTOR (xsave.go) the kernel switches the full state
+// and the workaround should no longer be needed (measured: Go's gzip
+// without it gives the same output as with it, where before it corrupted
+// its output); it stays until that has seen more use. The kernel hands
+// unknown name=value options to init as environment; the default guest's
+// init passes GODEBUG on to the shell, the agent and containers.
 const pvmGODEBUG = "cpu.avx=off,cpu.avx2=off,cpu.avx512f=off,cpu.avx512cd=off,cpu.avx512bw=off,cpu.avx512dq=off,cpu.avx512vl=off"
 
 // pvmGlibcTunables does the same for glibc's string and memory functions
@@ -122,6 +132,9 @@ func (v *vcpu) emulateFailedInstruction() (bool, error) {
 	if err != nil || len(code) == 0 {
 		v.m.log.Debug("failed instruction unreadable", "vcpu", v.id, "rip", fmt.Sprintf("%#x", regs.RIP), "err", err)
 		return false, nil
+	}
+	if xi, ok := decodeXState(code, sregs.CS.L != 0); ok {
+		return v.completeXState(xi, regs, sregs)
 	}
 	insn, ok := decodeFixup(code, sregs.CS.L != 0)
 	if !ok {

@@ -3,6 +3,7 @@ package vmm
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,8 +65,21 @@ func TestPVMCmdline(t *testing.T) {
 	if !strings.Contains(got, "tsc_early_khz=2596094") {
 		t.Fatalf("no TSC rate: %q", got)
 	}
-	if !strings.Contains(got, "nopv") || !strings.Contains(got, "clearcpuid=xsave") {
+	if !strings.Contains(got, "nopv") || !strings.Contains(got, "clearcpuid=xsaves,xsavec,xsaveopt,") {
 		t.Fatalf("missing options: %q", got)
+	}
+	if len(pvmClearCPUID) > 127 {
+		t.Errorf("clearcpuid list is %d characters; the kernel reads 127", len(pvmClearCPUID))
+	}
+	// The guest kernel must keep XSAVE (the VMM completes XSAVE/XRSTOR)
+	// but not its compacted or optimized forms.
+	for _, f := range strings.Fields(got) {
+		if f == "noxsave" {
+			t.Errorf("noxsave on the command line: %q", got)
+		}
+		if v, ok := strings.CutPrefix(f, "clearcpuid="); ok && slices.Contains(strings.Split(v, ","), "xsave") {
+			t.Errorf("clearcpuid hides xsave: %q", got)
+		}
 	}
 	if strings.Count(got, "lpj=") != 1 || !strings.Contains(got, "lpj=5") {
 		t.Fatalf("user's lpj overridden: %q", got)

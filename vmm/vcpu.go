@@ -26,6 +26,8 @@ type vcpu struct {
 
 	samplesMu sync.Mutex
 	samples   map[uint64]int // guest RIP -> hits
+
+	xstate *xstateLayout // where XSAVE puts each state component (CPUID leaf 0xD)
 }
 
 // Architectural MSRs set at reset (Intel SDM vol. 4).
@@ -65,7 +67,7 @@ func (m *Machine) newVCPU(id int, supported kvm.CPUID) (*vcpu, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &vcpu{m: m, kvm: kv, id: id}
+	v := &vcpu{m: m, kvm: kv, id: id, xstate: newXStateLayout(supported)}
 	if err := kv.SetCPUID2(supported.ForVCPU(id, m.cfg.CPUs)); err != nil {
 		kv.Close()
 		return nil, err

@@ -804,6 +804,13 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	if (vs && value_is(vs, vlen, "1"))
 		vsock_test();
 
+	/* xsave=1: XSAVE/XRSTOR/XGETBV in ring 0, completed by the VMM on
+	 * kvm-pvm hosts (xsave.c). */
+	int xlen = 0;
+	const char *xs = cmdline_value("xsave", &xlen);
+	if (xs && value_is(xs, xlen, "1"))
+		xsave_test();
+
 	/* fault=ud: prove that unexpected exceptions are reported (vector 6,
 	 * exit status 99).  fault=gp: read a non-canonical address (#GP,
 	 * vector 13). */
