@@ -1,16 +1,21 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/govmm/vmm/shim"
 )
 
 // TestRun boots the default guest once with `vmm run` and runs a command
@@ -23,6 +28,9 @@ func TestRun(t *testing.T) {
 		t.Skip("long test: boots Linux")
 	}
 	requireKVM(t)
+	// In parallel with TestRunSIGTERM: two `vmm run` at once must not
+	// interfere.
+	t.Parallel()
 	for _, f := range []string{"vmlinux", "initramfs.cpio", "test.ext4"} {
 		if _, err := os.Stat(filepath.Join(shared.guestDir, f)); err != nil {
 			t.Fatalf("default guest not built (%v): run `make guest` (make test does)", err)
@@ -67,6 +75,98 @@ func TestRun(t *testing.T) {
 	if err != nil || n < 1 || n > 4 {
 		t.Errorf("container sees %q processes, want 1 to 4 (its own only)", lines[1])
 	}
+}
+
+// TestRunSIGTERM runs `sleep 100` with `vmm run`, in parallel with
+// TestRun, and sends vmm run SIGTERM once the container runs. sleep is
+// PID 1 of its PID namespace, which the kernel shields from signals it has
+// no handler for, so, as with `docker stop`, vmm run follows up with
+// SIGKILL after its grace period: the command ends (128+15 or 128+9), vmm
+// run exits with its status, and the VMM process and the API socket
+// directory are gone afterwards.
+func TestRunSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long test: boots Linux")
+	}
+	requireKVM(t)
+	t.Parallel()
+	image := filepath.Join(t.TempDir(), "rootfs.ext4")
+	copyFile(t, filepath.Join(shared.guestDir, "test.ext4"), image)
+	ctx, cancel := context.WithTimeout(context.Background(), linuxBootTimeout+5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, shared.vmm, "run", "--image", image,
+		"--boot-timeout", linuxBootTimeout.String(), "--", "sh", "-c", "echo started; exec sleep 100")
+	cmd.Dir = shared.root
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "started\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("first output %q (%v), want \"started\"\nstderr:\n%s", line, err, stderr.String())
+	}
+	vmmPID, apiSock := runChildVMM(t, cmd.Process.Pid)
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	t.Logf("vmm run exited %v after SIGTERM", time.Since(sent).Round(time.Millisecond))
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || (ee.ExitCode() != 128+int(syscall.SIGTERM) && ee.ExitCode() != 128+int(syscall.SIGKILL)) {
+		t.Errorf("vmm run after SIGTERM: %v, want exit status %d or %d\nstderr:\n%s",
+			err, 128+int(syscall.SIGTERM), 128+int(syscall.SIGKILL), stderr.String())
+	}
+	if time.Since(sent) > shim.DefaultKillGrace+time.Minute {
+		t.Errorf("vmm run took %v to end after SIGTERM", time.Since(sent))
+	}
+	if vmmPID != 0 && syscall.Kill(vmmPID, 0) == nil {
+		t.Errorf("the VMM (pid %d) outlived vmm run", vmmPID)
+		syscall.Kill(vmmPID, syscall.SIGKILL)
+	}
+	if apiSock != "" {
+		if _, err := os.Stat(filepath.Dir(apiSock)); !os.IsNotExist(err) {
+			t.Errorf("vmm run left %s behind (%v)", filepath.Dir(apiSock), err)
+		}
+	}
+}
+
+// runChildVMM finds the VMM process vmm run started (its child with
+// --api-sock) and that socket's path.
+func runChildVMM(t *testing.T, runPID int) (int, string) {
+	t.Helper()
+	// Each thread lists the children it forked; Go forks from any thread.
+	var children []byte
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", runPID))
+	for _, task := range tasks {
+		c, _ := os.ReadFile(task)
+		children = append(append(children, c...), ' ')
+	}
+	for _, f := range strings.Fields(string(children)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+		for i, a := range args {
+			if a == "--api-sock" && i+1 < len(args) {
+				return pid, args[i+1]
+			}
+		}
+	}
+	t.Errorf("no VMM child with --api-sock under vmm run (pid %d); children %q", runPID, children)
+	return 0, ""
 }
 
 func copyFile(t *testing.T, from, to string) {

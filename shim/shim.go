@@ -63,6 +63,12 @@ type Options struct {
 	BootTimeout time.Duration
 	// StopGrace is how long the VMM gets between SIGTERM and SIGKILL.
 	StopGrace time.Duration
+	// KillGrace is how long the command gets to end after a forwarded
+	// SIGTERM or SIGINT before it is sent SIGKILL (default
+	// DefaultKillGrace), as `docker stop` does: the command is PID 1 of
+	// its PID namespace, and the kernel drops signals a PID 1 has no
+	// handler for, so `sleep` would otherwise ignore them.
+	KillGrace time.Duration
 
 	Stdin          io.Reader // nil is /dev/null
 	Stdout, Stderr io.Writer // Stderr also gets the shim's warnings
@@ -81,6 +87,9 @@ type Options struct {
 	// Unix socket paths are limited to 107 bytes, so keep it short.
 	TempDir string
 }
+
+// DefaultKillGrace is KillGrace when unset.
+const DefaultKillGrace = 10 * time.Second
 
 // Validate reports the first problem with o, phrased for a user; the
 // files it names must exist. It does not check Launcher.
@@ -396,6 +405,11 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 		st, err := p.Wait(ctx)
 		waited <- result{st, err}
 	}()
+	grace := o.KillGrace
+	if grace <= 0 {
+		grace = DefaultKillGrace
+	}
+	var killTimer <-chan time.Time // armed by the first SIGTERM or SIGINT
 	for {
 		select {
 		case res := <-waited:
@@ -403,6 +417,14 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 				return -1, r.explain(fmt.Errorf("waiting for %s: %w", o.Args[0], res.err))
 			}
 			return res.status.Code, nil
+		case <-killTimer:
+			killTimer = nil
+			fmt.Fprintf(o.Stderr, "vmm run: %s still running %v after the signal; sending SIGKILL\r\n", o.Args[0], grace)
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := p.Signal(sctx, syscall.SIGKILL); err != nil {
+				fmt.Fprintf(o.Stderr, "vmm run: sending SIGKILL: %v\r\n", err)
+			}
+			cancel()
 		case s, ok := <-o.Signals:
 			if !ok {
 				o.Signals = nil
@@ -427,6 +449,9 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 				fmt.Fprintf(o.Stderr, "vmm run: forwarding %v: %v\r\n", sig, err)
 			}
 			cancel()
+			if (sig == syscall.SIGTERM || sig == syscall.SIGINT) && killTimer == nil {
+				killTimer = time.After(grace)
+			}
 		case <-r.vm.Done():
 			return -1, r.vmmDied("while " + o.Args[0] + " was running")
 		case <-r.agent.Done():

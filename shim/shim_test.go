@@ -355,6 +355,14 @@ func (a *fakeAgent) start(c *protocol.Conn, spec protocol.Process, p *fakeProc) 
 		case "sleep":
 			sig := <-p.signal
 			p.code = 128 + sig
+		case "pid1-sleep":
+			// Like a PID 1 without handlers: only SIGKILL ends it.
+			for sig := range p.signal {
+				if sig == int(syscall.SIGKILL) {
+					p.code = 128 + sig
+					break
+				}
+			}
 		}
 	}()
 	return nil
@@ -488,6 +496,33 @@ func TestRunForwardsSignals(t *testing.T) {
 		t.Errorf("agent got signals %v", w.signals)
 	}
 	w.mu.Unlock()
+	w.checkCleanedUp(t, o)
+}
+
+func TestRunKillsAfterGrace(t *testing.T) {
+	w := newFakeWorld(t)
+	o := w.options(t, "pid1-sleep")
+	o.KillGrace = 50 * time.Millisecond
+	var stderr syncBuffer // the command's stderr stream shares it
+	o.Stderr = &stderr
+	sigs := make(chan os.Signal, 1)
+	o.Signals = sigs
+	go func() {
+		<-w.started
+		sigs <- syscall.SIGTERM
+	}()
+	code, err := Run(context.Background(), o)
+	if err != nil || code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("Run = %d, %v; want %d", code, err, 128+int(syscall.SIGKILL))
+	}
+	w.mu.Lock()
+	if len(w.signals) != 2 || w.signals[0] != int(syscall.SIGTERM) || w.signals[1] != int(syscall.SIGKILL) {
+		t.Errorf("agent got signals %v, want SIGTERM then SIGKILL", w.signals)
+	}
+	w.mu.Unlock()
+	if !strings.Contains(stderr.String(), "sending SIGKILL") {
+		t.Errorf("stderr %q does not say SIGKILL was sent", stderr.String())
+	}
 	w.checkCleanedUp(t, o)
 }
 

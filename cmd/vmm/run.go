@@ -21,7 +21,9 @@ const runUsage = `usage: vmm run --image FILE [flags] [--] CMD [ARG...]
 Boots a microVM with the default guest, runs CMD in a container whose root
 filesystem is the ext4 image FILE (see vmm image build), connects it to this
 terminal, and exits with CMD's exit status (128+N if signal N killed it).
-125 means vmm run itself failed; 2, a bad flag.
+125 means vmm run itself failed; 2, a bad flag. SIGINT and SIGTERM go to
+CMD, which is PID 1 of its container and ignores them without a handler;
+10 seconds later it gets SIGKILL, as with docker stop.
 
 flags:
 `
