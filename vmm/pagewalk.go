@@ -31,23 +31,14 @@ func translate(mem *memory.Guest, sregs kvm.Sregs, linear uint64) (uint64, error
 		if sregs.CR4&cr4LA57 != 0 {
 			return 0, fmt.Errorf("5-level paging not supported")
 		}
-		table := sregs.CR3 & pteAddr
-		for level := 3; level >= 0; level-- {
-			idx := (linear >> (12 + 9*uint(level))) & 0x1ff
-			e, err := mem.Uint64(table + idx*8)
-			if err != nil {
-				return 0, fmt.Errorf("page walk for %#x: level %d table at %#x: %w", linear, level+1, table, err)
-			}
-			if e&ptePres == 0 {
-				return 0, fmt.Errorf("page walk for %#x: not present at level %d", linear, level+1)
-			}
-			if level > 0 && level < 3 && e&ptePS != 0 {
-				span := uint64(1) << (12 + 9*uint(level))
-				return (e & pteAddr &^ (span - 1)) | (linear & (span - 1)), nil
-			}
-			table = e & pteAddr
+		w, err := walk4(mem, sregs.CR3, linear)
+		if err != nil {
+			return 0, err
 		}
-		return table | (linear & (pageSize - 1)), nil
+		if !w.present {
+			return 0, fmt.Errorf("page walk for %#x: not present at level %d", linear, w.level)
+		}
+		return w.pa, nil
 	}
 	if sregs.CR4&cr4PAE != 0 {
 		return 0, fmt.Errorf("32-bit PAE paging not supported")
@@ -128,53 +119,76 @@ func translateAccess(mem *memory.Guest, sregs kvm.Sregs, linear uint64, acc data
 		}
 		return &pageFault{addr: linear, code: code}
 	}
-	var used [4]uint64 // guest-physical addresses of the entries walked
-	n := 0
-	writable, user := true, true
-	table := sregs.CR3 & pteAddr
-	var pa uint64
+	w, err := walk4(mem, sregs.CR3, linear)
+	if err != nil {
+		return 0, nil, err
+	}
+	if !w.present {
+		return 0, fault(0), nil
+	}
+	switch {
+	case acc.user && !w.user:
+		return 0, fault(pfErrPresent), nil
+	case acc.write && !w.writable && (acc.user || sregs.CR0&cr0WP != 0):
+		return 0, fault(pfErrPresent), nil
+	case !acc.user && w.user && sregs.CR4&cr4SMAP != 0 && !acc.ac:
+		return 0, fault(pfErrPresent), nil
+	}
+	for i, ea := range w.entries[:w.n] {
+		bits := uint64(pteAccessed)
+		if i == w.n-1 && acc.write {
+			bits |= pteDirty
+		}
+		if err := mem.OrUint64(ea, bits); err != nil {
+			return 0, nil, err
+		}
+	}
+	return w.pa, nil, nil
+}
+
+// walk is what a 4-level walk found.
+type walk struct {
+	present bool
+	level   int       // 1-based level of the entry that was not present
+	pa      uint64    // the guest-physical address, when present
+	entries [4]uint64 // guest-physical addresses of the entries used, leaf last
+	n       int
+	// writable and user are the AND of those bits over the entries used.
+	writable, user bool
+}
+
+// walk4 walks 4-level long-mode page tables rooted at cr3 for linear,
+// with 1 GiB / 2 MiB / 4 KiB pages. It only reads the tables: callers
+// check permissions and set accessed/dirty bits as their access needs.
+func walk4(mem *memory.Guest, cr3, linear uint64) (walk, error) {
+	w := walk{writable: true, user: true}
+	table := cr3 & pteAddr
 	for level := 3; level >= 0; level-- {
 		ea := table + ((linear>>(12+9*uint(level)))&0x1ff)*8
 		e, err := mem.Uint64(ea)
 		if err != nil {
-			return 0, nil, fmt.Errorf("page walk for %#x: level %d table at %#x: %w", linear, level+1, table, err)
+			return w, fmt.Errorf("page walk for %#x: level %d table at %#x: %w", linear, level+1, table, err)
 		}
 		if e&ptePres == 0 {
-			return 0, fault(0), nil
+			w.level = level + 1
+			return w, nil
 		}
-		used[n] = ea
-		n++
-		writable = writable && e&pteWrite != 0
-		user = user && e&pteUser != 0
+		w.entries[w.n] = ea
+		w.n++
+		w.writable = w.writable && e&pteWrite != 0
+		w.user = w.user && e&pteUser != 0
 		if e&ptePS != 0 && level > 0 {
 			if level == 3 {
-				return 0, nil, fmt.Errorf("page walk for %#x: PS set in a PML4 entry", linear)
+				return w, fmt.Errorf("page walk for %#x: PS set in a PML4 entry", linear)
 			}
 			span := uint64(1) << (12 + 9*uint(level))
-			pa = (e & pteAddr &^ (span - 1)) | (linear & (span - 1))
-			break
+			w.pa = (e & pteAddr &^ (span - 1)) | (linear & (span - 1))
+			w.present = true
+			return w, nil
 		}
 		table = e & pteAddr
-		if level == 0 {
-			pa = table | (linear & (pageSize - 1))
-		}
 	}
-	switch {
-	case acc.user && !user:
-		return 0, fault(pfErrPresent), nil
-	case acc.write && !writable && (acc.user || sregs.CR0&cr0WP != 0):
-		return 0, fault(pfErrPresent), nil
-	case !acc.user && user && sregs.CR4&cr4SMAP != 0 && !acc.ac:
-		return 0, fault(pfErrPresent), nil
-	}
-	for i := 0; i < n; i++ {
-		bits := uint64(pteAccessed)
-		if i == n-1 && acc.write {
-			bits |= pteDirty
-		}
-		if err := mem.OrUint64(used[i], bits); err != nil {
-			return 0, nil, err
-		}
-	}
-	return pa, nil, nil
+	w.pa = table | (linear & (pageSize - 1))
+	w.present = true
+	return w, nil
 }
