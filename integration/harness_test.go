@@ -286,10 +286,18 @@ func (v *VM) Signal(sig os.Signal) {
 // stdout and stderr.
 func runVMM(t *testing.T, timeout time.Duration, args ...string) (int, string, string) {
 	t.Helper()
+	return runCommand(t, nil, timeout, args)
+}
+
+// runCommand runs vmm, behind prefix (e.g. `ip netns exec NS`), to
+// completion with a timeout and returns its exit status, stdout and stderr.
+func runCommand(t *testing.T, prefix []string, timeout time.Duration, args []string) (int, string, string) {
+	t.Helper()
 	requireKVM(t)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, shared.vmm, args...)
+	argv := append(append(append([]string(nil), prefix...), shared.vmm), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = shared.root
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

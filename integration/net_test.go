@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -81,24 +79,7 @@ func newNetNSTap(t *testing.T, n int, multiQueue bool) *netNS {
 // tap there).
 func runVMMInNS(t *testing.T, ns *netNS, timeout time.Duration, args ...string) (int, string, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.name, shared.vmm}, args...)...)
-	cmd.Dir = shared.root
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("vmm %v timed out after %v\nstdout:\n%s\nstderr:\n%s", args, timeout, stdout.String(), stderr.String())
-	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return code, stdout.String(), stderr.String()
+	return runCommand(t, []string{"ip", "netns", "exec", ns.name}, timeout, args)
 }
 
 // tapCounters returns the packets the tap's host side received from and

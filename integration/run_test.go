@@ -31,14 +31,7 @@ func TestRun(t *testing.T) {
 	// In parallel with TestRunSIGTERM: two `vmm run` at once must not
 	// interfere.
 	t.Parallel()
-	for _, f := range []string{"vmlinux", "initramfs.cpio", "test.ext4"} {
-		if _, err := os.Stat(filepath.Join(shared.guestDir, f)); err != nil {
-			t.Fatalf("default guest not built (%v): run `make guest` (make test does)", err)
-		}
-	}
-	// vmm run locks its image; a private copy keeps parallel runs apart.
-	image := filepath.Join(t.TempDir(), "rootfs.ext4")
-	copyFile(t, filepath.Join(shared.guestDir, "test.ext4"), image)
+	image := privateTestImage(t)
 
 	script := `read x; echo "got-$x $GREETING $(hostname) $(pwd) pid=$$"; ` +
 		`echo procs=$(ls /proc | grep -c '^[0-9]'); exit 3`
@@ -90,8 +83,7 @@ func TestRunSIGTERM(t *testing.T) {
 	}
 	requireKVM(t)
 	t.Parallel()
-	image := filepath.Join(t.TempDir(), "rootfs.ext4")
-	copyFile(t, filepath.Join(shared.guestDir, "test.ext4"), image)
+	image := privateTestImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), linuxBootTimeout+5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, shared.vmm, "run", "--image", image,
@@ -167,6 +159,21 @@ func runChildVMM(t *testing.T, runPID int) (int, string) {
 	}
 	t.Errorf("no VMM child with --api-sock under vmm run (pid %d); children %q", runPID, children)
 	return 0, ""
+}
+
+// privateTestImage checks that the default guest is built and returns a
+// private copy of its busybox test image: vmm locks its images, and a copy
+// keeps parallel runs apart.
+func privateTestImage(t *testing.T) string {
+	t.Helper()
+	for _, f := range []string{"vmlinux", "initramfs.cpio", "test.ext4"} {
+		if _, err := os.Stat(filepath.Join(shared.guestDir, f)); err != nil {
+			t.Fatalf("default guest not built (%v): run `make guest` (make test does)", err)
+		}
+	}
+	image := filepath.Join(t.TempDir(), "rootfs.ext4")
+	copyFile(t, filepath.Join(shared.guestDir, "test.ext4"), image)
+	return image
 }
 
 func copyFile(t *testing.T, from, to string) {
