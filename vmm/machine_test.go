@@ -3,14 +3,18 @@ package vmm
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/govmm/vmm/kvm"
 )
@@ -143,5 +147,29 @@ func TestNewRejectsBadKernel(t *testing.T) {
 	_, err := New(Config{Kernel: f, MemSize: 64 << 20, CPUs: 1}, nil)
 	if err == nil || !strings.Contains(err.Error(), "kernel") {
 		t.Fatalf("New with a garbage kernel: %v", err)
+	}
+}
+
+func TestNameThread(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	comm := func() string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/comm", unix.Gettid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	before := comm()
+	old := nameThread("vcpu7-and-a-very-long-name")
+	if old != before {
+		t.Errorf("nameThread returned %q, want the previous name %q", old, before)
+	}
+	if got := comm(); got != "vcpu7-and-a-ver" {
+		t.Errorf("thread name %q, want the first 15 bytes", got)
+	}
+	nameThread(old)
+	if got := comm(); got != before {
+		t.Errorf("name not restored: %q, want %q", got, before)
 	}
 }
