@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,35 +132,278 @@ func TestRunSIGTERM(t *testing.T) {
 	}
 }
 
-// runChildVMM finds the VMM process vmm run started (its child with
-// --api-sock) and that socket's path.
+// runChildVMM finds the VMM process vmm run started (its descendant with
+// --api-sock: normally a child, but a wrapper such as `ip netns exec` may
+// add a level) and that socket's path.
 func runChildVMM(t *testing.T, runPID int) (int, string) {
 	t.Helper()
-	// Each thread lists the children it forked; Go forks from any thread.
-	var children []byte
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", runPID))
+	var seen []int
+	level := []int{runPID}
+	for depth := 0; depth < 3 && len(level) > 0; depth++ {
+		var next []int
+		for _, parent := range level {
+			for _, pid := range procChildren(parent) {
+				seen = append(seen, pid)
+				args := procCmdline(pid)
+				for i, a := range args {
+					if a == "--api-sock" && i+1 < len(args) {
+						return pid, args[i+1]
+					}
+				}
+				next = append(next, pid)
+			}
+		}
+		level = next
+	}
+	t.Errorf("no VMM with --api-sock under vmm run (pid %d); descendants %v", runPID, seen)
+	return 0, ""
+}
+
+// procChildren lists pid's children. Each thread lists the children it
+// forked, and Go forks from any thread.
+func procChildren(pid int) []int {
+	var pids []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	for _, task := range tasks {
 		c, _ := os.ReadFile(task)
-		children = append(append(children, c...), ' ')
-	}
-	for _, f := range strings.Fields(string(children)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil {
-			continue
-		}
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-		for i, a := range args {
-			if a == "--api-sock" && i+1 < len(args) {
-				return pid, args[i+1]
+		for _, f := range strings.Fields(string(c)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, n)
 			}
 		}
 	}
-	t.Errorf("no VMM child with --api-sock under vmm run (pid %d); children %q", runPID, children)
-	return 0, ""
+	return pids
+}
+
+// procCmdline is pid's argv, nil if it is gone.
+func procCmdline(pid int) []string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(raw) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+}
+
+// procStat returns pid's state, process group and start time (in clock
+// ticks since boot, which with the pid names one process for good);
+// ok is false if there is no such process.
+func procStat(pid int) (state string, pgrp int, start uint64, ok bool) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", 0, 0, false
+	}
+	// The command name is in parentheses and may hold anything.
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 20 {
+		return "", 0, 0, false
+	}
+	pgrp, _ = strconv.Atoi(f[2])
+	start, _ = strconv.ParseUint(f[19], 10, 64)
+	return f[0], pgrp, start, true
+}
+
+// TestRunCtrlC does to `vmm run` what Ctrl-C on a terminal does: SIGINT to
+// its whole process group. vmm run runs in a private network namespace
+// with --net on a tap that does not exist yet (so the VMM creates it),
+// in its own process group as a shell's foreground job would be. The VMM
+// has a process group of its own, so only vmm run gets the SIGINT and
+// forwards it to the container's `sleep`, which as PID 1 ignores it; the
+// grace period's SIGKILL ends it and vmm run exits 137 (130 would also
+// do: a run that the SIGINT itself ended). Afterwards no process of the
+// run is left (the VMM, anything in the group, anything naming or holding
+// the image or the run directory), the API socket directory is gone, and
+// so is the tap.
+func TestRunCtrlC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long test: boots Linux")
+	}
+	requireKVM(t)
+	t.Parallel()
+	ns := newNetNS(t, 30)
+	image := privateTestImage(t)
+	const tap = "vmmrun0" // not newNetNS's tap: vmm run must create it
+	if tapInNS(t, ns, tap) {
+		t.Fatalf("tap %s exists in %s before the run", tap, ns.name)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), linuxBootTimeout+5*time.Minute)
+	defer cancel()
+	// `ip netns exec` execs vmm in place: cmd's process is vmm run.
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.name, shared.vmm, "run",
+		"--image", image, "--net", "tap="+tap, "--boot-timeout", linuxBootTimeout.String(),
+		"--", "sh", "-c", "echo started; exec sleep 100")
+	cmd.Dir = shared.root
+	// A shell's job: its own process group, which a terminal's Ctrl-C
+	// signals as a whole.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgid := cmd.Process.Pid
+	// One reader of stdout: the first line, then the rest (sleep prints
+	// nothing), then Wait.
+	firstLine := make(chan string, 1)
+	waited := make(chan error, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			line += fmt.Sprintf(" (%v)", err)
+		}
+		firstLine <- line
+		_, _ = io.Copy(io.Discard, r)
+		waited <- cmd.Wait()
+	}()
+	var waitErr error
+	exited := false
+	// On an early failure, take the whole group down.
+	defer func() {
+		if !exited {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			<-waited
+		}
+	}()
+
+	start := time.Now()
+	if line := <-firstLine; line != "started\n" {
+		t.Fatalf("first output %q, want \"started\"\nstderr:\n%s", line, stderr.String())
+	}
+	t.Logf("the command started %v after vmm run", time.Since(start).Round(time.Second))
+	if !tapInNS(t, ns, tap) {
+		t.Errorf("tap %s is not in %s while the guest runs", tap, ns.name)
+	}
+	vmmPID, apiSock := runChildVMM(t, pgid)
+	if vmmPID == 0 {
+		t.FailNow()
+	}
+	_, vmmPgrp, vmmStart, ok := procStat(vmmPID)
+	if !ok {
+		t.Fatalf("the VMM (pid %d) is gone while the command runs", vmmPID)
+	}
+	if vmmPgrp == pgid {
+		t.Errorf("the VMM (pid %d) is in vmm run's process group %d: a terminal's Ctrl-C reaches it directly", vmmPID, pgid)
+	}
+	runDir := filepath.Dir(apiSock)
+
+	sent := time.Now()
+	if err := syscall.Kill(-pgid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case waitErr = <-waited:
+		exited = true
+	case <-time.After(shim.DefaultKillGrace + time.Minute):
+		t.Fatalf("vmm run still running %v after Ctrl-C\nstderr:\n%s", time.Since(sent).Round(time.Second), stderr.String())
+	}
+	took := time.Since(sent)
+	var ee *exec.ExitError
+	status := 0
+	switch {
+	case errors.As(waitErr, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			t.Errorf("vmm run was killed by %v on Ctrl-C instead of exiting with a status", ws.Signal())
+		}
+		status = ee.ExitCode()
+	case waitErr != nil:
+		t.Errorf("waiting for vmm run: %v", waitErr)
+	}
+	t.Logf("vmm run exited with status %d %v after Ctrl-C; stderr:\n%s", status, took.Round(time.Millisecond), stderr.String())
+	if status != 128+int(syscall.SIGINT) && status != 128+int(syscall.SIGKILL) {
+		t.Errorf("vmm run after Ctrl-C: status %d, want %d or %d\nstderr:\n%s",
+			status, 128+int(syscall.SIGINT), 128+int(syscall.SIGKILL), stderr.String())
+	}
+
+	// vmm run waits for its VMM, so the VMM must be gone altogether, not
+	// even a zombie.
+	if state, _, st, ok := procStat(vmmPID); ok && st == vmmStart {
+		t.Errorf("the VMM (pid %d, state %s) outlived vmm run", vmmPID, state)
+		syscall.Kill(-vmmPgrp, syscall.SIGKILL)
+	}
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Errorf("vmm run left %s behind (%v)", runDir, err)
+	}
+	if tapInNS(t, ns, tap) {
+		t.Errorf("vmm run left tap %s behind in %s", tap, ns.name)
+	}
+	for _, p := range leftoverProcs(pgid, vmmPgrp, []string{image, runDir}) {
+		t.Errorf("left behind: %s", p)
+	}
+}
+
+// tapInNS reports whether ns has an interface called name.
+func tapInNS(t *testing.T, ns *netNS, name string) bool {
+	t.Helper()
+	found := false
+	err := inNetNS(ns, func() error {
+		ifs, err := net.Interfaces()
+		for _, i := range ifs {
+			found = found || i.Name == name
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listing the interfaces of %s: %v", ns.name, err)
+	}
+	return found
+}
+
+// leftoverProcs describes every process in one of the process groups
+// pgrps, or whose command line names, or whose open files lie under, one
+// of paths.
+func leftoverProcs(pgrp1, pgrp2 int, paths []string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		state, pgrp, _, ok := procStat(pid)
+		if !ok {
+			continue
+		}
+		args := procCmdline(pid)
+		desc := fmt.Sprintf("pid %d (state %s, group %d) %q", pid, state, pgrp, args)
+		if pgrp == pgrp1 || pgrp == pgrp2 {
+			found = append(found, desc+": in the run's process groups")
+			continue
+		}
+		if hit := mentions(strings.Join(args, " "), paths); hit != "" {
+			found = append(found, desc+": its command line names "+hit)
+			continue
+		}
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+		for _, fd := range fds {
+			target, err := os.Readlink(fd)
+			if err != nil {
+				continue
+			}
+			if hit := mentions(target, paths); hit != "" {
+				found = append(found, desc+": holds "+target+" open")
+				break
+			}
+		}
+	}
+	return found
+}
+
+// mentions returns the first of paths that s contains, or "".
+func mentions(s string, paths []string) string {
+	for _, p := range paths {
+		if p != "" && p != "." && strings.Contains(s, p) {
+			return p
+		}
+	}
+	return ""
 }
 
 // privateTestImage checks that the default guest is built and returns a
