@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -69,6 +70,12 @@ type Options struct {
 	// its PID namespace, and the kernel drops signals a PID 1 has no
 	// handler for, so `sleep` would otherwise ignore them.
 	KillGrace time.Duration
+	// HardStopGrace is how long the command gets to end after that
+	// SIGKILL before the shim gives up on it, stops the VM and fails the
+	// run with ErrVMStopped (default DefaultHardStopGrace): a frozen guest
+	// or a wedged agent never reports the end. A third SIGTERM or SIGINT
+	// does the same at once.
+	HardStopGrace time.Duration
 
 	Stdin          io.Reader // nil is /dev/null
 	Stdout, Stderr io.Writer // Stderr also gets the shim's warnings
@@ -90,6 +97,23 @@ type Options struct {
 
 // DefaultKillGrace is KillGrace when unset.
 const DefaultKillGrace = 10 * time.Second
+
+// DefaultHardStopGrace is HardStopGrace when unset.
+const DefaultHardStopGrace = 10 * time.Second
+
+// stopSignals is how many SIGTERMs and SIGINTs the user sends before the
+// shim stops the VM without waiting for the command.
+const stopSignals = 3
+
+// ErrVMStopped is wrapped by Run's error when the shim stopped the VM
+// because the command did not end after SIGKILL (or the user insisted).
+var ErrVMStopped = errors.New("stopped the VM")
+
+// vmStoppedError says why the shim stopped the VM; it is one line.
+type vmStoppedError struct{ reason string }
+
+func (e *vmStoppedError) Error() string { return e.reason + "; " + ErrVMStopped.Error() }
+func (e *vmStoppedError) Unwrap() error { return ErrVMStopped }
 
 // Validate reports the first problem with o, phrased for a user; the
 // files it names must exist. It does not check Launcher.
@@ -140,9 +164,10 @@ func (e *SignalError) Error() string { return "interrupted by " + e.Signal.Strin
 // Run boots a VM, runs o.Args in a container on o.Image, and returns the
 // command's exit status (128+signal if a signal killed it). err is set
 // when the run itself failed; exitCode is then 128+signal for a run
-// interrupted before the command started and -1 otherwise. Everything
-// Run made (VMM process, sockets, temporary files, taps) is gone when it
-// returns.
+// interrupted before the command started and -1 otherwise, including
+// an error wrapping ErrVMStopped when the shim stopped the VM under a
+// command that would not end. Everything Run made (VMM process, sockets,
+// temporary files, taps) is gone when it returns.
 func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	if o.BootTimeout == 0 {
 		o.BootTimeout = DefaultBootTimeout
@@ -409,7 +434,24 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 	if grace <= 0 {
 		grace = DefaultKillGrace
 	}
-	var killTimer <-chan time.Time // armed by the first SIGTERM or SIGINT
+	hardGrace := o.HardStopGrace
+	if hardGrace <= 0 {
+		hardGrace = DefaultHardStopGrace
+	}
+	fwd := newForwarder(ctx, p, o.Stderr)
+	defer fwd.close()
+	// stop gives up on the command: the same end as a guest that died,
+	// but the shim's doing, so without the console tail.
+	stop := func(reason string) (int, error) {
+		fwd.close()
+		r.vm.Stop(o.StopGrace)
+		return -1, &vmStoppedError{reason: reason}
+	}
+	var (
+		killTimer <-chan time.Time // armed by the first SIGTERM or SIGINT
+		stopTimer <-chan time.Time // armed by the SIGKILL
+		stops     int              // SIGTERMs and SIGINTs so far
+	)
 	for {
 		select {
 		case res := <-waited:
@@ -420,11 +462,10 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 		case <-killTimer:
 			killTimer = nil
 			fmt.Fprintf(o.Stderr, "vmm run: %s still running %v after the signal; sending SIGKILL\r\n", o.Args[0], grace)
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if err := p.Signal(sctx, syscall.SIGKILL); err != nil {
-				fmt.Fprintf(o.Stderr, "vmm run: sending SIGKILL: %v\r\n", err)
-			}
-			cancel()
+			fwd.signal(syscall.SIGKILL)
+			stopTimer = time.After(hardGrace)
+		case <-stopTimer:
+			return stop(fmt.Sprintf("%s did not end %v after SIGKILL", o.Args[0], hardGrace))
 		case s, ok := <-o.Signals:
 			if !ok {
 				o.Signals = nil
@@ -437,21 +478,20 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 			if sig == syscall.SIGWINCH {
 				if termFd >= 0 {
 					if cols, rows, err := term.GetSize(termFd); err == nil {
-						_ = p.Resize(ctx, uint16(rows), uint16(cols))
+						fwd.resize(uint16(rows), uint16(cols))
 					}
 				}
 				continue
 			}
-			// The agent answers quickly; do not let a wedged guest hold
-			// up the next signal.
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if err := p.Signal(sctx, sig); err != nil {
-				fmt.Fprintf(o.Stderr, "vmm run: forwarding %v: %v\r\n", sig, err)
+			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+				if stops++; stops >= stopSignals {
+					return stop(fmt.Sprintf("%s had not ended after %d SIGINTs or SIGTERMs", o.Args[0], stops))
+				}
+				if killTimer == nil && stopTimer == nil {
+					killTimer = time.After(grace)
+				}
 			}
-			cancel()
-			if (sig == syscall.SIGTERM || sig == syscall.SIGINT) && killTimer == nil {
-				killTimer = time.After(grace)
-			}
+			fwd.signal(sig)
 		case <-r.vm.Done():
 			return -1, r.vmmDied("while " + o.Args[0] + " was running")
 		case <-r.agent.Done():
@@ -459,6 +499,119 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 		case <-ctx.Done():
 			return -1, ctx.Err()
 		}
+	}
+}
+
+// agentCallTimeout bounds one signal or resize: the agent answers
+// quickly, and a wedged guest must not hold up the next one.
+const agentCallTimeout = 10 * time.Second
+
+// forwarder passes signals and terminal sizes to the command, in order,
+// from a goroutine of its own, so that runCommand's loop never waits for
+// the agent: a guest that does not answer must not delay the SIGKILL, the
+// hard stop, or the count of the user's signals.
+type forwarder struct {
+	p      *agent.Process
+	ctx    context.Context
+	cancel context.CancelFunc
+	wake   chan struct{}
+
+	mu         sync.Mutex
+	sigs       []syscall.Signal
+	resized    bool // rows and cols are to be sent
+	rows, cols uint16
+
+	outMu  sync.Mutex
+	stderr io.Writer
+	quiet  bool // set by close: nothing more goes to stderr
+}
+
+func newForwarder(ctx context.Context, p *agent.Process, stderr io.Writer) *forwarder {
+	f := &forwarder{p: p, stderr: stderr, wake: make(chan struct{}, 1)}
+	f.ctx, f.cancel = context.WithCancel(ctx)
+	go f.loop()
+	return f
+}
+
+func (f *forwarder) signal(sig syscall.Signal) {
+	f.mu.Lock()
+	f.sigs = append(f.sigs, sig)
+	f.mu.Unlock()
+	f.poke()
+}
+
+// resize sends the terminal's size; only the latest one pending counts.
+func (f *forwarder) resize(rows, cols uint16) {
+	f.mu.Lock()
+	f.resized, f.rows, f.cols = true, rows, cols
+	f.mu.Unlock()
+	f.poke()
+}
+
+func (f *forwarder) poke() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close abandons what is pending and silences the forwarder; it may be
+// called more than once. A call to the agent under way ends when the
+// connection does.
+func (f *forwarder) close() {
+	f.cancel()
+	f.outMu.Lock()
+	f.quiet = true
+	f.outMu.Unlock()
+}
+
+func (f *forwarder) loop() {
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-f.wake:
+		}
+		for f.ctx.Err() == nil {
+			f.mu.Lock()
+			var (
+				sig    syscall.Signal
+				resize bool
+				rows   = f.rows
+				cols   = f.cols
+			)
+			switch {
+			case len(f.sigs) > 0:
+				sig, f.sigs = f.sigs[0], f.sigs[1:]
+			case f.resized:
+				resize, f.resized = true, false
+			}
+			f.mu.Unlock()
+			if sig == 0 && !resize {
+				break
+			}
+			ctx, cancel := context.WithTimeout(f.ctx, agentCallTimeout)
+			if resize {
+				_ = f.p.Resize(ctx, rows, cols)
+			} else if err := f.p.Signal(ctx, sig); err != nil {
+				what := "forwarding " + sig.String()
+				if sig == syscall.SIGKILL {
+					what = "sending SIGKILL" // the shim's own, not the user's
+				}
+				f.warn("vmm run: %s: %v\r\n", what, err)
+			}
+			cancel()
+		}
+	}
+}
+
+// warn writes to stderr unless the forwarder is closed (runCommand has
+// returned, or is stopping the VM).
+func (f *forwarder) warn(format string, args ...any) {
+	f.outMu.Lock()
+	defer f.outMu.Unlock()
+	if !f.quiet && f.ctx.Err() == nil {
+		fmt.Fprintf(f.stderr, format, args...)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,13 +26,15 @@ import (
 // fakeWorld is a fake VMM and guest: the API records the configuration,
 // and InstanceStart brings up a fake agent on the vsock socket after
 // bootDelay. Its processes understand a few commands: "echo ARGS",
-// "cat" (stdin to stdout), "exit N", "sleep" (until signalled) and
+// "cat" (stdin to stdout), "exit N", "sleep" (until signalled),
+// "pid1-sleep" (until SIGKILL), "unkillable" (until the VM ends) and
 // "stderr TEXT".
 type fakeWorld struct {
 	t         *testing.T
 	bootDelay time.Duration
 	noAgent   bool   // the guest never gets its agent up
 	dieOnBoot string // the VMM writes this to its console and exits at InstanceStart
+	wedged    bool   // the agent takes signals but never answers (a frozen guest)
 
 	mu         sync.Mutex
 	apiSock    string
@@ -280,6 +283,10 @@ func (a *fakeAgent) handle(ctx context.Context, c *protocol.Conn, method string,
 		w.mu.Lock()
 		w.signals = append(w.signals, req.Signal)
 		w.mu.Unlock()
+		if w.wedged {
+			<-ctx.Done() // the connection's end
+			return nil, ctx.Err()
+		}
 		a.mu.Lock()
 		p := a.procs[req.ContainerID]
 		a.mu.Unlock()
@@ -355,6 +362,16 @@ func (a *fakeAgent) start(c *protocol.Conn, spec protocol.Process, p *fakeProc) 
 		case "sleep":
 			sig := <-p.signal
 			p.code = 128 + sig
+		case "unkillable":
+			// Not even SIGKILL ends it (a process stuck in the kernel,
+			// or an agent that lost track of it): only the VM's end.
+			for {
+				select {
+				case <-p.signal:
+				case <-c.Done():
+					return
+				}
+			}
 		case "pid1-sleep":
 			// Like a PID 1 without handlers: only SIGKILL ends it.
 			for sig := range p.signal {
@@ -478,52 +495,139 @@ func TestRunStdin(t *testing.T) {
 	w.checkCleanedUp(t, o)
 }
 
-func TestRunForwardsSignals(t *testing.T) {
-	w := newFakeWorld(t)
-	o := w.options(t, "sleep")
-	sigs := make(chan os.Signal, 1)
-	o.Signals = sigs
-	go func() {
-		<-w.started
-		sigs <- syscall.SIGTERM
-	}()
-	code, err := Run(context.Background(), o)
-	if err != nil || code != 128+int(syscall.SIGTERM) {
-		t.Fatalf("Run = %d, %v; want %d", code, err, 128+int(syscall.SIGTERM))
+// TestRunSignals sends the user's signals once the command runs and
+// checks how the shim escalates: forwarded signal, SIGKILL after
+// KillGrace, and stopping the VM HardStopGrace after the SIGKILL or at
+// the third SIGINT/SIGTERM.
+func TestRunSignals(t *testing.T) {
+	const (
+		term = syscall.SIGTERM
+		intr = syscall.SIGINT
+		kill = syscall.SIGKILL
+		long = time.Minute // a grace the test must not wait for
+	)
+	for _, tc := range []struct {
+		name       string
+		cmd        string
+		wedged     bool // the agent never answers a signal
+		sigs       []syscall.Signal
+		killGrace  time.Duration
+		hardGrace  time.Duration
+		wantCode   int // with a nil error; -1 for ErrVMStopped
+		wantAgent  []syscall.Signal
+		agentLags  bool // the agent may have got only a prefix of wantAgent
+		wantStderr string
+		wantErr    string
+		minTime    time.Duration // from the first signal to Run's return
+		maxTime    time.Duration
+	}{{
+		name: "command ends on SIGTERM", cmd: "sleep", sigs: []syscall.Signal{term},
+		killGrace: long, hardGrace: long,
+		wantCode: 128 + int(term), wantAgent: []syscall.Signal{term}, maxTime: 5 * time.Second,
+	}, {
+		name: "command ends on SIGINT", cmd: "sleep", sigs: []syscall.Signal{intr},
+		killGrace: long, hardGrace: long,
+		wantCode: 128 + int(intr), wantAgent: []syscall.Signal{intr}, maxTime: 5 * time.Second,
+	}, {
+		name: "ignored SIGTERM, then SIGKILL", cmd: "pid1-sleep", sigs: []syscall.Signal{term},
+		killGrace: 50 * time.Millisecond, hardGrace: long,
+		wantCode: 128 + int(kill), wantAgent: []syscall.Signal{term, kill}, wantStderr: "sending SIGKILL",
+		minTime: 50 * time.Millisecond, maxTime: 5 * time.Second,
+	}, {
+		name: "two ignored SIGINTs, then one SIGKILL", cmd: "pid1-sleep", sigs: []syscall.Signal{intr, intr},
+		killGrace: 200 * time.Millisecond, hardGrace: long,
+		wantCode: 128 + int(kill), wantAgent: []syscall.Signal{intr, intr, kill}, wantStderr: "sending SIGKILL",
+		minTime: 200 * time.Millisecond, maxTime: 5 * time.Second,
+	}, {
+		name: "SIGKILL does not end it", cmd: "unkillable", sigs: []syscall.Signal{term},
+		killGrace: 50 * time.Millisecond, hardGrace: 300 * time.Millisecond,
+		wantCode: -1, wantAgent: []syscall.Signal{term, kill}, wantStderr: "sending SIGKILL",
+		wantErr: "unkillable did not end 300ms after SIGKILL; stopped the VM",
+		minTime: 350 * time.Millisecond, maxTime: 5 * time.Second,
+	}, {
+		// A call to the agent gives up only after 10 s, and the SIGKILL
+		// waits behind the SIGINT's: the graces must run regardless.
+		name: "wedged agent", cmd: "unkillable", wedged: true, sigs: []syscall.Signal{intr},
+		killGrace: 50 * time.Millisecond, hardGrace: 300 * time.Millisecond,
+		wantCode: -1, wantAgent: []syscall.Signal{intr}, wantStderr: "sending SIGKILL",
+		wantErr: "unkillable did not end 300ms after SIGKILL; stopped the VM",
+		minTime: 350 * time.Millisecond, maxTime: 5 * time.Second,
+	}, {
+		name: "third signal stops the VM", cmd: "unkillable", sigs: []syscall.Signal{intr, term, intr},
+		killGrace: long, hardGrace: long,
+		wantCode: -1, wantAgent: []syscall.Signal{intr, term}, agentLags: true,
+		wantErr: "unkillable had not ended after 3 SIGINTs or SIGTERMs; stopped the VM",
+		maxTime: 5 * time.Second,
+	}, {
+		name: "third signal to a wedged agent", cmd: "unkillable", wedged: true, sigs: []syscall.Signal{intr, intr, intr},
+		killGrace: long, hardGrace: long,
+		wantCode: -1, wantAgent: []syscall.Signal{intr}, agentLags: true,
+		wantErr: "unkillable had not ended after 3 SIGINTs or SIGTERMs; stopped the VM",
+		maxTime: 5 * time.Second,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newFakeWorld(t)
+			w.wedged = tc.wedged
+			o := w.options(t, tc.cmd)
+			o.KillGrace, o.HardStopGrace = tc.killGrace, tc.hardGrace
+			var stderr syncBuffer // the command's stderr stream shares it
+			o.Stderr = &stderr
+			sigs := make(chan os.Signal, len(tc.sigs))
+			o.Signals = sigs
+			sent := make(chan time.Time, 1)
+			go func() {
+				<-w.started
+				sent <- time.Now()
+				for _, s := range tc.sigs {
+					sigs <- s
+				}
+			}()
+			code, err := Run(context.Background(), o)
+			took := time.Since(<-sent)
+			if tc.wantErr == "" {
+				if err != nil || code != tc.wantCode {
+					t.Fatalf("Run = %d, %v; want %d", code, err, tc.wantCode)
+				}
+			} else {
+				if code != -1 || !errors.Is(err, ErrVMStopped) {
+					t.Fatalf("Run = %d, %v; want -1 and ErrVMStopped", code, err)
+				}
+				if err.Error() != tc.wantErr {
+					t.Errorf("error %q, want %q", err, tc.wantErr)
+				}
+			}
+			if took < tc.minTime || took > tc.maxTime {
+				t.Errorf("Run returned %v after the first signal, want %v to %v", took, tc.minTime, tc.maxTime)
+			}
+			if tc.wantStderr != "" && !strings.Contains(stderr.String(), tc.wantStderr) {
+				t.Errorf("stderr %q does not say %q", stderr.String(), tc.wantStderr)
+			}
+			if tc.wantStderr == "" && strings.Contains(stderr.String(), "SIGKILL") {
+				t.Errorf("stderr %q mentions SIGKILL", stderr.String())
+			}
+			// Calls the stop cut short are no failures to report.
+			if strings.Contains(stderr.String(), "forwarding") {
+				t.Errorf("stderr %q reports a failed forward", stderr.String())
+			}
+			w.mu.Lock()
+			var got []syscall.Signal
+			for _, s := range w.signals {
+				got = append(got, syscall.Signal(s))
+			}
+			destroyed := len(w.destroyed)
+			w.mu.Unlock()
+			// Signals are forwarded in the background: the VM may stop
+			// before they get there.
+			if !slices.Equal(got, tc.wantAgent) && !(tc.agentLags && len(got) <= len(tc.wantAgent) && slices.Equal(got, tc.wantAgent[:len(got)])) {
+				t.Errorf("agent got signals %v, want %v", got, tc.wantAgent)
+			}
+			// A stopped VM has no agent to destroy the container.
+			if want := map[bool]int{true: 0, false: 1}[tc.wantErr != ""]; destroyed != want {
+				t.Errorf("%d containers destroyed, want %d", destroyed, want)
+			}
+			w.checkCleanedUp(t, o)
+		})
 	}
-	w.mu.Lock()
-	if len(w.signals) != 1 || w.signals[0] != int(syscall.SIGTERM) {
-		t.Errorf("agent got signals %v", w.signals)
-	}
-	w.mu.Unlock()
-	w.checkCleanedUp(t, o)
-}
-
-func TestRunKillsAfterGrace(t *testing.T) {
-	w := newFakeWorld(t)
-	o := w.options(t, "pid1-sleep")
-	o.KillGrace = 50 * time.Millisecond
-	var stderr syncBuffer // the command's stderr stream shares it
-	o.Stderr = &stderr
-	sigs := make(chan os.Signal, 1)
-	o.Signals = sigs
-	go func() {
-		<-w.started
-		sigs <- syscall.SIGTERM
-	}()
-	code, err := Run(context.Background(), o)
-	if err != nil || code != 128+int(syscall.SIGKILL) {
-		t.Fatalf("Run = %d, %v; want %d", code, err, 128+int(syscall.SIGKILL))
-	}
-	w.mu.Lock()
-	if len(w.signals) != 2 || w.signals[0] != int(syscall.SIGTERM) || w.signals[1] != int(syscall.SIGKILL) {
-		t.Errorf("agent got signals %v, want SIGTERM then SIGKILL", w.signals)
-	}
-	w.mu.Unlock()
-	if !strings.Contains(stderr.String(), "sending SIGKILL") {
-		t.Errorf("stderr %q does not say SIGKILL was sent", stderr.String())
-	}
-	w.checkCleanedUp(t, o)
 }
 
 func TestRunSignalDuringBoot(t *testing.T) {

@@ -23,7 +23,9 @@ filesystem is the ext4 image FILE (see vmm image build), connects it to this
 terminal, and exits with CMD's exit status (128+N if signal N killed it).
 125 means vmm run itself failed; 2, a bad flag. SIGINT and SIGTERM go to
 CMD, which is PID 1 of its container and ignores them without a handler;
-10 seconds later it gets SIGKILL, as with docker stop.
+10 seconds later it gets SIGKILL, as with docker stop. If CMD has still not
+ended 10 seconds after that (a frozen guest), or at a third SIGINT or
+SIGTERM, vmm run stops the VM and exits 125.
 
 flags:
 `
