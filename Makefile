@@ -58,16 +58,17 @@ unit: check
 integration: vmm guest
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/
 
-# vmm vs QEMU side by side (startup, API, boot, containers, memory,
-# scaling): raw results in benchmarks/results/<date>/, the report in
-# benchmarks/RESULTS.md. QEMU is installed if missing; if that fails, its
-# columns are skipped. On kvm-pvm hosts every Linux boot takes minutes, so
-# the run suite gets one cold start and one plain boot there (its own
-# default is 3 of each): with exec's one boot, the container suites add
-# about 10 minutes on a quiet machine rather than 20.
-BENCH_FLAGS ?= $(if $(wildcard /sys/module/kvm_pvm),-run-reps 1)
+# vmm vs QEMU side by side (startup, API, boot, containers, iperf3, fio,
+# memory, scaling): raw results in benchmarks/results/<date>/, the report in
+# benchmarks/RESULTS.md. QEMU, iperf3 and fio are installed if missing; if
+# that fails, their columns or suites are skipped. On kvm-pvm hosts every
+# Linux boot takes minutes, so boot-linux boots once per VMM there and the
+# run suite gets one cold start and one plain boot (their own defaults are
+# 3): the Linux suites (boot, containers, iperf3/fio) then take about 35
+# minutes on a quiet machine rather than 60.
+BENCH_FLAGS ?= $(if $(wildcard /sys/module/kvm_pvm),-run-reps 1 -linux-reps 1)
 bench: vmm guest
-	@benchmarks/install-qemu.sh
+	@benchmarks/install-tools.sh
 	$(GO) run ./benchmarks -guest-dir $(GUEST_DIR) $(BENCH_FLAGS)
 
 clean:

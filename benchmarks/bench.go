@@ -34,6 +34,7 @@ type bench struct {
 	image     string // test.ext4, the busybox container image (run, exec)
 
 	memory *SuiteResult // boot-linux adds its idle Linux numbers here
+	io     *ioResults   // the iperf3 and fio suites, which share their boots
 }
 
 // guestBytes is the guest memory size in bytes.
@@ -98,6 +99,7 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 func (b *bench) plan() int {
 	perImpl := 2
 	n := 0
+	counted := map[string]bool{}
 	for _, s := range b.cfg.suites {
 		switch s {
 		case "startup":
@@ -114,6 +116,11 @@ func (b *bench) plan() int {
 			n += b.runSteps()
 		case "exec":
 			n += b.execSteps()
+		case "iperf3", "fio":
+			if !counted["io"] {
+				n += b.ioSteps()
+				counted["io"] = true
+			}
 		}
 	}
 	return n
@@ -141,6 +148,8 @@ func runAll(ctx context.Context, cfg config) error {
 		"api":            b.apiSuite,
 		"run":            b.runSuite,
 		"exec":           b.execSuite,
+		"iperf3":         b.iperf3Suite,
+		"fio":            b.fioSuite,
 	}
 	for _, name := range runOrder() {
 		if !slices.Contains(cfg.suites, name) {

@@ -3,7 +3,7 @@
 // Linux guest, containers (`vmm run` cold start, exec in a warm VM), memory
 // overhead, and many VMs at once. `make bench` runs it:
 //
-//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,memory,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
+//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,iperf3,fio,memory,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
 //
 // Every run is interleaved (vmm, QEMU, vmm, QEMU, ...) so that the noise of
 // a shared machine hits both alike. Results go to OUT/<UTC date-time>/
@@ -41,6 +41,8 @@ type config struct {
 	guestDir     string
 	vmm          string
 	qemu         string
+	ioReps       int
+	ioTime       time.Duration
 	runTimeout   time.Duration
 	linuxTimeout time.Duration
 	flags        string // as given, for the report
@@ -50,13 +52,13 @@ type config struct {
 
 // allSuites lists the suites in the order of the report.
 func allSuites() []string {
-	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "memory", "scaling"}
+	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "iperf3", "fio", "memory", "scaling"}
 }
 
 // runOrder is the order the suites run in: the slow Linux boots last, so
 // that an interrupted run (SIGINT writes what was measured) has the rest.
 func runOrder() []string {
-	return []string{"startup", "api", "boot-testguest", "memory", "scaling", "exec", "boot-linux", "run"}
+	return []string{"startup", "api", "boot-testguest", "memory", "scaling", "exec", "iperf3", "fio", "boot-linux", "run"}
 }
 
 // defaultRunReps is -run-reps's default: each cold start and plain boot
@@ -78,6 +80,8 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.linuxReps, "linux-reps", 3, "repetitions per implementation for boot-linux (each boot takes minutes on kvm-pvm)")
 	fs.IntVar(&c.scaleReps, "scale-reps", 3, "repetitions per VM count for scaling")
 	fs.IntVar(&c.runReps, "run-reps", defaultRunReps(kvm.IsPVM()), "cold starts and plain boots for run (3 on kvm-pvm hosts, 10 elsewhere)")
+	fs.IntVar(&c.ioReps, "io-reps", 1, "Linux boots per implementation for iperf3 and fio (one boot serves both suites)")
+	fs.DurationVar(&c.ioTime, "io-time", 10*time.Second, "duration of each iperf3 test and fio job")
 	fs.IntVar(&c.execReps, "exec-reps", 20, "measured execs in the warm VM for exec")
 	fs.IntVar(&c.apiRequests, "api-requests", 1000, "measured API (and QMP) round trips of each kind for api")
 	fs.IntVar(&c.memMiB, "mem", 128, "guest memory in MiB")
@@ -117,7 +121,7 @@ func parseFlags(args []string) (config, error) {
 		}
 		c.scale = append(c.scale, n)
 	}
-	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.runReps < 1 || c.execReps < 1 || c.apiRequests < 1 || c.memMiB < 16 {
+	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.runReps < 1 || c.execReps < 1 || c.apiRequests < 1 || c.ioReps < 1 || c.ioTime < time.Second || c.memMiB < 16 {
 		return c, fmt.Errorf("repetitions must be at least 1 and -mem at least 16")
 	}
 	c.flags = strings.Join(args, " ")

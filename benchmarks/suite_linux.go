@@ -29,7 +29,7 @@ func (b *bench) bootLinux(ctx context.Context) *SuiteResult {
 		About: fmt.Sprintf("Process start to the guest's `%s` line on the serial console (printed by the guest's /init once "+
 			"user space is up), for the project's own kernel (`build/guest/vmlinux`, booted through its PVH entry) and "+
 			"initramfs, %d MiB, one vCPU. Both VMMs get the same kernel command line: vmm's default plus the kvm-pvm "+
-			"options vmm adds itself. On this kvm-pvm host the guest kernel runs in KVM's instruction emulator, so a "+
+			"options vmm adds itself (and, on kvm-pvm, `noxsave` for QEMU, which does not complete XSAVE/XRSTOR as vmm does). On this kvm-pvm host the guest kernel runs in KVM's instruction emulator, so a "+
 			"boot takes minutes and these numbers measure that emulator more than either VMM. %d boots each, timeout %v.",
 			linuxReady, b.cfg.memMiB, b.cfg.linuxReps, b.cfg.linuxTimeout)}
 	if b.vmlinux == "" || b.initrd == "" {
@@ -43,7 +43,7 @@ func (b *bench) bootLinux(ctx context.Context) *SuiteResult {
 		b.prog.total -= 2 * b.cfg.linuxReps
 		return r
 	}
-	r.note("Effective guest command line (both VMMs): `" + cmdline + "`")
+	r.note("Effective guest command line (vmm): `" + cmdline + "`")
 	initAt := r.metric("process start → kernel starts /init", "s", "time to user space")
 	ready := r.metric("process start → "+linuxReady, "s", "time to user space")
 	r.command("vmm", b.vmmLinux())
