@@ -71,6 +71,11 @@ type Drive struct {
 	IOEngine     *string      `json:"io_engine,omitempty"`
 	RateLimiter  *RateLimiter `json:"rate_limiter,omitempty"`
 	Socket       *string      `json:"socket,omitempty"`
+	// Direct carries vmm.DriveConfig.Direct (O_DIRECT) for a drive
+	// configured on the command line; Firecracker's API has no direct-I/O
+	// setting (cache_type is about honouring flushes), so a drive PUT
+	// through the API uses the host page cache.
+	Direct bool `json:"-"`
 }
 
 // PartialDrive is the body of PATCH /drives/{drive_id}.

@@ -51,6 +51,10 @@ type DriveConfig struct {
 	ReadOnly bool
 	Root     bool   // the guest's root device (adds root= to the command line)
 	PartUUID string // root by partition UUID instead of the whole disk
+	// Direct opens the image with O_DIRECT: guest I/O bypasses the host
+	// page cache (blk.Config.Direct). The image's file system must
+	// support direct I/O (tmpfs does not).
+	Direct bool
 }
 
 // NetConfig is one virtio-net interface backed by a tap device.

@@ -8,7 +8,7 @@ import (
 	"github.com/govmm/vmm/vmm"
 )
 
-// diskFlag is the repeatable --disk path=FILE[,ro][,id=NAME][,root]
+// diskFlag is the repeatable --disk path=FILE[,ro][,id=NAME][,root][,direct]
 // option; each use appends one virtio-blk drive.
 type diskFlag struct{ drives *[]vmm.DriveConfig }
 
@@ -44,9 +44,10 @@ func (d diskFlag) Set(v string) error {
 	return nil
 }
 
-// parseDisk parses path=FILE[,ro][,id=NAME][,root]; a bare FILE is
-// accepted as the path. The id defaults to the image's position (vda is
-// "drive0").
+// parseDisk parses path=FILE[,ro][,id=NAME][,root][,direct]; a bare FILE
+// is accepted as the path. The id defaults to the image's position (vda is
+// "drive0"). direct (also direct=on or direct=off, as Cloud Hypervisor's
+// --disk) opens the image with O_DIRECT, bypassing the host page cache.
 func parseDisk(v string) (vmm.DriveConfig, error) {
 	var dr vmm.DriveConfig
 	for i, part := range strings.Split(v, ",") {
@@ -60,10 +61,16 @@ func parseDisk(v string) (vmm.DriveConfig, error) {
 			dr.ReadOnly = true
 		case k == "root" && !hasVal:
 			dr.Root = true
+		case k == "direct" && (!hasVal || val == "on"):
+			dr.Direct = true
+		case k == "direct" && val == "off":
+			dr.Direct = false
+		case k == "direct":
+			return dr, fmt.Errorf("disk %q: direct=%s: want direct, direct=on or direct=off", v, val)
 		case i == 0 && !hasVal && part != "":
 			dr.Path = part
 		default:
-			return dr, fmt.Errorf("disk %q: unknown option %q (want path=FILE[,ro][,id=NAME][,root])", v, part)
+			return dr, fmt.Errorf("disk %q: unknown option %q (want path=FILE[,ro][,id=NAME][,root][,direct])", v, part)
 		}
 	}
 	if dr.Path == "" {

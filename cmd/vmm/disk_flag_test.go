@@ -19,6 +19,15 @@ func TestParseDisk(t *testing.T) {
 		{in: "path=/a.img", want: vmm.DriveConfig{Path: "/a.img"}},
 		{in: "/a.img,ro", want: vmm.DriveConfig{Path: "/a.img", ReadOnly: true}},
 		{in: "path=/a.img,ro,id=root0,root", want: vmm.DriveConfig{Path: "/a.img", ReadOnly: true, ID: "root0", Root: true}},
+		{in: "path=/a.img,direct", want: vmm.DriveConfig{Path: "/a.img", Direct: true}},
+		{in: "path=/a.img,direct=on", want: vmm.DriveConfig{Path: "/a.img", Direct: true}},
+		{in: "path=/a.img,direct=off", want: vmm.DriveConfig{Path: "/a.img"}},
+		{in: "path=/a.img,direct,direct=off", want: vmm.DriveConfig{Path: "/a.img"}},
+		{in: "/a.img,ro,direct=on,id=d", want: vmm.DriveConfig{Path: "/a.img", ReadOnly: true, Direct: true, ID: "d"}},
+		{in: "path=/a.img,direct=yes", err: "want direct, direct=on or direct=off"},
+		{in: "path=/a.img,direct=", err: "want direct, direct=on or direct=off"},
+		{in: "path=/a.img,Direct", err: `unknown option "Direct"`},
+		{in: "direct", err: "no path"},
 		{in: "ro", err: "no path"},
 		{in: "path=/a.img,rw", err: `unknown option "rw"`},
 		{in: "path=/a.img,id=" + strings.Repeat("x", 21), err: "longer than 20"},
@@ -47,11 +56,11 @@ func TestDiskFlagRepeats(t *testing.T) {
 	}
 	kernel := filepath.Join(dir, "kernel")
 	os.WriteFile(kernel, []byte("k"), 0o644)
-	o, err := parseFlags([]string{"--kernel", kernel, "--disk", "path=" + a, "--disk", "path=" + b + ",ro,id=data"}, io.Discard)
+	o, err := parseFlags([]string{"--kernel", kernel, "--disk", "path=" + a, "--disk", "path=" + b + ",ro,id=data,direct"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []vmm.DriveConfig{{Path: a}, {Path: b, ReadOnly: true, ID: "data"}}
+	want := []vmm.DriveConfig{{Path: a}, {Path: b, ReadOnly: true, ID: "data", Direct: true}}
 	if len(o.cfg.Drives) != 2 || o.cfg.Drives[0] != want[0] || o.cfg.Drives[1] != want[1] {
 		t.Errorf("drives %+v, want %+v", o.cfg.Drives, want)
 	}

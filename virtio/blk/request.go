@@ -249,7 +249,9 @@ func (b *Block) discard(r *request, log *slog.Logger) byte {
 	if r.typ == typeDiscard {
 		// Discarding is advisory: a host that can't punch holes just
 		// keeps the data.
+		unlock := b.writeLock()
 		_ = unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		unlock()
 		return StatusOK
 	}
 	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
@@ -257,26 +259,54 @@ func (b *Block) discard(r *request, log *slog.Logger) byte {
 		// A punched hole reads back as zeroes and frees the space.
 		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
 	}
-	if err := unix.Fallocate(fd, mode, off, n); err == nil {
+	unlock := b.writeLock()
+	err := unix.Fallocate(fd, mode, off, n)
+	unlock()
+	if err == nil {
 		return StatusOK
 	}
 	// The file system can't do it in place: write zeroes.
-	zero := make([]byte, min(n, 1<<20))
-	for done := int64(0); done < n; {
-		k := min(int64(len(zero)), n-done)
-		if _, err := b.file.WriteAt(zero[:k], off+done); err != nil {
-			b.logIOError(log, r, fmt.Errorf("write zeroes: %w", err))
-			return StatusIOErr
-		}
-		done += k
+	if err := b.writeZeroes(off, n); err != nil {
+		b.logIOError(log, r, fmt.Errorf("write zeroes: %w", err))
+		return StatusIOErr
 	}
 	return StatusOK
 }
 
-// preadv fills v from the image at off, retrying short reads.
+// writeZeroes writes n zero bytes at off, through pwritev so direct I/O
+// gets its alignment.
+func (b *Block) writeZeroes(off, n int64) error {
+	zero := alignedBuffer(min(n, 1<<20), bouncePoolAlign)
+	for done := int64(0); done < n; {
+		k := min(int64(len(zero)), n-done)
+		if err := b.pwritev(iovec{zero[:k]}, off+done); err != nil {
+			return err
+		}
+		done += k
+	}
+	return nil
+}
+
+// preadv fills v from the image at off.
 func (b *Block) preadv(v iovec, off int64) error {
+	if b.dio != nil {
+		return b.readDirect(v, off)
+	}
+	return preadvFull(int(b.file.Fd()), v, off)
+}
+
+// pwritev writes v to the image at off.
+func (b *Block) pwritev(v iovec, off int64) error {
+	if b.dio != nil {
+		return b.writeDirect(v, off)
+	}
+	return pwritevFull(int(b.file.Fd()), v, off)
+}
+
+// preadvFull fills v from fd at off, retrying short reads.
+func preadvFull(fd int, v iovec, off int64) error {
 	for len(v) > 0 {
-		n, err := unix.Preadv(int(b.file.Fd()), v, off)
+		n, err := unix.Preadv(fd, v, off)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -292,10 +322,10 @@ func (b *Block) preadv(v iovec, off int64) error {
 	return nil
 }
 
-// pwritev writes v to the image at off, retrying short writes.
-func (b *Block) pwritev(v iovec, off int64) error {
+// pwritevFull writes v to fd at off, retrying short writes.
+func pwritevFull(fd int, v iovec, off int64) error {
 	for len(v) > 0 {
-		n, err := unix.Pwritev(int(b.file.Fd()), v, off)
+		n, err := unix.Pwritev(fd, v, off)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
