@@ -46,13 +46,16 @@ func newBench(cfg config) (*bench, error) {
 	if b.vmm, err = filepath.Abs(cfg.vmm); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(b.vmm); err != nil {
+	// The vmm binary and the test guest are needed unless every suite
+	// chosen runs without VMs.
+	needVMs := slices.ContainsFunc(cfg.suites, func(s string) bool { return !guestless(s) })
+	if _, err := os.Stat(b.vmm); err != nil && needVMs {
 		return nil, fmt.Errorf("vmm binary: %w (run `make vmm`)", err)
 	}
 	help, _ := exec.Command(b.vmm, "--help").CombinedOutput()
 	b.vmmAPI = bytes.Contains(help, []byte("-api-sock"))
 	tg, err := os.ReadFile(filepath.Join(cfg.guestDir, "testguest.elf"))
-	if err != nil {
+	if err != nil && needVMs {
 		return nil, fmt.Errorf("test guest: %w (run `make guest`)", err)
 	}
 	if k := filepath.Join(cfg.guestDir, "vmlinux"); exists(k) {
@@ -78,6 +81,9 @@ func newBench(cfg config) (*bench, error) {
 	}
 	if b.tmp, err = os.MkdirTemp("", "vmm-bench-"); err != nil {
 		return nil, err
+	}
+	if tg == nil {
+		return b, nil
 	}
 	// The test guest runs from a directory of its own: vmm loads a
 	// System.map found beside the kernel, and the one in the guest directory
@@ -112,6 +118,8 @@ func (b *bench) plan() int {
 			n += len(b.cfg.scale) * b.cfg.scaleReps * perImpl * 2
 		case "api":
 			n += b.apiSteps()
+		case "datapath":
+			n += b.datapathSteps()
 		case "run":
 			n += b.runSteps()
 		case "exec":
@@ -148,6 +156,7 @@ func runAll(ctx context.Context, cfg config) error {
 		"api":            b.apiSuite,
 		"run":            b.runSuite,
 		"exec":           b.execSuite,
+		"datapath":       b.datapathSuite,
 		"iperf3":         b.iperf3Suite,
 		"fio":            b.fioSuite,
 	}

@@ -3,7 +3,7 @@
 // Linux guest, containers (`vmm run` cold start, exec in a warm VM), memory
 // overhead, and many VMs at once. `make bench` runs it:
 //
-//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,iperf3,fio,memory,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
+//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,iperf3,fio,datapath,memory,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
 //
 // Every run is interleaved (vmm, QEMU, vmm, QEMU, ...) so that the noise of
 // a shared machine hits both alike. Results go to OUT/<UTC date-time>/
@@ -33,6 +33,8 @@ type config struct {
 	runReps      int
 	execReps     int
 	apiRequests  int
+	datapathReps int
+	datapathTime time.Duration
 	scaleReps    int
 	scale        []int
 	memMiB       int
@@ -52,13 +54,14 @@ type config struct {
 
 // allSuites lists the suites in the order of the report.
 func allSuites() []string {
-	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "iperf3", "fio", "memory", "scaling"}
+	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "iperf3", "fio", "datapath", "memory", "scaling"}
 }
 
-// runOrder is the order the suites run in: the slow Linux boots last, so
-// that an interrupted run (SIGINT writes what was measured) has the rest.
+// runOrder is the order the suites run in: the in-process datapath first,
+// the slow Linux boots last, so that an interrupted run (SIGINT writes what
+// was measured) has the rest.
 func runOrder() []string {
-	return []string{"startup", "api", "boot-testguest", "memory", "scaling", "exec", "iperf3", "fio", "boot-linux", "run"}
+	return []string{"datapath", "startup", "api", "boot-testguest", "memory", "scaling", "exec", "iperf3", "fio", "boot-linux", "run"}
 }
 
 // defaultRunReps is -run-reps's default: each cold start and plain boot
@@ -84,6 +87,8 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.ioTime, "io-time", 10*time.Second, "duration of each iperf3 test and fio job")
 	fs.IntVar(&c.execReps, "exec-reps", 20, "measured execs in the warm VM for exec")
 	fs.IntVar(&c.apiRequests, "api-requests", 1000, "measured API (and QMP) round trips of each kind for api")
+	fs.IntVar(&c.datapathReps, "datapath-reps", 5, "rounds of the datapath benchmarks (each runs every device and raw case once)")
+	fs.DurationVar(&c.datapathTime, "datapath-time", 500*time.Millisecond, "-benchtime of each datapath benchmark")
 	fs.IntVar(&c.memMiB, "mem", 128, "guest memory in MiB")
 	fs.StringVar(&c.out, "out", "benchmarks/results", "directory for raw results (a dated subdirectory is made per run)")
 	fs.StringVar(&c.report, "report", "benchmarks/RESULTS.md", "Markdown report to write (charts go to charts/ beside it); empty: none")
@@ -121,7 +126,7 @@ func parseFlags(args []string) (config, error) {
 		}
 		c.scale = append(c.scale, n)
 	}
-	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.runReps < 1 || c.execReps < 1 || c.apiRequests < 1 || c.ioReps < 1 || c.ioTime < time.Second || c.memMiB < 16 {
+	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.runReps < 1 || c.execReps < 1 || c.apiRequests < 1 || c.datapathReps < 1 || c.datapathTime <= 0 || c.ioReps < 1 || c.ioTime < time.Second || c.memMiB < 16 {
 		return c, fmt.Errorf("repetitions must be at least 1 and -mem at least 16")
 	}
 	c.flags = strings.Join(args, " ")

@@ -44,7 +44,7 @@ func WriteCharts(dir string, run *Run) error {
 		names, groups := chartGroups(r)
 		for i, name := range names {
 			ms := groups[name]
-			svg := ChartSVG(r.Name+": "+name, ms[0].Unit, ms)
+			svg := chartSVG(r.Name+": "+name, ms[0].Unit, ms, r.columns())
 			if err := os.WriteFile(filepath.Join(dir, chartFile(r.Name, i)), []byte(svg), 0o644); err != nil {
 				return fmt.Errorf("write chart: %w", err)
 			}
@@ -72,14 +72,15 @@ func Markdown(run *Run, chartDir string) string {
 		"vmm's median divided by QEMU's (below 1: vmm is faster or smaller). Raw samples are in " +
 		"the run's `results.json`. Latency tables, with many samples per run, give percentiles (p50, p99, ...) and " +
 		"the maximum instead, and the ratio of each percentile. The container suites (`vmm run`, exec in a warm VM) " +
-		"have no QEMU counterpart on this host and compare with vmm's own plain boot.\n\n")
+		"have no QEMU counterpart on this host and compare with vmm's own plain boot; the data-path suite compares vmm's " +
+		"devices with the raw syscalls on the same file or tap, named in its column headers.\n\n")
 	for _, r := range run.Suites {
 		fmt.Fprintf(&b, "## %s\n\n%s\n\n", r.Title, r.About)
 		if r.Skipped != "" {
 			fmt.Fprintf(&b, "**Skipped:** %s\n\n", r.Skipped)
 			continue
 		}
-		writeTables(&b, r.Metrics)
+		writeTables(&b, r.Metrics, r.columns())
 		names, _ := chartGroups(r)
 		for i, name := range names {
 			fmt.Fprintf(&b, "![%s](%s)\n\n", name, filepath.ToSlash(filepath.Join(chartDir, chartFile(r.Name, i))))
@@ -132,8 +133,9 @@ func indentCode(s string) string {
 
 // writeTables renders a suite's metrics as tables: one of median, minimum
 // and maximum for the plain metrics, and one per set of percentiles for the
-// latency distributions (metrics with Quantiles), in order of first use.
-func writeTables(b *strings.Builder, metrics []*Metric) {
+// latency distributions (metrics with Quantiles), in order of first use;
+// cols are the two implementations compared (SuiteResult.columns).
+func writeTables(b *strings.Builder, metrics []*Metric, cols []string) {
 	var keys []string
 	tables := map[string][]*Metric{}
 	for _, m := range metrics {
@@ -148,9 +150,9 @@ func writeTables(b *strings.Builder, metrics []*Metric) {
 	}
 	for _, k := range keys {
 		if k == "plain" {
-			writePlainTable(b, tables[k])
+			writePlainTable(b, tables[k], cols)
 		} else {
-			writeQuantileTable(b, tables[k])
+			writeQuantileTable(b, tables[k], cols)
 		}
 	}
 }
@@ -158,40 +160,42 @@ func writeTables(b *strings.Builder, metrics []*Metric) {
 // writePlainTable renders metrics without Quantiles: median, minimum and
 // maximum of the repetitions per implementation, and the ratio of the
 // medians.
-func writePlainTable(b *strings.Builder, plain []*Metric) {
-	b.WriteString("| metric | unit | vmm median | vmm min | vmm max | QEMU median | QEMU min | QEMU max | vmm / QEMU | target |\n")
+func writePlainTable(b *strings.Builder, plain []*Metric, cols []string) {
+	a, o := cols[0], cols[1]
+	fmt.Fprintf(b, "| metric | unit | %[1]s median | %[1]s min | %[1]s max | %[2]s median | %[2]s min | %[2]s max | %[1]s / %[2]s | target |\n", a, o)
 	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	reps := map[string]int{}
 	for _, m := range plain {
-		v, q := Summarize(m.Values[implVMM]), Summarize(m.Values[implQEMU])
+		v, q := Summarize(m.Values[a]), Summarize(m.Values[o])
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.Name, m.Unit,
 			cell(v, v.Median), cell(v, v.Min), cell(v, v.Max),
 			cell(q, q.Median), cell(q, q.Min), cell(q, q.Max), Ratio(v, q), m.Target)
-		for _, impl := range impls() {
+		for _, impl := range cols {
 			reps[impl] = max(reps[impl], len(m.Values[impl]))
 		}
 	}
-	fmt.Fprintf(b, "\nSamples per metric: up to %d (vmm), %d (QEMU).\n\n", reps[implVMM], reps[implQEMU])
+	fmt.Fprintf(b, "\nSamples per metric: up to %d (%s), %d (%s).\n\n", reps[a], a, reps[o], o)
 }
 
 // writeQuantileTable renders latency distributions that share their
 // percentiles (those of ms[0]): each percentile and the maximum per
 // implementation, the vmm / QEMU ratio of each percentile, and the sample
 // counts.
-func writeQuantileTable(b *strings.Builder, ms []*Metric) {
+func writeQuantileTable(b *strings.Builder, ms []*Metric, cols []string) {
+	a, o := cols[0], cols[1]
 	ps := ms[0].Quantiles
 	head := []string{"metric", "unit"}
 	align := []string{"---", "---"}
-	for _, impl := range impls() {
+	for _, impl := range cols {
 		for _, p := range ps {
 			head = append(head, impl+" "+QuantileName(p))
 		}
 		head = append(head, impl+" max")
 	}
 	for _, p := range ps {
-		head = append(head, "vmm / QEMU "+QuantileName(p))
+		head = append(head, a+" / "+o+" "+QuantileName(p))
 	}
-	head = append(head, "samples (vmm, QEMU)", "target")
+	head = append(head, "samples ("+a+", "+o+")", "target")
 	for len(align) < len(head)-1 {
 		align = append(align, "---:")
 	}
@@ -200,15 +204,15 @@ func writeQuantileTable(b *strings.Builder, ms []*Metric) {
 	for _, m := range ms {
 		row := []string{m.Name, m.Unit}
 		sum := map[string]Quantiles{}
-		for _, impl := range impls() {
+		for _, impl := range cols {
 			q := SummarizeQuantiles(m.Values[impl], ps)
 			sum[impl] = q
 			row = append(row, append(formatAll(q.Values), FormatValue(q.Max))...)
 		}
 		for i := range ps {
-			row = append(row, RatioOf(sum[implVMM].Values[i], sum[implQEMU].Values[i]))
+			row = append(row, RatioOf(sum[a].Values[i], sum[o].Values[i]))
 		}
-		row = append(row, fmt.Sprintf("%d, %d", sum[implVMM].N, sum[implQEMU].N), m.Target)
+		row = append(row, fmt.Sprintf("%d, %d", sum[a].N, sum[o].N), m.Target)
 		fmt.Fprintf(b, "| %s |\n", strings.Join(row, " | "))
 	}
 	b.WriteString("\n")

@@ -58,3 +58,32 @@ func TestMarkdownQuantileTable(t *testing.T) {
 		t.Errorf("table order: latency at %d, plain at %d, p90 table at %d; want that order", iLat, iPlain, iExec)
 	}
 }
+
+// TestMarkdownReference: a suite that compares vmm with something other
+// than QEMU names it in its columns, ratios and chart legend.
+func TestMarkdownReference(t *testing.T) {
+	r := &SuiteResult{Name: "dp", Title: "Data path", About: "about", Reference: "raw"}
+	m := r.metric("read", "GiB/s", "blk")
+	m.Target = "≥ 0.8× raw"
+	for _, v := range []float64{3, 4, 5} {
+		m.add(implVMM, v)
+		m.add("raw", 2*v)
+	}
+	md := Markdown(&Run{Suites: []*SuiteResult{r}}, "charts")
+	for _, want := range []string{
+		"| metric | unit | vmm median | vmm min | vmm max | raw median | raw min | raw max | vmm / raw | target |",
+		"| read | GiB/s | 4.00 | 3.00 | 5.00 | 8.00 | 6.00 | 10.0 | 0.50× | ≥ 0.8× raw |",
+		"Samples per metric: up to 3 (vmm), 3 (raw).",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "QEMU median") {
+		t.Errorf("the reference suite has QEMU columns:\n%s", md)
+	}
+	svg := chartSVG("dp: blk", "GiB/s", r.Metrics, r.columns())
+	if !strings.Contains(svg, ">raw</text>") || strings.Contains(svg, "QEMU") || strings.Contains(svg, "n/a") {
+		t.Errorf("chart legend or bars do not follow the reference:\n%s", svg)
+	}
+}

@@ -26,6 +26,20 @@ type SuiteResult struct {
 	Metrics  []*Metric `json:"metrics"`
 	Failures []string  `json:"failures,omitempty"`
 	Profiles []Profile `json:"profiles,omitempty"`
+	// Reference, when set, is what the suite compares vmm with instead of
+	// QEMU (datapath: the raw syscalls on the same file or tap): the
+	// metrics keep its samples under that name, and it heads the second
+	// set of columns and bars.
+	Reference string `json:"reference,omitempty"`
+}
+
+// columns are the implementations the suite's tables and charts compare:
+// vmm and QEMU, or vmm and the suite's Reference.
+func (r *SuiteResult) columns() []string {
+	if r.Reference != "" {
+		return []string{implVMM, r.Reference}
+	}
+	return impls()
 }
 
 // Command is a command line used, shown verbatim in the report.

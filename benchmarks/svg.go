@@ -31,6 +31,12 @@ func implColor(impl string) string {
 // max (for a latency distribution, to its highest percentile: one outlier
 // in a thousand would squash every bar). Hand-written SVG keeps the benchmark free of plotting dependencies.
 func ChartSVG(title, unit string, metrics []*Metric) string {
+	return chartSVG(title, unit, metrics, impls())
+}
+
+// chartSVG is ChartSVG with a bar per implementation of cols (vmm and a
+// suite's Reference instead of QEMU: SuiteResult.columns).
+func chartSVG(title, unit string, metrics []*Metric, cols []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", chartW, chartH, chartW, chartH)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -38,7 +44,7 @@ func ChartSVG(title, unit string, metrics []*Metric) string {
 
 	top := 0.0
 	for _, m := range metrics {
-		for _, impl := range impls() {
+		for _, impl := range cols {
 			if s, _ := m.bar(impl); s.N > 0 {
 				top = math.Max(top, s.Max)
 			}
@@ -59,13 +65,13 @@ func ChartSVG(title, unit string, metrics []*Metric) string {
 	fmt.Fprintf(&b, `<text transform="translate(16 %.1f) rotate(-90)" text-anchor="middle">%s</text>`+"\n", chartTop+plotH/2, html.EscapeString(unit))
 
 	// Legend.
-	for i, impl := range impls() {
+	for i, impl := range cols {
 		x := chartLeft + i*80
 		fmt.Fprintf(&b, `<rect x="%d" y="32" width="12" height="12" fill="%s"/><text x="%d" y="42">%s</text>`+"\n", x, implColor(impl), x+16, impl)
 	}
 
 	groupW := plotW / float64(max(len(metrics), 1))
-	barW := math.Min(groupW*0.8/float64(len(impls())), 60)
+	barW := math.Min(groupW*0.8/float64(len(cols)), 60)
 	// Labels wrap at spaces under their group; when a word does not fit
 	// (KVM_SET_USER_MEMORY_REGION), all labels are drawn slanted instead.
 	charsPer := int(groupW / 6.5)
@@ -76,8 +82,8 @@ func ChartSVG(title, unit string, metrics []*Metric) string {
 		}
 	}
 	for gi, m := range metrics {
-		gx := chartLeft + groupW*float64(gi) + (groupW-barW*float64(len(impls())))/2
-		for ii, impl := range impls() {
+		gx := chartLeft + groupW*float64(gi) + (groupW-barW*float64(len(cols)))/2
+		for ii, impl := range cols {
 			s, hi := m.bar(impl)
 			x := gx + barW*float64(ii)
 			if s.N == 0 {

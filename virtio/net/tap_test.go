@@ -23,7 +23,7 @@ var (
 	tapGuestIP = []byte{10, 201, 0, 2}
 )
 
-func ipCmd(t *testing.T, args ...string) {
+func ipCmd(t testing.TB, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -46,7 +46,7 @@ func ipOut(t *testing.T, args ...string) string {
 
 // newTapNetNS creates a network namespace of its own with a tap vtap0 at
 // 10.201.0.1/24 (multi-queue if multi); both go away with the test.
-func newTapNetNS(t *testing.T, suffix string, multi bool) string {
+func newTapNetNS(t testing.TB, suffix string, multi bool) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace")
@@ -71,7 +71,7 @@ func newTapNetNS(t *testing.T, suffix string, multi bool) string {
 }
 
 // inNetNS runs fn on a thread switched into namespace ns.
-func inNetNS(t *testing.T, ns string, fn func() error) error {
+func inNetNS(t testing.TB, ns string, fn func() error) error {
 	t.Helper()
 	target, err := os.Open("/run/netns/" + ns)
 	if err != nil {
