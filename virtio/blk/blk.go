@@ -82,6 +82,9 @@ type Config struct {
 	// as they are go through aligned bounce buffers (see direct.go). Open
 	// fails on a file system without direct I/O, such as tmpfs.
 	Direct bool
+	// alignment, if set, replaces dioAlignment: tests force a coarser
+	// direct-I/O alignment than the host's with it.
+	alignment func(*os.File) (dioAlign, error)
 }
 
 // Block is a virtio-blk device. It implements virtio.Device and
@@ -176,7 +179,7 @@ func sameFile(a, b *os.File) bool {
 
 // imageState is the image's size in whole 512-byte sectors and, for a
 // direct disk, its direct-I/O state.
-func imageState(f *os.File, path string, readOnly, direct bool) (uint64, *directIO, error) {
+func imageState(f *os.File, path string, readOnly, direct bool, alignment func(*os.File) (dioAlign, error)) (uint64, *directIO, error) {
 	// Seek works for regular files and block devices alike.
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
@@ -184,7 +187,7 @@ func imageState(f *os.File, path string, readOnly, direct bool) (uint64, *direct
 	}
 	var dio *directIO
 	if direct {
-		if dio, err = newDirectIO(f, size, readOnly); err != nil {
+		if dio, err = newDirectIO(f, size, readOnly, alignment); err != nil {
 			return 0, nil, fmt.Errorf("image %s: %w", path, err)
 		}
 	}
@@ -213,7 +216,7 @@ func Open(cfg Config) (*Block, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtio-blk %s: %w", cfg.ID, err)
 	}
-	sectors, dio, err := imageState(f, cfg.Path, cfg.ReadOnly, cfg.Direct)
+	sectors, dio, err := imageState(f, cfg.Path, cfg.ReadOnly, cfg.Direct, cfg.alignment)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("virtio-blk %s: %w", cfg.ID, err)
@@ -298,7 +301,7 @@ func (b *Block) Swap(path string) error {
 	if err != nil {
 		return wrap(err)
 	}
-	sectors, dio, err := imageState(f, path, b.cfg.ReadOnly, b.cfg.Direct)
+	sectors, dio, err := imageState(f, path, b.cfg.ReadOnly, b.cfg.Direct, b.cfg.alignment)
 	if err != nil {
 		if f != old {
 			f.Close()

@@ -46,9 +46,9 @@ type dioAlign struct {
 
 // dioAlignment is the direct-I/O alignment of f, which is open with
 // O_DIRECT: what statx reports (STATX_DIOALIGN, Linux 6.1), else the
-// logical block size of a block device, else 512 bytes. A variable so
-// tests can ask for a coarser alignment than the host's.
-var dioAlignment = func(f *os.File) (dioAlign, error) {
+// logical block size of a block device, else 512 bytes. Tests can ask for
+// a coarser alignment than the host's through Config.alignment.
+func dioAlignment(f *os.File) (dioAlign, error) {
 	fd := int(f.Fd())
 	var st unix.Statx_t
 	err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN|unix.STATX_TYPE, &st)
@@ -85,8 +85,11 @@ type directIO struct {
 
 // newDirectIO queries f's alignment and opens the tail descriptor if one
 // is needed.
-func newDirectIO(f *os.File, size int64, readOnly bool) (*directIO, error) {
-	a, err := dioAlignment(f)
+func newDirectIO(f *os.File, size int64, readOnly bool, alignment func(*os.File) (dioAlign, error)) (*directIO, error) {
+	if alignment == nil {
+		alignment = dioAlignment
+	}
+	a, err := alignment(f)
 	if err != nil {
 		return nil, err
 	}

@@ -64,23 +64,25 @@ func newDirectImage(t *testing.T, name string, size int64) (string, []byte) {
 	return p, img
 }
 
-// forceAlign makes the images opened during the test report alignment a
-// instead of the host's (which must divide it), so the read-modify-write
-// paths run even where the host's alignment is one sector.
-func forceAlign(t *testing.T, a dioAlign) {
+// forcedAlign is a Config.alignment that makes the image report alignment
+// a instead of the host's (which must divide it), so the read-modify-write
+// paths run even where the host's alignment is one sector. Nil a: the
+// host's.
+func forcedAlign(t *testing.T, a *dioAlign) func(*os.File) (dioAlign, error) {
 	t.Helper()
-	orig := dioAlignment
-	dioAlignment = func(f *os.File) (dioAlign, error) {
-		host, err := orig(f)
+	if a == nil {
+		return nil
+	}
+	return func(f *os.File) (dioAlign, error) {
+		host, err := dioAlignment(f)
 		if err != nil {
 			return host, err
 		}
 		if a.off%host.off != 0 || a.mem%host.mem != 0 {
-			t.Skipf("host alignment %+v does not divide the forced %+v", host, a)
+			t.Skipf("host alignment %+v does not divide the forced %+v", host, *a)
 		}
-		return a, nil
+		return *a, nil
 	}
-	t.Cleanup(func() { dioAlignment = orig })
 }
 
 // seg is one data descriptor: n bytes whose host address is skew bytes
@@ -253,15 +255,12 @@ func TestDirectReadWrite(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.align != nil {
-				forceAlign(t, *tt.align)
-			}
 			size := tt.size
 			if size == 0 {
 				size = mib
 			}
 			path, want := newDirectImage(t, "disk.img", size)
-			h := newHarness(t, Config{ID: "direct", Path: path, Direct: true})
+			h := newHarness(t, Config{ID: "direct", Path: path, Direct: true, alignment: forcedAlign(t, tt.align)})
 			if !isODirect(t, h.b) {
 				t.Fatal("image not open with O_DIRECT")
 			}
@@ -321,9 +320,8 @@ func TestDirectReadWrite(t *testing.T) {
 // sectors of the same 4 KiB blocks at once: each read-modify-write must
 // keep the others' sectors.
 func TestDirectConcurrentPartialWrites(t *testing.T) {
-	forceAlign(t, dioAlign{4096, 4096})
 	path, want := newDirectImage(t, "disk.img", 64<<10)
-	h := newHarness(t, Config{ID: "rmw", Path: path, Direct: true, Workers: 4})
+	h := newHarness(t, Config{ID: "rmw", Path: path, Direct: true, Workers: 4, alignment: forcedAlign(t, &dioAlign{4096, 4096})})
 	const batch = testQueue / 3 // three descriptors each, never wrapping onto pending ones
 	for round := range 20 {
 		var rs []dreq
@@ -357,15 +355,12 @@ func TestDirectZeroesDiscardFlush(t *testing.T) {
 		{name: "4K, short last block", align: &dioAlign{4096, 4096}, size: 64<<10 + 1536},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.align != nil {
-				forceAlign(t, *tt.align)
-			}
 			size := tt.size
 			if size == 0 {
 				size = 64 << 10
 			}
 			path, want := newDirectImage(t, "disk.img", size)
-			h := newHarness(t, Config{ID: "dz", Path: path, Direct: true})
+			h := newHarness(t, Config{ID: "dz", Path: path, Direct: true, alignment: forcedAlign(t, tt.align)})
 			last := uint64(size/SectorSize) - 3
 			wz := h.submit(typeWriteZeroes, 0, segment(3, 5, 0), 0)
 			wzu := h.submit(typeWriteZeroes, 0, segment(17, 9, segmentFlagUnmap), 0)
