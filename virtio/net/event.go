@@ -193,7 +193,11 @@ func (n *Net) nextChain(rs *runState, q *virtio.Queue, kick <-chan struct{}) (vi
 
 // guestBuffers maps a chain's readable or writable buffers.
 func guestBuffers(q *virtio.Queue, c virtio.Chain, writable bool) (iovec, error) {
-	var v iovec
+	return appendGuestBuffers(nil, q, c, writable)
+}
+
+// appendGuestBuffers is guestBuffers appending to v.
+func appendGuestBuffers(v iovec, q *virtio.Queue, c virtio.Chain, writable bool) (iovec, error) {
 	for _, b := range c.Buffers {
 		if b.Write != writable {
 			continue

@@ -65,6 +65,7 @@ func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 		return n.takeRx(rs, q, kick)
 	}
 	var iov iovec // first's buffers, then overflow; reused across frames
+	fr := newFrameReader()
 	var used []virtio.Used
 	var rest []rxChain // the chains after first that a frame uses
 	for {
@@ -78,7 +79,7 @@ func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 			}
 		}
 		iov = append(append(iov[:0], first.buf...), overflow)
-		got, ok := n.readFrame(rs, p, iov)
+		got, ok := n.readFrame(rs, p, fr, iov)
 		if !ok {
 			return
 		}
@@ -139,22 +140,38 @@ func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 	}
 }
 
+// frameReader is readv of one frame as the callback of the backend's
+// RawConn.Read, made once per receive loop rather than once per frame.
+type frameReader struct {
+	v   iovec
+	got int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func newFrameReader() *frameReader {
+	r := &frameReader{}
+	r.fn = func(fd uintptr) bool {
+		r.got, r.err = unix.Readv(int(fd), r.v)
+		return r.err != unix.EAGAIN
+	}
+	return r
+}
+
 // readFrame reads one frame with its header into v, waiting in the poller
 // for one to arrive; ok=false means stop.
-func (n *Net) readFrame(rs *runState, p *pair, v iovec) (uint64, bool) {
+func (n *Net) readFrame(rs *runState, p *pair, r *frameReader, v iovec) (uint64, bool) {
+	r.v = v
+	defer func() { r.v = nil }()
 	for {
-		var got int
-		var rerr error
-		err := p.rc.Read(func(fd uintptr) bool {
-			got, rerr = unix.Readv(int(fd), v)
-			return rerr != unix.EAGAIN
-		})
+		r.got, r.err = 0, nil
+		err := p.rc.Read(r.fn)
 		if err == nil {
-			err = rerr
+			err = r.err
 		}
 		switch {
 		case err == nil:
-			return uint64(got), true
+			return uint64(r.got), true
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, os.ErrDeadlineExceeded) || rs.stopped():

@@ -29,6 +29,8 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 	defer rs.wg.Done()
 	var gather []byte
 	var used []virtio.Used
+	var bufs iovec // the chain's buffers, reused from chain to chain
+	w := newFrameWriter()
 	flush := func() bool {
 		err := q.PushAll(used)
 		used = used[:0]
@@ -69,11 +71,12 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 				errMalformed, c.Head, c.ReadLen, c.WriteLen, HeaderLen))
 			return
 		}
-		v, err := guestBuffers(q, c, false)
+		bufs, err = appendGuestBuffers(bufs[:0], q, c, false)
 		if err != nil {
 			n.fail(rs, err)
 			return
 		}
+		v := bufs
 		if len(v) > iovMax {
 			if gather == nil {
 				gather = make([]byte, HeaderLen+maxFrameLen)
@@ -86,7 +89,7 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 			}
 		}
 		if v != nil {
-			if !n.writeFrame(rs, p, v, c.ReadLen) {
+			if !n.writeFrame(rs, p, w, v, c.ReadLen) {
 				return
 			}
 		}
@@ -98,18 +101,34 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 	}
 }
 
+// frameWriter is writev of one frame as the callback of the backend's
+// RawConn.Write, made once per transmit loop rather than once per frame.
+type frameWriter struct {
+	v   iovec
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func newFrameWriter() *frameWriter {
+	w := &frameWriter{}
+	w.fn = func(fd uintptr) bool {
+		_, w.err = unix.Writev(int(fd), w.v)
+		return w.err != unix.EAGAIN
+	}
+	return w
+}
+
 // writeFrame writes one header+frame to the backend; ok=false means stop.
 // A frame the host refuses (a bad GSO header, an oversized frame, a link
 // that is down) is dropped and counted, as a NIC would.
-func (n *Net) writeFrame(rs *runState, p *pair, v iovec, size uint64) bool {
+func (n *Net) writeFrame(rs *runState, p *pair, w *frameWriter, v iovec, size uint64) bool {
+	w.v = v
+	defer func() { w.v = nil }()
 	for {
-		var werr error
-		err := p.rc.Write(func(fd uintptr) bool {
-			_, werr = unix.Writev(int(fd), v)
-			return werr != unix.EAGAIN
-		})
+		w.err = nil
+		err := p.rc.Write(w.fn)
 		if err == nil {
-			err = werr
+			err = w.err
 		}
 		switch {
 		case err == nil:
