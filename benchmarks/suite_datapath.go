@@ -112,14 +112,14 @@ func (b *bench) datapathSuite(ctx context.Context) *SuiteResult {
 		bins[pkg] = bin
 	}
 	args := []string{"-test.run", "^$", "-test.bench", "^" + dpBenchmark + "$", "-test.benchtime", bt.String(),
-		"-test.count", "1", "-test.timeout", "10m"}
+		"-test.count", "1", "-test.timeout", "10m", "-test.v"} // -v: a skip says why
 	for _, pkg := range dpPackages {
 		if bin := bins[pkg]; bin != "" {
-			r.command(fmt.Sprintf("%s, each round (in %s; the same as `go test -run '^$' -bench '^%s$' -benchtime %v ./%s`)",
+			r.command(fmt.Sprintf("%s, each round (in %s; the same as `go test -run '^$' -bench '^%s$' -benchtime %v -v ./%s`)",
 				pkg, pkg, dpBenchmark, bt, pkg), append([]string{bin}, args...))
 		}
 	}
-	skipped := map[string]bool{}
+	skipped, noted := map[string]bool{}, map[string]bool{}
 	for rep := 1; rep <= reps; rep++ {
 		for _, pkg := range dpPackages {
 			if ctx.Err() != nil {
@@ -132,16 +132,26 @@ func (b *bench) datapathSuite(ctx context.Context) *SuiteResult {
 			}
 			out, err := runDatapathBench(ctx, bin, pkg, dir, args)
 			results, problems := parseBenchOutput(out)
+			failed := false
 			for _, p := range problems {
-				if strings.HasPrefix(p, "SKIP") && !skipped[pkg] {
+				switch {
+				case p == "SKIP "+dpBenchmark || strings.HasPrefix(p, "SKIP "+dpBenchmark+": "):
+					// The whole package can't run here (no tap, say):
+					// said once, loudly, and not tried again.
 					skipped[pkg] = true
 					r.note(fmt.Sprintf("**%s skipped**: %s", pkg, p))
 					b.prog.say("datapath: %s skipped: %s", pkg, p)
-				} else if !strings.HasPrefix(p, "SKIP") {
+				case strings.HasPrefix(p, "SKIP "):
+					if !noted[p] {
+						noted[p] = true
+						r.note(fmt.Sprintf("**%s: a case skipped**: %s", pkg, p))
+					}
+				default:
+					failed = true
 					r.failure(fmt.Sprintf("%s round %d: %s", pkg, rep, p))
 				}
 			}
-			if err != nil && ctx.Err() == nil {
+			if err != nil && !failed && ctx.Err() == nil {
 				r.failure(fmt.Sprintf("%s round %d: %v\n%s", pkg, rep, err, strings.Join(lastLines([]byte(out), 15), "\n")))
 			}
 			for _, res := range results {
@@ -301,43 +311,39 @@ type benchResult struct {
 
 var procsSuffix = regexp.MustCompile(`^(.+)-(\d+)$`)
 
-// parseBenchOutput reads the output of a Go test binary run with -bench:
-// the result lines, and what went wrong ("SKIP name: why", "FAIL name:
-// why", with the messages the benchmark logged, and panics). Benchmark
-// names must not end in -digits of their own: that suffix is GOMAXPROCS.
+// parseBenchOutput reads the output of a Go test binary run with -bench
+// and -test.v (without -v a skipped benchmark prints nothing): the result
+// lines, and what went wrong ("SKIP name: why", "FAIL name: why", with the
+// messages the benchmark logged, which -v prints before the --- line, and
+// panics). Benchmark names must not end in -digits of their own: that
+// suffix is GOMAXPROCS.
 func parseBenchOutput(out string) (results []benchResult, problems []string) {
-	var open *string // the SKIP or FAIL whose messages follow
+	var pending []string // logged lines waiting for their --- line
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		trimmed := strings.TrimSpace(line)
-		if open != nil && strings.HasPrefix(line, "    ") && trimmed != "" {
-			sep := ": "
-			if strings.Contains(*open, ": ") {
-				sep = "; "
-			}
-			*open += sep + trimmed
-			continue
-		}
-		open = nil
 		switch {
-		case strings.HasPrefix(trimmed, "--- SKIP: "), strings.HasPrefix(trimmed, "--- FAIL: "):
-			kind := "SKIP"
-			if strings.HasPrefix(trimmed, "--- FAIL: ") {
-				kind = "FAIL"
-			}
-			name, _, _ := strings.Cut(strings.TrimSpace(trimmed[len("--- SKIP: "):]), " (")
-			problems = append(problems, kind+" "+name)
-			open = &problems[len(problems)-1]
+		case strings.HasPrefix(line, "    ") && trimmed != "":
+			pending = append(pending, trimmed)
 			continue
+		case strings.HasPrefix(trimmed, "--- SKIP: "), strings.HasPrefix(trimmed, "--- FAIL: "):
+			kind := trimmed[4:8]
+			name, _, _ := strings.Cut(strings.TrimSpace(trimmed[len("--- SKIP: "):]), " (")
+			p := kind + " " + name
+			if len(pending) > 0 {
+				p += ": " + strings.Join(pending, "; ")
+			}
+			problems = append(problems, p)
 		case strings.HasPrefix(trimmed, "panic: "):
 			problems = append(problems, trimmed)
-			continue
+		default:
+			if res, ok := parseBenchLine(line); ok {
+				results = append(results, res)
+			}
 		}
-		if res, ok := parseBenchLine(line); ok {
-			results = append(results, res)
-		}
+		pending = nil
 	}
 	// A parent benchmark fails with its failed sub-benchmark, saying no
 	// more: keep the sub-benchmark's message only.

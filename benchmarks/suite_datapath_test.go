@@ -54,22 +54,34 @@ BenchmarkDatapath/randread-4k-qd32/raw-2     	 1265862	      1002 ns/op	4088.90 
 PASS
 `, []string{"BenchmarkDatapath/randread-4k-qd32/device", "BenchmarkDatapath/randread-4k-qd32/raw"}, nil},
 		{"skip", `goos: linux
+goarch: amd64
+pkg: github.com/govmm/vmm/virtio/net
+cpu: AMD EPYC
+BenchmarkDatapath
+    datapath_test.go:224: needs root to create a network namespace
 --- SKIP: BenchmarkDatapath
-    tap_test.go:52: needs root to create a network namespace
 PASS
-ok  	github.com/govmm/vmm/virtio/net	0.010s
-`, nil, []string{"SKIP BenchmarkDatapath: tap_test.go:52: needs root to create a network namespace"}},
-		{"a failed case among results", `BenchmarkDatapath/a/device-2         	44677262	         0.2801 ns/op	35701.25 MB/s
---- FAIL: BenchmarkDatapath/a/raw
+`, nil, []string{"SKIP BenchmarkDatapath: datapath_test.go:224: needs root to create a network namespace"}},
+		{"a failed case among results", `BenchmarkDatapath
+BenchmarkDatapath/a
+BenchmarkDatapath/a/device
+BenchmarkDatapath/a/device-2         	44677262	         0.2801 ns/op	35701.25 MB/s
+BenchmarkDatapath/a/raw
     x_test.go:12: boom: 3
     x_test.go:13: second line
+--- FAIL: BenchmarkDatapath/a/raw
 --- FAIL: BenchmarkDatapath/a
---- FAIL: BenchmarkDatapath
+BenchmarkDatapath/b
+BenchmarkDatapath/b/device
 BenchmarkDatapath/b/device-2         	100	         5 ns/op	1 MB/s
+    x_test.go:20: skipping the rest
+--- SKIP: BenchmarkDatapath
 FAIL
 `, []string{"BenchmarkDatapath/a/device", "BenchmarkDatapath/b/device"},
-			[]string{"FAIL BenchmarkDatapath/a/raw: x_test.go:12: boom: 3; x_test.go:13: second line"}},
-		{"a failure of its own", `--- FAIL: BenchmarkDatapath (0.01s)
+			[]string{"FAIL BenchmarkDatapath/a/raw: x_test.go:12: boom: 3; x_test.go:13: second line",
+				"SKIP BenchmarkDatapath: x_test.go:20: skipping the rest"}},
+		{"a failure of its own", `BenchmarkDatapath
+--- FAIL: BenchmarkDatapath (0.01s)
 FAIL
 `, nil, []string{"FAIL BenchmarkDatapath"}},
 		{"panic", `BenchmarkDatapath/a/device-2 10 5 ns/op
