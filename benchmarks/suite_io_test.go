@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,5 +166,19 @@ func TestIOStartScriptParses(t *testing.T) {
 	}
 	if !strings.Contains(ioMountCommand(), "/tools/run.sh") || !strings.HasSuffix(ioMountCommand(), "\n") {
 		t.Errorf("mount command %q", ioMountCommand())
+	}
+}
+
+func TestSupportsDirect(t *testing.T) {
+	if supportsDirect(filepath.Join(t.TempDir(), "missing")) {
+		t.Error("a missing file supports O_DIRECT")
+	}
+	p := filepath.Join("/dev/shm", fmt.Sprintf("vmm-bench-direct-%d", os.Getpid()))
+	if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {
+		t.Skipf("no /dev/shm file for the tmpfs case: %v", err)
+	}
+	defer os.Remove(p)
+	if supportsDirect(p) {
+		t.Error("a tmpfs file counts as supporting O_DIRECT; vmm refuses it")
 	}
 }
