@@ -45,10 +45,21 @@ func badChain(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadChain, fmt.Sprintf(format, args...))
 }
 
-// readDesc copies descriptor i of the table at table out of guest memory.
-func readDesc(mem *memory.Guest, table uint64, i uint16) (addr uint64, length uint32, flags, next uint16, err error) {
+// descTable is a descriptor table in guest memory: host maps it when the
+// caller has it mapped (a queue's own table, an indirect table already
+// checked to lie in RAM), else every descriptor is looked up in mem.
+type descTable struct {
+	mem  *memory.Guest
+	addr uint64
+	host []byte
+}
+
+// read copies descriptor i out of guest memory.
+func (t *descTable) read(i uint16) (addr uint64, length uint32, flags, next uint16, err error) {
 	var b [descSize]byte
-	if err := mem.ReadAt(b[:], table+uint64(i)*descSize); err != nil {
+	if off := int(i) * descSize; off+descSize <= len(t.host) {
+		copy(b[:], t.host[off:off+descSize])
+	} else if err := t.mem.ReadAt(b[:], t.addr+uint64(i)*descSize); err != nil {
 		return 0, 0, 0, 0, badChain("descriptor %d: %v", i, err)
 	}
 	le := binary.LittleEndian
@@ -66,7 +77,20 @@ func readDesc(mem *memory.Guest, table uint64, i uint16) (addr uint64, length ui
 // (§2.7.5.3.1), a readable buffer after a writable one (§2.7.4.2), and a
 // total length that can't be reported in the used ring.
 func ParseChain(mem *memory.Guest, table uint64, queueSize uint16, head uint16, indirect bool) (Chain, error) {
-	c := Chain{Head: head}
+	return AppendChain(nil, mem, table, queueSize, head, indirect)
+}
+
+// AppendChain is ParseChain storing the chain's buffers in buf's array
+// (from buf[:0] on, growing it when it is too short): a device that keeps a
+// buffer list per request slot parses chain after chain without allocating.
+// The returned Chain.Buffers aliases buf's storage when it fits.
+func AppendChain(buf []Buffer, mem *memory.Guest, table uint64, queueSize uint16, head uint16, indirect bool) (Chain, error) {
+	return appendChain(buf, mem, descTable{mem: mem, addr: table}, queueSize, head, indirect)
+}
+
+// appendChain is AppendChain reading the queue's table through tbl.
+func appendChain(buf []Buffer, mem *memory.Guest, tbl descTable, queueSize uint16, head uint16, indirect bool) (Chain, error) {
+	c := Chain{Head: head, Buffers: buf[:0]}
 	if queueSize == 0 {
 		return c, badChain("queue size 0")
 	}
@@ -75,13 +99,13 @@ func ParseChain(mem *memory.Guest, table uint64, queueSize uint16, head uint16, 
 	}
 	max := int(queueSize)
 	idx := head
-	tbl, tblSize := table, queueSize
+	tblSize := queueSize
 	inIndirect := false
 	for steps := 0; ; steps++ {
 		if steps >= max {
 			return c, badChain("chain from head %d has more than %d descriptors (loop?)", head, max)
 		}
-		addr, length, flags, next, err := readDesc(mem, tbl, idx)
+		addr, length, flags, next, err := tbl.read(idx)
 		if err != nil {
 			return c, err
 		}
@@ -97,13 +121,16 @@ func ParseChain(mem *memory.Guest, table uint64, queueSize uint16, head uint16, 
 				return c, badChain("indirect table length %d is not a non-zero multiple of %d", length, descSize)
 			case uint64(length)/descSize > uint64(queueSize):
 				return c, badChain("indirect table of %d descriptors exceeds the queue size %d", length/descSize, queueSize)
-			case !mem.Contains(addr, uint64(length)):
+			}
+			host, err := mem.Slice(addr, uint64(length))
+			if err != nil {
 				return c, badChain("indirect table [%#x, +%#x) outside guest RAM", addr, length)
 			}
 			// Only the head's descriptor may point to a table; the chain
 			// continues there, counting entries against the same limit.
 			inIndirect = true
-			tbl, tblSize, idx = addr, uint16(length/descSize), 0
+			tbl = descTable{mem: mem, addr: addr, host: host}
+			tblSize, idx = uint16(length/descSize), 0
 			continue
 		}
 		if length == 0 {

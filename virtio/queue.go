@@ -1,6 +1,7 @@
 package virtio
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -44,10 +45,14 @@ type Queue struct {
 	DeviceAddr uint64
 	Vector     uint16
 
-	mem      *memory.Guest
-	eventIdx bool
-	indirect bool
-	notify   func()
+	mem *memory.Guest
+	// The three areas, mapped once prepare checked they lie in RAM:
+	// desc (16*Size bytes), avail (the driver area), used (the device
+	// area).
+	desc, avail, used []byte
+	eventIdx          bool
+	indirect          bool
+	notify            func()
 
 	nextAvail uint16
 
@@ -79,15 +84,19 @@ func (q *Queue) prepare(mem *memory.Guest, features uint64, notify func()) error
 		{"driver area", q.DriverAddr, availRingOff + availElemSize*n + 2, availAlign},
 		{"device area", q.DeviceAddr, usedRingOff + usedElemSize*n + 2, usedAlign},
 	}
-	for _, a := range areas {
+	var host [3][]byte
+	for i, a := range areas {
 		if a.addr%a.align != 0 {
 			return fmt.Errorf("queue %d: %s at %#x is not %d-byte aligned", q.Index, a.name, a.addr, a.align)
 		}
-		if !mem.Contains(a.addr, a.size) {
+		s, err := mem.Slice(a.addr, a.size)
+		if err != nil {
 			return fmt.Errorf("queue %d: %s [%#x, +%#x) is outside guest RAM", q.Index, a.name, a.addr, a.size)
 		}
+		host[i] = s
 	}
 	q.mem = mem
+	q.desc, q.avail, q.used = host[0], host[1], host[2]
 	q.eventIdx = features&FeatureEventIdx != 0
 	q.indirect = features&FeatureIndirectDesc != 0
 	q.notify = notify
@@ -112,23 +121,24 @@ func NewTestQueue(mem *memory.Guest, size uint16, desc, driver, device uint64, f
 // non-nil error means the driver broke the protocol; the queue must not be
 // used further.
 func (q *Queue) Pop() (c Chain, ok bool, err error) {
-	idx, err := q.mem.Uint16(q.DriverAddr + availIdxOff)
-	if err != nil {
-		return c, false, fmt.Errorf("queue %d: read avail idx: %w", q.Index, err)
-	}
+	return q.PopAppend(nil)
+}
+
+// PopAppend is Pop storing the chain's buffers in buf's array (see
+// AppendChain), for a device that reuses buffer lists from chain to chain.
+func (q *Queue) PopAppend(buf []Buffer) (c Chain, ok bool, err error) {
+	le := binary.LittleEndian
+	idx := le.Uint16(q.avail[availIdxOff:])
 	if idx == q.nextAvail {
 		return c, false, nil
 	}
 	if uint16(idx-q.nextAvail) > q.Size {
 		return c, false, fmt.Errorf("queue %d: %w: avail idx %d is more than %d ahead of %d", q.Index, ErrBadChain, idx, q.Size, q.nextAvail)
 	}
-	slot := uint64(q.nextAvail % q.Size)
-	head, err := q.mem.Uint16(q.DriverAddr + availRingOff + availElemSize*slot)
-	if err != nil {
-		return c, false, fmt.Errorf("queue %d: read avail ring: %w", q.Index, err)
-	}
+	slot := int(q.nextAvail % q.Size)
+	head := le.Uint16(q.avail[availRingOff+availElemSize*slot:])
 	q.nextAvail++
-	c, err = ParseChain(q.mem, q.DescAddr, q.Size, head, q.indirect)
+	c, err = appendChain(buf, q.mem, descTable{mem: q.mem, addr: q.DescAddr, host: q.desc}, q.Size, head, q.indirect)
 	if err != nil {
 		return c, false, fmt.Errorf("queue %d: %w", q.Index, err)
 	}
@@ -140,48 +150,31 @@ func (q *Queue) Pop() (c Chain, ok bool, err error) {
 // §2.7.10) and reports whether buffers arrived in the meantime, in which
 // case the caller must keep popping rather than wait.
 func (q *Queue) Arm() (more bool, err error) {
+	le := binary.LittleEndian
 	if q.eventIdx {
-		if err := q.mem.PutUint16(q.DeviceAddr+usedRingOff+usedElemSize*uint64(q.Size), q.nextAvail); err != nil {
-			return false, fmt.Errorf("queue %d: write avail_event: %w", q.Index, err)
-		}
+		le.PutUint16(q.used[usedRingOff+usedElemSize*int(q.Size):], q.nextAvail)
 	}
 	q.fence()
-	idx, err := q.mem.Uint16(q.DriverAddr + availIdxOff)
-	if err != nil {
-		return false, fmt.Errorf("queue %d: read avail idx: %w", q.Index, err)
-	}
-	return idx != q.nextAvail, nil
+	return le.Uint16(q.avail[availIdxOff:]) != q.nextAvail, nil
 }
 
 // Push returns the chain with head to the driver with written bytes
 // stored in its writable buffers, and sends a used-buffer notification
 // unless the driver suppressed it (§2.7.7, §2.7.10).
 func (q *Queue) Push(head uint16, written uint32) error {
+	le := binary.LittleEndian
 	q.mu.Lock()
-	slot := uint64(q.nextUsed % q.Size)
-	elem := q.DeviceAddr + usedRingOff + usedElemSize*slot
-	if err := q.mem.PutUint32(elem, uint32(head)); err != nil {
-		q.mu.Unlock()
-		return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
-	}
-	if err := q.mem.PutUint32(elem+4, written); err != nil {
-		q.mu.Unlock()
-		return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
-	}
+	elem := q.used[usedRingOff+usedElemSize*int(q.nextUsed%q.Size):]
+	le.PutUint32(elem, uint32(head))
+	le.PutUint32(elem[4:], written)
 	// The element must be visible before the index that publishes it.
 	q.fence()
 	q.nextUsed++
-	if err := q.mem.PutUint16(q.DeviceAddr+usedIdxOff, q.nextUsed); err != nil {
-		q.mu.Unlock()
-		return fmt.Errorf("queue %d: write used idx: %w", q.Index, err)
-	}
+	le.PutUint16(q.used[usedIdxOff:], q.nextUsed)
 	// ...and the index before we read the driver's suppression state.
 	q.fence()
-	need, err := q.needNotifyLocked()
+	need := q.needNotifyLocked()
 	q.mu.Unlock()
-	if err != nil {
-		return err
-	}
 	if need {
 		q.notify()
 	}
@@ -203,32 +196,21 @@ func (q *Queue) PushAll(used []Used) error {
 	if len(used) == 0 {
 		return nil
 	}
+	le := binary.LittleEndian
 	q.mu.Lock()
 	for i, u := range used {
-		elem := q.DeviceAddr + usedRingOff + usedElemSize*uint64((q.nextUsed+uint16(i))%q.Size)
-		if err := q.mem.PutUint32(elem, uint32(u.Head)); err != nil {
-			q.mu.Unlock()
-			return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
-		}
-		if err := q.mem.PutUint32(elem+4, u.Written); err != nil {
-			q.mu.Unlock()
-			return fmt.Errorf("queue %d: write used ring: %w", q.Index, err)
-		}
+		elem := q.used[usedRingOff+usedElemSize*int((q.nextUsed+uint16(i))%q.Size):]
+		le.PutUint32(elem, uint32(u.Head))
+		le.PutUint32(elem[4:], u.Written)
 	}
 	// The elements must be visible before the index that publishes them.
 	q.fence()
 	q.nextUsed += uint16(len(used))
-	if err := q.mem.PutUint16(q.DeviceAddr+usedIdxOff, q.nextUsed); err != nil {
-		q.mu.Unlock()
-		return fmt.Errorf("queue %d: write used idx: %w", q.Index, err)
-	}
+	le.PutUint16(q.used[usedIdxOff:], q.nextUsed)
 	// ...and the index before we read the driver's suppression state.
 	q.fence()
-	need, err := q.needNotifyLocked()
+	need := q.needNotifyLocked()
 	q.mu.Unlock()
-	if err != nil {
-		return err
-	}
 	if need {
 		q.notify()
 	}
@@ -237,23 +219,17 @@ func (q *Queue) PushAll(used []Used) error {
 
 // needNotifyLocked decides whether the driver wants to hear about the used
 // entries added since the last notification.
-func (q *Queue) needNotifyLocked() (bool, error) {
+func (q *Queue) needNotifyLocked() bool {
+	le := binary.LittleEndian
 	if !q.eventIdx {
-		flags, err := q.mem.Uint16(q.DriverAddr + availFlagsOff)
-		if err != nil {
-			return false, fmt.Errorf("queue %d: read avail flags: %w", q.Index, err)
-		}
-		return flags&availNoInterrupt == 0, nil
+		return le.Uint16(q.avail[availFlagsOff:])&availNoInterrupt == 0
 	}
-	usedEvent, err := q.mem.Uint16(q.DriverAddr + availRingOff + availElemSize*uint64(q.Size))
-	if err != nil {
-		return false, fmt.Errorf("queue %d: read used_event: %w", q.Index, err)
-	}
+	usedEvent := le.Uint16(q.avail[availRingOff+availElemSize*int(q.Size):])
 	old, cur := q.signalledUsed, q.nextUsed
 	q.signalledUsed = cur
 	// vring_need_event (§2.7.10): notify when used_event lies in
 	// [old, cur), i.e. the driver asked to hear about one of these.
-	return uint16(cur-usedEvent-1) < uint16(cur-old), nil
+	return uint16(cur-usedEvent-1) < uint16(cur-old)
 }
 
 // Mem returns the guest memory the queue's buffers live in.

@@ -181,9 +181,8 @@ func (b *Block) readDirect(v iovec, off int64) error {
 		if err := preadAtLeast(fd, buf[:end-start], start, skip+k); err != nil {
 			return err
 		}
-		var head iovec
-		head, v = v.split(uint64(k))
-		head.copyIn(buf[skip : skip+k])
+		v.copyIn(buf[skip : skip+k])
+		v = v.skip(uint64(k))
 		off += k
 		rest -= k
 	}
@@ -239,9 +238,8 @@ func (b *Block) writeDirect(v iovec, off int64) error {
 				return fmt.Errorf("read-modify-write: %w", err)
 			}
 		}
-		var head iovec
-		head, v = v.split(uint64(k))
-		head.copyOut(blk[skip : skip+k])
+		v.copyOut(blk[skip : skip+k])
+		v = v.skip(uint64(k))
 		if err := pwritevFull(fd, iovec{blk}, start); err != nil {
 			return err
 		}

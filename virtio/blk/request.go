@@ -56,21 +56,20 @@ func (v iovec) size() uint64 {
 	return n
 }
 
-// split returns the first n bytes of v and the rest (n <= v.size()).
-func (v iovec) split(n uint64) (iovec, iovec) {
-	var head iovec
-	for len(v) > 0 && n > 0 {
-		b := v[0]
-		if uint64(len(b)) > n {
-			head = append(head, b[:n])
-			v = append(iovec{b[n:]}, v[1:]...)
-			return head, v
-		}
-		head = append(head, b)
-		n -= uint64(len(b))
+// skip returns v without its first n bytes (n <= v.size()), in a new
+// array when a segment is cut, so v itself is left as it is.
+func (v iovec) skip(n uint64) iovec {
+	for len(v) > 0 && n >= uint64(len(v[0])) {
+		n -= uint64(len(v[0]))
 		v = v[1:]
 	}
-	return head, v
+	if n == 0 || len(v) == 0 {
+		return v
+	}
+	rest := make(iovec, len(v))
+	copy(rest, v)
+	rest[0] = rest[0][n:]
+	return rest
 }
 
 // copyOut copies the first len(p) bytes of v into p.
@@ -95,24 +94,8 @@ func (v iovec) copyIn(p []byte) {
 	}
 }
 
-// buffers maps the chain's readable and writable buffers to guest memory.
-// ParseChain already checked every buffer, so errors are not expected.
-func buffers(mem *memory.Guest, c virtio.Chain) (r, w iovec, err error) {
-	for _, b := range c.Buffers {
-		s, err := mem.Slice(b.Addr, uint64(b.Len))
-		if err != nil {
-			return nil, nil, err
-		}
-		if b.Write {
-			w = append(w, s)
-		} else {
-			r = append(r, s)
-		}
-	}
-	return r, w, nil
-}
-
-// request is one parsed block request.
+// request is one parsed block request. A worker keeps one and parses
+// request after request into it: out and in reuse their arrays.
 type request struct {
 	typ    uint32
 	sector uint64
@@ -121,30 +104,58 @@ type request struct {
 	status []byte
 }
 
-// parse frames a chain as a request without assuming how the driver laid
-// out the descriptors (§2.7.4: no framing assumptions).
-func parse(mem *memory.Guest, c virtio.Chain) (*request, error) {
-	r, w, err := buffers(mem, c)
-	if err != nil {
-		return nil, err
+// parse frames chain c as a request in r without assuming how the driver
+// laid out the descriptors (§2.7.4: no framing assumptions). ParseChain
+// already checked every buffer (in guest RAM, readable ones first), so a
+// mapping error is not expected.
+func parse(mem *memory.Guest, c *virtio.Chain, r *request) error {
+	if c.ReadLen < headerLen {
+		return fmt.Errorf("%w: %d readable bytes, need a %d-byte header", errMalformed, c.ReadLen, headerLen)
 	}
-	if r.size() < headerLen {
-		return nil, fmt.Errorf("%w: %d readable bytes, need a %d-byte header", errMalformed, r.size(), headerLen)
+	if c.WriteLen < 1 {
+		return fmt.Errorf("%w: no writable status byte", errMalformed)
 	}
-	if w.size() < 1 {
-		return nil, fmt.Errorf("%w: no writable status byte", errMalformed)
-	}
+	r.out, r.in = r.out[:0], r.in[:0]
 	var hdr [headerLen]byte
-	hr, out := r.split(headerLen)
-	hr.copyOut(hdr[:])
-	in, st := w.split(w.size() - 1)
-	return &request{
-		typ:    binary.LittleEndian.Uint32(hdr[0:]),
-		sector: binary.LittleEndian.Uint64(hdr[8:]),
-		out:    out,
-		in:     in,
-		status: st[0][:1],
-	}, nil
+	got := 0 // header bytes copied so far
+	for _, b := range c.Buffers {
+		s, err := mem.Slice(b.Addr, uint64(b.Len))
+		if err != nil {
+			return err
+		}
+		switch {
+		case b.Write:
+			r.in = append(r.in, s)
+		case got < headerLen:
+			n := copy(hdr[got:], s)
+			got += n
+			if n < len(s) {
+				r.out = append(r.out, s[n:])
+			}
+		default:
+			r.out = append(r.out, s)
+		}
+	}
+	// The status byte is the last writable one.
+	last := len(r.in) - 1
+	st := r.in[last]
+	r.status = st[len(st)-1:]
+	if len(st) == 1 {
+		r.in[last] = nil
+		r.in = r.in[:last]
+	} else {
+		r.in[last] = st[:len(st)-1]
+	}
+	r.typ = binary.LittleEndian.Uint32(hdr[0:])
+	r.sector = binary.LittleEndian.Uint64(hdr[8:])
+	return nil
+}
+
+// release drops r's references to guest memory, keeping its arrays.
+func (r *request) release() {
+	clear(r.out)
+	clear(r.in)
+	r.out, r.in, r.status = r.out[:0], r.in[:0], nil
 }
 
 // execute performs r and returns the status and how many bytes of the
@@ -305,8 +316,17 @@ func (b *Block) pwritev(v iovec, off int64) error {
 
 // preadvFull fills v from fd at off, retrying short reads.
 func preadvFull(fd int, v iovec, off int64) error {
-	for len(v) > 0 {
-		n, err := unix.Preadv(fd, v, off)
+	rest := v.size()
+	for rest > 0 {
+		var n int
+		var err error
+		if len(v) == 1 {
+			// One segment (a data buffer in one descriptor, the usual
+			// case): pread skips the kernel's iovec import.
+			n, err = unix.Pread(fd, v[0], off)
+		} else {
+			n, err = unix.Preadv(fd, v, off)
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -316,7 +336,10 @@ func preadvFull(fd int, v iovec, off int64) error {
 		if n == 0 {
 			return fmt.Errorf("read at byte %d: unexpected end of image", off)
 		}
-		_, v = v.split(uint64(n))
+		if rest -= uint64(n); rest > 0 {
+			// A short read, rare: go on with the rest.
+			v = v.skip(uint64(n))
+		}
 		off += int64(n)
 	}
 	return nil
@@ -324,15 +347,24 @@ func preadvFull(fd int, v iovec, off int64) error {
 
 // pwritevFull writes v to fd at off, retrying short writes.
 func pwritevFull(fd int, v iovec, off int64) error {
-	for len(v) > 0 {
-		n, err := unix.Pwritev(fd, v, off)
+	rest := v.size()
+	for rest > 0 {
+		var n int
+		var err error
+		if len(v) == 1 {
+			n, err = unix.Pwrite(fd, v[0], off)
+		} else {
+			n, err = unix.Pwritev(fd, v, off)
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return fmt.Errorf("write at byte %d: %w", off, err)
 		}
-		_, v = v.split(uint64(n))
+		if rest -= uint64(n); rest > 0 {
+			v = v.skip(uint64(n))
+		}
 		off += int64(n)
 	}
 	return nil
