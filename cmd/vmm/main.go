@@ -87,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.CPUs, "cpus", 1, "number of vCPUs")
 	fs.StringVar(&o.cfg.SystemMap, "system-map", "", "System.map for symbolizing guest addresses (default: beside the kernel)")
 	fs.BoolVar(&o.cfg.DebugExit, "debug-exit", false, "map the test exit device at port 0xf4 (guest-chosen exit status)")
-	fs.DurationVar(&o.cfg.SampleRIP, "sample-rip", 0, "sample vCPU instruction pointers at this interval and log the hottest guest symbols")
+	fs.DurationVar(&o.cfg.SampleRIP, "sample-rip", 0, "sample vCPU instruction pointers at this interval and log the hottest guest symbols every 10 s (at --log-level info or debug)")
 	fs.Var(diskFlag{&o.cfg.Drives}, "disk", "virtio-blk disk: path=FILE[,ro][,id=NAME][,root][,direct] (repeatable); direct (or direct=on) opens the image with O_DIRECT, bypassing the host page cache")
 	fs.Var(netFlag{&o.cfg.Nets}, "net", "virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=NAME][,queues=N] (repeatable)")
 	fs.Var(vsockFlag{&o.cfg.Vsock}, "vsock", "virtio-vsock device with a Firecracker-style hybrid Unix socket: cid=N,uds=PATH")
