@@ -110,7 +110,7 @@ type dpRig struct {
 	hdrs   [][]byte // each slot's header in guest memory
 	status [][]byte // each slot's status byte
 	used   uint16   // used entries reaped so far
-	reap   usedReader
+	reap   virtiotest.UsedReader
 }
 
 func newDPRig(b *testing.B, img string, c dpCase) *dpRig {
@@ -131,7 +131,7 @@ func newDPRig(b *testing.B, img string, c dpCase) *dpRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := &dpRig{b: blk, d: d, kick: make(chan struct{}, 1), irq: make(chan struct{}, 1), fails: make(chan error, 4), reap: usedReader{d: d}}
+	r := &dpRig{b: blk, d: d, kick: make(chan struct{}, 1), irq: make(chan struct{}, 1), fails: make(chan error, 4), reap: virtiotest.UsedReader{Driver: d}}
 	typ := uint32(typeIn)
 	if c.write {
 		typ = typeOut
@@ -192,7 +192,7 @@ func (r *dpRig) batch(b *testing.B, c dpCase, first, k int, timer *time.Timer) {
 	}
 	timer.Reset(10 * time.Second)
 	for got := 0; got < k; {
-		if _, _, ok := r.reap.pop(); ok {
+		if _, _, ok := r.reap.Pop(); ok {
 			got++
 			continue
 		}
@@ -266,25 +266,4 @@ func benchRaw(b *testing.B, img string, c dpCase) {
 	if err := failed.Load(); err != nil {
 		b.Fatal(*err)
 	}
-}
-
-// usedReader reaps the used ring straight from guest memory: the fake
-// driver's PopUsed allocates and locks per entry, and the fake guest,
-// which shares this machine's CPUs with the device, should cost no more
-// than a real guest's driver would. Only the benchmark reads the ring.
-type usedReader struct {
-	d    *virtiotest.Driver
-	last uint16
-}
-
-func (u *usedReader) pop() (id, n uint32, ok bool) {
-	idx, err := u.d.Mem.Uint16(u.d.Used + 2)
-	if err != nil || idx == u.last {
-		return 0, 0, false
-	}
-	e := u.d.Used + 4 + 8*uint64(u.last%u.d.Size)
-	id, _ = u.d.Mem.Uint32(e)
-	n, _ = u.d.Mem.Uint32(e + 4)
-	u.last++
-	return id, n, true
 }

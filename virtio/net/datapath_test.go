@@ -252,8 +252,8 @@ type dpRig struct {
 	txIRQ    chan struct{}
 	fails    chan error
 	features uint64
-	rxUsed   usedReader
-	txUsed   usedReader
+	rxUsed   virtiotest.UsedReader
+	txUsed   virtiotest.UsedReader
 }
 
 func dpRAMDriver(b *testing.B) *virtiotest.Driver {
@@ -283,7 +283,7 @@ func (env *dpEnv) newRig(b *testing.B, setup func(r *dpRig)) *dpRig {
 	r := &dpRig{n: n, rx: dpRAMDriver(b), tx: dpRAMDriver(b),
 		rxKick: make(chan struct{}, 1), txKick: make(chan struct{}, 1),
 		rxIRQ: make(chan struct{}, 1), txIRQ: make(chan struct{}, 1), fails: make(chan error, 4)}
-	r.rxUsed, r.txUsed = usedReader{d: r.rx}, usedReader{d: r.tx}
+	r.rxUsed, r.txUsed = virtiotest.UsedReader{Driver: r.rx}, virtiotest.UsedReader{Driver: r.tx}
 	r.features = n.Features() | virtio.FeatureVersion1 | virtio.FeatureEventIdx
 	irq := func(c chan struct{}) func() {
 		return func() {
@@ -361,7 +361,7 @@ func (env *dpEnv) deviceTx(b *testing.B, c dpCase) {
 			r.tx.SetUsedEvent(uint16(done + min(dpBurst, posted-done) - 1))
 			got := 0
 			for {
-				if _, _, ok := r.txUsed.pop(); !ok {
+				if _, _, ok := r.txUsed.Pop(); !ok {
 					break
 				}
 				got++
@@ -513,7 +513,7 @@ func (env *dpEnv) deviceRx(b *testing.B, c dpCase) {
 		for got < k {
 			n := 0
 			for {
-				id, length, ok := r.rxUsed.pop()
+				id, length, ok := r.rxUsed.Pop()
 				if !ok {
 					break
 				}
@@ -584,25 +584,4 @@ func (env *dpEnv) rawRx(b *testing.B, c dpCase) {
 	if odd > b.N/100 {
 		b.Fatalf("%d of %d frames were not the %d-byte frames sent", odd, b.N, c.size)
 	}
-}
-
-// usedReader reaps the used ring straight from guest memory: the fake
-// driver's PopUsed allocates and locks per entry, and the fake guest,
-// which shares this machine's CPUs with the device, should cost no more
-// than a real guest's driver would. Only the benchmark reads the ring.
-type usedReader struct {
-	d    *virtiotest.Driver
-	last uint16
-}
-
-func (u *usedReader) pop() (id, n uint32, ok bool) {
-	idx, err := u.d.Mem.Uint16(u.d.Used + 2)
-	if err != nil || idx == u.last {
-		return 0, 0, false
-	}
-	e := u.d.Used + 4 + 8*uint64(u.last%u.d.Size)
-	id, _ = u.d.Mem.Uint32(e)
-	n, _ = u.d.Mem.Uint32(e + 4)
-	u.last++
-	return id, n, true
 }
