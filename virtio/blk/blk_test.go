@@ -121,17 +121,25 @@ type req struct {
 	n            int
 }
 
+// header lays out a request header of type typ at sector and a status
+// byte the device has not written yet (0xff).
+func (h *harness) header(typ uint32, sector uint64) (hdr, status uint64) {
+	hdr = h.d.Alloc(headerLen, 8)
+	var b [headerLen]byte
+	binary.LittleEndian.PutUint32(b[0:], typ)
+	binary.LittleEndian.PutUint64(b[8:], sector)
+	h.d.Write(hdr, b[:])
+	status = h.d.Alloc(1, 1)
+	h.d.Write(status, []byte{0xff})
+	return hdr, status
+}
+
 // submit posts a request of type typ at sector with out (device-readable)
 // data or n bytes of device-writable data.
 func (h *harness) submit(typ uint32, sector uint64, out []byte, n int) req {
 	d := h.d
-	hdr := d.Alloc(headerLen, 8)
-	var b [headerLen]byte
-	binary.LittleEndian.PutUint32(b[0:], typ)
-	binary.LittleEndian.PutUint64(b[8:], sector)
-	d.Write(hdr, b[:])
-	r := req{status: d.Alloc(1, 1), n: n}
-	d.Write(r.status, []byte{0xff})
+	hdr, status := h.header(typ, sector)
+	r := req{status: status, n: n}
 	bufs := []virtiotest.Buf{{Addr: hdr, Len: headerLen}}
 	if len(out) > 0 {
 		r.data = d.Alloc(uint64(len(out)), 8)

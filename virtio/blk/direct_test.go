@@ -124,13 +124,8 @@ type dreq struct {
 // whose data descriptors are segs.
 func (h *harness) submitSegs(typ uint32, sector uint64, segs []seg, data []byte) dreq {
 	d := h.d
-	hdr := d.Alloc(headerLen, 8)
-	var b [headerLen]byte
-	binary.LittleEndian.PutUint32(b[0:], typ)
-	binary.LittleEndian.PutUint64(b[8:], sector)
-	d.Write(hdr, b[:])
-	r := dreq{status: d.Alloc(1, 1), segs: segs}
-	d.Write(r.status, []byte{0xff})
+	hdr, status := h.header(typ, sector)
+	r := dreq{status: status, segs: segs}
 	bufs := []virtiotest.Buf{{Addr: hdr, Len: headerLen}}
 	off := 0
 	for _, s := range segs {
