@@ -319,14 +319,14 @@ func (b *bench) ioBoot(ctx context.Context, impl string, argv []string, log, ns 
 		return err
 	}
 	defer p.Stop()
-	if _, err := p.WaitOutput(linuxReady, b.cfg.linuxTimeout); err != nil {
-		return fmt.Errorf("%v; last console lines:\n%s\nstderr:\n%s", err, strings.Join(p.Tail(10), "\n"), strings.Join(p.StderrTail(8), "\n"))
+	if _, err := waitConsole(ctx, p, linuxReady, "", b.cfg.linuxTimeout); err != nil {
+		return err
 	}
 	time.Sleep(2 * idleSettle) // let the shell reach its prompt
 	if err := p.Send(ioMountCommand()); err != nil {
 		return err
 	}
-	if err := waitEither(p, ioReadyLine, ioFailLine, 20*time.Minute); err != nil {
+	if _, err := waitConsole(ctx, p, ioReadyLine, ioFailLine, 20*time.Minute); err != nil {
 		return err
 	}
 	dataDisk := ""
@@ -401,25 +401,6 @@ func (b *bench) ioMeasure(ctx context.Context, r *SuiteResult, impl string, pid 
 	m.Group = name
 	m.Target = "≤ 0.7× QEMU"
 	m.add(impl, used.Device().Seconds()/(moved/(1<<30)))
-}
-
-// waitEither waits for ok or fail on the console.
-func waitEither(p *Proc, ok, fail string, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if _, err := p.WaitOutput(ok, 2*time.Second); err == nil {
-			return nil
-		}
-		if m := p.out.mark(fail); isDone(m) {
-			return fmt.Errorf("guest start script failed; last console lines:\n%s", strings.Join(p.Tail(10), "\n"))
-		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("%s exited before %q; last console lines:\n%s", p.Name, ok, strings.Join(p.Tail(10), "\n"))
-		default:
-		}
-	}
-	return fmt.Errorf("no %q within %v; last console lines:\n%s", ok, d, strings.Join(p.Tail(10), "\n"))
 }
 
 // runIperf3 runs the host's iperf3 client in the namespace against the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -180,5 +181,36 @@ func TestSupportsDirect(t *testing.T) {
 	defer os.Remove(p)
 	if supportsDirect(p) {
 		t.Error("a tmpfs file counts as supporting O_DIRECT; vmm refuses it")
+	}
+}
+
+// TestWaitConsole: the wanted line wins, the failure line or an exit ends
+// the wait early with the console tail, and the deadline bounds it.
+func TestWaitConsole(t *testing.T) {
+	for _, tc := range []struct {
+		name, script, want string
+		fail               bool
+	}{
+		{"ready", "echo booting; echo io-tools: ready; exec sleep 5", "", false},
+		{"fail line", "echo io-tools: failed: no eth0; exec sleep 5", "on the console", true},
+		{"exit", "echo bye", "exited before", true},
+		{"deadline", "exec sleep 10", "within", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Launch(context.Background(), ProcSpec{Name: "sh", Argv: []string{"sh", "-c", tc.script}, Timeout: 20 * time.Second,
+				Marks: []string{ioReadyLine, ioFailLine}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Stop()
+			start := time.Now()
+			_, err = waitConsole(context.Background(), p, ioReadyLine, ioFailLine, 3*time.Second)
+			if tc.fail != (err != nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("waitConsole: %v, want failure %v containing %q", err, tc.fail, tc.want)
+			}
+			if time.Since(start) > 8*time.Second {
+				t.Errorf("waitConsole took %v", time.Since(start))
+			}
+		})
 	}
 }

@@ -102,30 +102,44 @@ func (b *bench) linuxBoot(ctx context.Context, name string, argv []string, log s
 			initAt = m.at
 		}
 	}()
-	deadline := time.Now().Add(b.cfg.linuxTimeout)
+	at, err := waitConsole(ctx, p, linuxReady, "", b.cfg.linuxTimeout)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	time.Sleep(2 * idleSettle) // let the shell settle at its prompt
+	usage, err := ReadUsage(p.PID(), b.guestBytes())
+	if err != nil {
+		b.prog.say("%s: memory at the shell prompt: %v", name, err)
+		return at, 0, nil, nil
+	}
+	return at, 0, &usage, nil
+}
+
+// waitConsole waits up to d for want on p's console. It gives up early,
+// with the last console and stderr lines, when fail (if not empty) appears
+// on the console, QEMU reports a dead vCPU (after which it hangs rather
+// than exits), the process exits, or ctx ends.
+func waitConsole(ctx context.Context, p *Proc, want, fail string, d time.Duration) (time.Duration, error) {
+	deadline := time.Now().Add(d)
 	for {
-		if at, err := p.WaitOutput(linuxReady, 2*time.Second); err == nil {
-			time.Sleep(2 * idleSettle) // let the shell settle at its prompt
-			usage, err := ReadUsage(p.PID(), b.guestBytes())
-			if err != nil {
-				b.prog.say("%s: memory at the shell prompt: %v", name, err)
-				return at, 0, nil, nil
-			}
-			return at, 0, &usage, nil
+		if at, err := p.WaitOutput(want, 2*time.Second); err == nil {
+			return at, nil
+		}
+		if fail != "" && isDone(p.out.mark(fail)) {
+			return 0, fmt.Errorf("%s: %q on the console; last console lines:\n%s", p.Name, fail, strings.Join(p.Tail(10), "\n"))
 		}
 		if dead := p.err.firstSeen(qemuDead()); dead != "" {
-			return 0, 0, nil, fmt.Errorf("%s stopped (%q on stderr); last console lines:\n%s\nstderr:\n%s",
-				name, dead, strings.Join(p.Tail(10), "\n"), strings.Join(p.StderrTail(12), "\n"))
+			return 0, fmt.Errorf("%s stopped (%q on stderr); last console lines:\n%s\nstderr:\n%s",
+				p.Name, dead, strings.Join(p.Tail(10), "\n"), strings.Join(p.StderrTail(12), "\n"))
 		}
 		select {
 		case <-p.exited:
-			return 0, 0, nil, fmt.Errorf("%s exited before %q; last console lines:\n%s\nstderr:\n%s",
-				name, linuxReady, strings.Join(p.Tail(10), "\n"), strings.Join(p.StderrTail(8), "\n"))
+			return 0, fmt.Errorf("%s exited before %q; last console lines:\n%s\nstderr:\n%s",
+				p.Name, want, strings.Join(p.Tail(10), "\n"), strings.Join(p.StderrTail(8), "\n"))
 		default:
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return 0, 0, nil, fmt.Errorf("no %q within %v; last console lines:\n%s",
-				linuxReady, b.cfg.linuxTimeout, strings.Join(p.Tail(10), "\n"))
+			return 0, fmt.Errorf("no %q within %v; last console lines:\n%s", want, d, strings.Join(p.Tail(10), "\n"))
 		}
 	}
 }
