@@ -81,6 +81,9 @@ type directIO struct {
 	// last block passes the end of the image; nil when size is a
 	// multiple of align.off or the disk is read-only.
 	tail *os.File
+	// bounces holds bounceSize buffers aligned to bouncePoolAlign, shared
+	// by the device's workers.
+	bounces sync.Pool
 }
 
 // newDirectIO queries f's alignment and opens the tail descriptor if one
@@ -94,6 +97,10 @@ func newDirectIO(f *os.File, size int64, readOnly bool, alignment func(*os.File)
 		return nil, err
 	}
 	d := &directIO{align: a, size: size}
+	d.bounces.New = func() any {
+		b := alignedBuffer(bounceSize, bouncePoolAlign)
+		return &b
+	}
 	if !readOnly && size%a.off != 0 {
 		// A new open file description of the same inode, without
 		// O_DIRECT; it needs no lock of its own, f holds it.
@@ -127,12 +134,6 @@ func (d *directIO) inPlace(v iovec, off int64) bool {
 	return true
 }
 
-// bounceBuffers holds bounceSize buffers aligned to bouncePoolAlign.
-var bounceBuffers = sync.Pool{New: func() any {
-	b := alignedBuffer(bounceSize, bouncePoolAlign)
-	return &b
-}}
-
 const bouncePoolAlign = 4096
 
 // alignedBuffer returns n bytes of Go memory whose address is a multiple
@@ -148,8 +149,8 @@ func alignedBuffer(n, align int64) []byte {
 func (d *directIO) bounce() ([]byte, func()) {
 	a := d.align
 	if a.mem <= bouncePoolAlign && bounceSize%a.off == 0 {
-		p := bounceBuffers.Get().(*[]byte)
-		return *p, func() { bounceBuffers.Put(p) }
+		p := d.bounces.Get().(*[]byte)
+		return *p, func() { d.bounces.Put(p) }
 	}
 	// An unusual alignment: a buffer for this request only.
 	n := (bounceSize + a.off - 1) / a.off * a.off
