@@ -91,15 +91,7 @@ func TestRunSIGTERM(t *testing.T) {
 	cmd := exec.CommandContext(ctx, shared.vmm, "run", "--image", image,
 		"--boot-timeout", linuxBootTimeout.String(), "--", "sh", "-c", "echo started; exec sleep 100")
 	cmd.Dir = shared.root
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdout, stderr := startPiped(t, cmd)
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || line != "started\n" {
 		cmd.Process.Kill()
@@ -130,6 +122,22 @@ func TestRunSIGTERM(t *testing.T) {
 			t.Errorf("vmm run left %s behind (%v)", filepath.Dir(apiSock), err)
 		}
 	}
+}
+
+// startPiped starts cmd with a pipe from its standard output and its
+// standard error collected.
+func startPiped(t *testing.T, cmd *exec.Cmd) (io.ReadCloser, *syncBuffer) {
+	t.Helper()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return stdout, stderr
 }
 
 // runChildVMM finds the VMM process vmm run started (its descendant with
@@ -239,15 +247,7 @@ func TestRunCtrlC(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdout, stderr := startPiped(t, cmd)
 	pgid := cmd.Process.Pid
 	// One reader of stdout: the first line, then the rest (sleep prints
 	// nothing), then Wait.
