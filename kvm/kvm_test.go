@@ -1,8 +1,12 @@
 package kvm
 
 import (
+	"fmt"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -114,4 +118,116 @@ func TestSupportedCPUID(t *testing.T) {
 	if os.Getenv("VMM_DEBUG") != "" {
 		t.Logf("%d CPUID entries, PVM host: %v", len(c), IsPVM())
 	}
+}
+
+// A vCPU spinning in the guest through RunHot holds its goroutine's P, so
+// the runtime must still get it back: its preemption signal interrupts
+// KVM_RUN. With a single P, garbage collection (a stop-the-world) and
+// another goroutine both have to run while the guest spins.
+func TestRunHotYieldsToRuntime(t *testing.T) {
+	s := openOrSkip(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	vm, err := s.CreateVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	copy(mem[0x1000:], []byte{0xeb, 0xfe}) // jmp $
+	if err := vm.SetUserMemoryRegion(0, 0, mem, 0); err != nil {
+		t.Fatal(err)
+	}
+	vcpu, err := vm.CreateVCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vcpu.Close()
+	sregs, err := vcpu.Sregs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sregs.CS.Base, sregs.CS.Selector = 0, 0
+	if err := vcpu.SetSregs(sregs); err != nil {
+		t.Fatal(err)
+	}
+	if err := vcpu.SetRegs(Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
+		t.Fatal(err)
+	}
+
+	var stop atomic.Bool
+	var tid atomic.Int32
+	type result struct {
+		intrs int
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid.Store(int32(unix.Gettid()))
+		var r result
+		for !stop.Load() {
+			exit, err := vcpu.RunHot()
+			if err != nil {
+				r.err = err
+				break
+			}
+			switch exit {
+			case ExitIntr:
+				r.intrs++
+			default:
+				r.err = fmt.Errorf("unexpected exit %v from a spinning guest", exit)
+			}
+			if r.err != nil {
+				break
+			}
+		}
+		done <- r
+	}()
+	for tid.Load() == 0 {
+		runtime.Gosched()
+	}
+
+	const rounds = 5
+	start := time.Now()
+	for range rounds {
+		runtime.GC()
+		woke := make(chan struct{})
+		go func() { close(woke) }()
+		<-woke
+	}
+	elapsed := time.Since(start)
+
+	stop.Store(true)
+	vcpu.SetImmediateExit(true)
+	deadline := time.After(10 * time.Second)
+	var r result
+wait:
+	for {
+		_ = unix.Tgkill(unix.Getpid(), int(tid.Load()), unix.SIGURG)
+		select {
+		case r = <-done:
+			break wait
+		case <-time.After(10 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("the vCPU goroutine did not stop")
+		}
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	// With one P, every step of a collection and every wake-up waits for
+	// the runtime to preempt the vCPU (a time slice, 10-20 ms): a round
+	// takes about 0.1 s. Without preemption it would never end.
+	if limit := 10 * time.Second; elapsed > limit {
+		t.Errorf("%d garbage collections and goroutine wake-ups beside a spinning vCPU took %v (limit %v)", rounds, elapsed, limit)
+	}
+	if r.intrs == 0 {
+		t.Error("KVM_RUN was never interrupted, yet the other goroutines ran: the test did not exercise RunHot")
+	}
+	t.Logf("%d rounds in %v, %d interrupted runs", rounds, elapsed, r.intrs)
 }

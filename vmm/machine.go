@@ -325,6 +325,7 @@ func (m *Machine) finish(e Exit) {
 // vCPU fails, or ctx is cancelled; then it stops and joins all vCPUs.
 func (m *Machine) Run(ctx context.Context) Exit {
 	start := time.Now()
+	reserveVCPUProcs(len(m.vcpus))
 	m.setRunning(true)
 	var wg sync.WaitGroup
 	for _, v := range m.vcpus {

@@ -167,6 +167,17 @@ func (v *vcpu) kick() {
 	}
 }
 
+// reserveVCPUProcs raises GOMAXPROCS so that n vCPUs in hot runs, each
+// holding a P (kvm.VCPU.RunHot), still leave the device goroutines one P
+// per host CPU. It never lowers it. Machines started together in one
+// process share the headroom rather than adding to it; that costs device
+// latency (a P frees up within a time slice), never correctness.
+func reserveVCPUProcs(n int) {
+	if want := runtime.NumCPU() + n; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
+}
+
 // loop runs the vCPU on a dedicated OS thread until stopped or failed.
 func (v *vcpu) loop() error {
 	runtime.LockOSThread()
@@ -175,13 +186,25 @@ func (v *vcpu) loop() error {
 	v.tid.Store(int32(unix.Gettid()))
 	defer v.tid.Store(0)
 	probe := newFirstRunProbe(v.id) // nil unless VMM_LAUNCH_NS is set
+	// hot: the last exit was the guest's own, so the next run keeps the
+	// goroutine's P (kvm.VCPU.RunHot); after a signal (the runtime's time
+	// slice ran out, or a kick) the guest may be idle, and the next run
+	// gives the P up.
+	hot := true
 	for !v.stopping.Load() {
 		v.m.pause.park(v.stopping.Load)
 		if v.stopping.Load() {
 			break
 		}
 		probe.fire()
-		exit, err := v.kvm.Run()
+		var exit kvm.ExitReason
+		var err error
+		if hot {
+			exit, err = v.kvm.RunHot()
+		} else {
+			exit, err = v.kvm.Run()
+		}
+		hot = exit != kvm.ExitIntr
 		if err != nil {
 			return fmt.Errorf("vCPU %d: %w", v.id, err)
 		}
