@@ -187,6 +187,13 @@ func (b *bench) runIO(ctx context.Context) {
 		r.note(fmt.Sprintf("Both VMMs run in network namespace %s (`ip netns exec`), where the tap %s has %s/%d and the guest %s.",
 			"vmmbench<pid>", ioTap, ioHostIP, ioPrefix, ioGuestIP))
 	}
+	for _, r := range []*SuiteResult{net, blk} {
+		r.note("Every figure is per second of host time. A guest whose clock runs slow reports too much work per second, " +
+			"and on kvm-pvm QEMU's guest does: it marks its TSC unstable at boot and keeps time with jiffies, which lose " +
+			"the emulated guest's late timer ticks. So iperf3's rate is the bytes received over the duration the host's " +
+			"end measured, and fio's figures (timed by the guest) are multiplied by the guest's clock rate, read from its " +
+			"/proc/uptime over the console before and after each test (guest seconds per host second: the last row).")
+	}
 	if kvm.IsPVM() {
 		note := "On this kvm-pvm host the guest kernel's network and block stacks run in KVM's instruction emulator, so " +
 			"throughput is bounded by the emulated guest (KB/s, not Gb/s) for both VMMs; the device-thread CPU per GiB is " +
@@ -339,16 +346,18 @@ func (b *bench) ioBoot(ctx context.Context, impl string, argv []string, log, ns 
 		return fmt.Errorf("the guest named no data disk (%q)", dataDisk)
 	}
 	b.prog.say("%s: guest ready for the io tests (data disk %s)", impl, dataDisk)
+	clock := &guestClock{p: p}
 	if wantNet {
 		for _, test := range iperfTests() {
-			b.ioMeasure(ctx, b.io.net, impl, p.PID(), test.name, "Gb/s", func(ctx context.Context) (float64, float64, error) {
+			// runIperf3 times the transfer by the host's side.
+			b.ioMeasure(ctx, b.io.net, impl, clock, false, test.name, "Gb/s", func(ctx context.Context) (float64, float64, error) {
 				return runIperf3(ctx, ns, test, b.cfg.ioTime)
 			})
 		}
 	}
 	if wantBlk {
 		for _, job := range fioJobs() {
-			b.ioMeasure(ctx, b.io.blk, impl, p.PID(), job.name, job.unit(), func(ctx context.Context) (float64, float64, error) {
+			b.ioMeasure(ctx, b.io.blk, impl, clock, true, job.name, job.unit(), func(ctx context.Context) (float64, float64, error) {
 				return runFioClient(ctx, ns, job, dataDisk, b.cfg.ioTime)
 			})
 		}
@@ -356,24 +365,46 @@ func (b *bench) ioBoot(ctx context.Context, impl string, argv []string, log, ns 
 	return nil
 }
 
+// ioClockWait bounds one guest clock probe; a guest winding down a test
+// can take a while to run a shell command.
+const ioClockWait = 2 * time.Minute
+
+// guestClockMetric is the metric of each io suite that reports the guests'
+// clock rates.
+const guestClockMetric = "guest clock during the tests (guest seconds per host second)"
+
 // ioMeasure runs one test and records its figure and the device-thread CPU
-// per GiB it cost.
-func (b *bench) ioMeasure(ctx context.Context, r *SuiteResult, impl string, pid int, name, unit string,
+// per GiB it cost. guestTimed says the figure is per second of the guest's
+// clock; it is converted to host time with the clock rate measured around
+// the test (guestclock.go).
+func (b *bench) ioMeasure(ctx context.Context, r *SuiteResult, impl string, clock *guestClock, guestTimed bool, name, unit string,
 	test func(context.Context) (figure, bytes float64, err error)) {
 	var (
 		before, after   ThreadCPU
 		cpuErr, cpuErr2 error
 		figure, moved   float64
+		rate            float64
 		err             error
 	)
+	pid := clock.p.PID()
 	// A server in the emulated guest can still be winding down the last
 	// test ("the server is busy running a test"): a failed attempt is
 	// retried, and each attempt is measured on its own.
 	for attempt := 1; attempt <= ioAttempts; attempt++ {
+		var t0, t1 guestClockReading
+		if t0, err = clock.read(ctx, ioClockWait); err != nil {
+			break
+		}
 		before, cpuErr = ReadThreadCPU(pid)
 		figure, moved, err = test(ctx)
 		after, cpuErr2 = ReadThreadCPU(pid)
-		if err == nil || ctx.Err() != nil {
+		if err == nil {
+			if t1, err = clock.read(ctx, ioClockWait); err == nil {
+				rate, err = guestClockRate(t0, t1)
+			}
+			break
+		}
+		if ctx.Err() != nil {
 			break
 		}
 		b.prog.say("%s: %s: attempt %d: %v", impl, name, attempt, err)
@@ -383,8 +414,13 @@ func (b *bench) ioMeasure(ctx context.Context, r *SuiteResult, impl string, pid 
 		r.failure(fmt.Sprintf("%s, %s: %v", impl, name, err))
 		return
 	}
+	defer func() { r.metric(guestClockMetric, "×", "guest clock").add(impl, rate) }() // the report's last row
+	reported := figure
+	if guestTimed {
+		figure *= rate
+	}
 	r.metric(name, unit, "throughput").add(impl, figure)
-	b.prog.say("%s: %s: %.4g %s", impl, name, figure, unit)
+	b.prog.say("%s: %s: %.4g %s (guest clock at %.2f× host time; the guest reported %.4g)", impl, name, figure, unit, rate, reported)
 	if cpuErr == nil {
 		cpuErr = cpuErr2
 	}
@@ -414,7 +450,7 @@ func runIperf3(ctx context.Context, ns string, t iperfTest, d time.Duration) (fl
 		args = append(args, "-R")
 	}
 	out, err := exec.CommandContext(ctx, "ip", args...).Output()
-	res, perr := parseIperf3(out)
+	res, perr := parseIperf3(out, t.reverse)
 	if perr != nil {
 		if err != nil {
 			return 0, 0, fmt.Errorf("iperf3: %v (%v)", err, perr)
@@ -428,15 +464,22 @@ type iperf3Result struct {
 	bitsPerSecond, bytes float64
 }
 
-// parseIperf3 reads iperf3 -J output: the receiver's totals.
-func parseIperf3(out []byte) (iperf3Result, error) {
+// iperf3Sum is one of the totals in iperf3's JSON output.
+type iperf3Sum struct {
+	Seconds float64 `json:"seconds"`
+	Bytes   float64 `json:"bytes"`
+}
+
+// parseIperf3 reads iperf3 -J output from the host's client: the bytes the
+// receiver got, over the duration the host's side measured (its sending
+// time host → guest, its receiving time guest → host, when reverse), so
+// that the figure keeps host time whatever the guest's clock does.
+func parseIperf3(out []byte, reverse bool) (iperf3Result, error) {
 	var doc struct {
 		Error string `json:"error"`
 		End   struct {
-			SumReceived struct {
-				Bytes         float64 `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
+			SumSent     iperf3Sum `json:"sum_sent"`
+			SumReceived iperf3Sum `json:"sum_received"`
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(out, &doc); err != nil {
@@ -448,7 +491,15 @@ func parseIperf3(out []byte) (iperf3Result, error) {
 	if doc.End.SumReceived.Bytes <= 0 {
 		return iperf3Result{}, fmt.Errorf("iperf3 reported no bytes received")
 	}
-	return iperf3Result{bitsPerSecond: doc.End.SumReceived.BitsPerSecond, bytes: doc.End.SumReceived.Bytes}, nil
+	host := doc.End.SumSent
+	if reverse {
+		host = doc.End.SumReceived
+	}
+	if host.Seconds <= 0 {
+		return iperf3Result{}, fmt.Errorf("iperf3 reported no duration for the host's side")
+	}
+	bytes := doc.End.SumReceived.Bytes
+	return iperf3Result{bitsPerSecond: 8 * bytes / host.Seconds, bytes: bytes}, nil
 }
 
 // runFioClient sends one job to the guest's fio server and returns the

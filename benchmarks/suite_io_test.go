@@ -82,19 +82,30 @@ func TestReadThreadCPUNeedsVCPUNames(t *testing.T) {
 }
 
 func TestParseIperf3(t *testing.T) {
-	ok := `{"start":{},"intervals":[],"end":{"sum_sent":{"bytes":2000,"bits_per_second":1600},` +
-		`"sum_received":{"bytes":1500000,"bits_per_second":1200000}}}`
-	res, err := parseIperf3([]byte(ok))
-	if err != nil || res.bytes != 1500000 || res.bitsPerSecond != 1200000 {
-		t.Errorf("parseIperf3 = %+v, %v", res, err)
+	// The guest's clock ran at half speed: its side measured 5 s where the
+	// host's measured 10 s.
+	forward := `{"start":{},"intervals":[],"end":{"sum_sent":{"seconds":10,"bytes":1600000,"bits_per_second":1280000},` +
+		`"sum_received":{"seconds":5,"bytes":1500000,"bits_per_second":2400000}}}`
+	reverse := `{"start":{},"intervals":[],"end":{"sum_sent":{"seconds":5,"bytes":1600000,"bits_per_second":2560000},` +
+		`"sum_received":{"seconds":10,"bytes":1500000,"bits_per_second":1200000}}}`
+	for _, tc := range []struct {
+		name    string
+		out     string
+		reverse bool
+	}{{"host → guest", forward, false}, {"guest → host", reverse, true}} {
+		res, err := parseIperf3([]byte(tc.out), tc.reverse)
+		if err != nil || res.bytes != 1500000 || res.bitsPerSecond != 1200000 {
+			t.Errorf("%s: parseIperf3 = %+v, %v; want 1500000 bytes at 1200000 b/s of host time", tc.name, res, err)
+		}
 	}
 	for _, bad := range []string{
 		`{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}`,
 		`{"end":{"sum_received":{"bytes":0,"bits_per_second":0}}}`,
+		`{"end":{"sum_sent":{"seconds":0},"sum_received":{"seconds":10,"bytes":100}}}`,
 		`iperf3: error`,
 		``,
 	} {
-		if _, err := parseIperf3([]byte(bad)); err == nil {
+		if _, err := parseIperf3([]byte(bad), false); err == nil {
 			t.Errorf("parseIperf3(%q) succeeded", bad)
 		}
 	}
