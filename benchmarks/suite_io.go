@@ -415,12 +415,14 @@ func (b *bench) ioMeasure(ctx context.Context, r *SuiteResult, impl string, cloc
 		return
 	}
 	defer func() { r.metric(guestClockMetric, "×", "guest clock").add(impl, rate) }() // the report's last row
-	reported := figure
 	if guestTimed {
+		reported := figure
 		figure *= rate
+		b.prog.say("%s: %s: %.4g %s (the guest reported %.4g, its clock running at %.2f× host time)", impl, name, figure, unit, reported, rate)
+	} else {
+		b.prog.say("%s: %s: %.4g %s (guest clock at %.2f× host time)", impl, name, figure, unit, rate)
 	}
 	r.metric(name, unit, "throughput").add(impl, figure)
-	b.prog.say("%s: %s: %.4g %s (guest clock at %.2f× host time; the guest reported %.4g)", impl, name, figure, unit, rate, reported)
 	if cpuErr == nil {
 		cpuErr = cpuErr2
 	}
