@@ -25,29 +25,20 @@ func openOrSkip(t *testing.T) *System {
 	return s
 }
 
-// A 16-bit real-mode guest writes a byte to a port and halts: the smallest
-// end-to-end check of memory slots, registers, KVM_RUN and exit decoding.
-func TestRunRealModeGuest(t *testing.T) {
-	s := openOrSkip(t)
-	if n := s.MaxVCPUs(); n < 1 {
-		t.Fatalf("MaxVCPUs = %d", n)
-	}
+// realModeVCPU creates a VM with 64 KiB of memory holding code at 0x1000
+// and one vCPU about to run it in 16-bit real mode.
+func realModeVCPU(t *testing.T, s *System, code []byte) *VCPU {
+	t.Helper()
 	vm, err := s.CreateVM()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer vm.Close()
+	t.Cleanup(func() { vm.Close() })
 	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Munmap(mem)
-	code := []byte{
-		0xba, 0xf8, 0x03, // mov dx, 0x3f8
-		0xb0, 'K', // mov al, 'K'
-		0xee, // out dx, al
-		0xf4, // hlt
-	}
+	t.Cleanup(func() { unix.Munmap(mem) })
 	copy(mem[0x1000:], code)
 	if err := vm.SetUserMemoryRegion(0, 0, mem, 0); err != nil {
 		t.Fatal(err)
@@ -56,7 +47,7 @@ func TestRunRealModeGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer vcpu.Close()
+	t.Cleanup(func() { vcpu.Close() })
 	sregs, err := vcpu.Sregs()
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +59,23 @@ func TestRunRealModeGuest(t *testing.T) {
 	if err := vcpu.SetRegs(Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
 		t.Fatal(err)
 	}
+	return vcpu
+}
+
+// A 16-bit real-mode guest writes a byte to a port and halts: the smallest
+// end-to-end check of memory slots, registers, KVM_RUN and exit decoding.
+func TestRunRealModeGuest(t *testing.T) {
+	s := openOrSkip(t)
+	if n := s.MaxVCPUs(); n < 1 {
+		t.Fatalf("MaxVCPUs = %d", n)
+	}
+	code := []byte{
+		0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0xb0, 'K', // mov al, 'K'
+		0xee, // out dx, al
+		0xf4, // hlt
+	}
+	vcpu := realModeVCPU(t, s, code)
 	var out []byte
 	for i := 0; i < 10; i++ {
 		exit, err := vcpu.Run()
@@ -127,36 +135,7 @@ func TestSupportedCPUID(t *testing.T) {
 func TestRunHotYieldsToRuntime(t *testing.T) {
 	s := openOrSkip(t)
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	vm, err := s.CreateVM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mem)
-	copy(mem[0x1000:], []byte{0xeb, 0xfe}) // jmp $
-	if err := vm.SetUserMemoryRegion(0, 0, mem, 0); err != nil {
-		t.Fatal(err)
-	}
-	vcpu, err := vm.CreateVCPU(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vcpu.Close()
-	sregs, err := vcpu.Sregs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sregs.CS.Base, sregs.CS.Selector = 0, 0
-	if err := vcpu.SetSregs(sregs); err != nil {
-		t.Fatal(err)
-	}
-	if err := vcpu.SetRegs(Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
-		t.Fatal(err)
-	}
+	vcpu := realModeVCPU(t, s, []byte{0xeb, 0xfe}) // jmp $
 
 	var stop atomic.Bool
 	var tid atomic.Int32
