@@ -284,7 +284,28 @@ func IsPVM() bool {
 	return err == nil
 }
 
+// maxEINTRRetries bounds how often ioctl restarts a call a signal
+// interrupted. Go's runtime sends SIGURG to preempt goroutines, and some KVM
+// ioctls give up with EINTR when a signal is pending (KVM_CREATE_VM does,
+// in mmu_notifier_register's mm_take_all_locks): a retry is what the caller
+// meant. The bound only keeps a pathological signal storm from spinning
+// forever.
+const maxEINTRRetries = 1000
+
+// ioctl issues a KVM ioctl, restarting it when a signal interrupted it.
+// KVM_RUN does not come through here: its EINTR is an exit the vCPU loop
+// must see (runIoctl).
 func ioctl(fd int, req, arg uintptr) (uintptr, error) {
+	for i := 0; ; i++ {
+		r, err := runIoctl(fd, req, arg)
+		if err != unix.EINTR || i == maxEINTRRetries {
+			return r, err
+		}
+	}
+}
+
+// runIoctl issues one ioctl and reports EINTR as it came.
+func runIoctl(fd int, req, arg uintptr) (uintptr, error) {
 	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
 	if errno != 0 {
 		return 0, errno

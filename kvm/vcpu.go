@@ -127,7 +127,7 @@ const (
 // goroutine's P to another thread. EINTR (a signal or SetImmediateExit) is
 // returned as ExitIntr with no error.
 func (v *VCPU) Run() (ExitReason, error) {
-	_, err := ioctl(v.fd, ioctlRun, 0)
+	_, err := runIoctl(v.fd, ioctlRun, 0)
 	return v.exitReason(err)
 }
 
