@@ -76,6 +76,11 @@ type Config struct {
 	NumQueues int    // 1 when zero; more offers VIRTIO_BLK_F_MQ
 	QueueSize uint16 // DefaultQueueSize when zero
 	Workers   int    // DefaultWorkers when zero
+	// Engine is how reads, writes and flushes reach the image: EngineAsync
+	// (io_uring), EngineSync (the worker pool, one system call per
+	// request), or EngineAuto when empty: io_uring where the host allows
+	// it, else the pool. Other requests always use the pool.
+	Engine Engine
 	// Direct opens the image with O_DIRECT, so guest I/O bypasses the
 	// host page cache (QEMU's cache=none, Cloud Hypervisor's direct=on);
 	// Swap keeps it. Requests the file's direct-I/O alignment can't take
@@ -86,6 +91,16 @@ type Config struct {
 	// direct-I/O alignment than the host's with it.
 	alignment func(*os.File) (dioAlign, error)
 }
+
+// Engine selects the I/O engine (Firecracker's io_engine).
+type Engine string
+
+// The engines.
+const (
+	EngineAuto  Engine = ""
+	EngineSync  Engine = "sync"
+	EngineAsync Engine = "async"
+)
 
 // Block is a virtio-blk device. It implements virtio.Device and
 // virtio.ConfigChanger.
@@ -208,6 +223,20 @@ func Open(cfg Config) (*Block, error) {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = DefaultWorkers
+	}
+	switch cfg.Engine {
+	case EngineAuto:
+		cfg.Engine = EngineSync
+		if ringAvailable() == nil {
+			cfg.Engine = EngineAsync
+		}
+	case EngineSync:
+	case EngineAsync:
+		if err := ringAvailable(); err != nil {
+			return nil, fmt.Errorf("virtio-blk %s: io engine async needs io_uring: %w", cfg.ID, err)
+		}
+	default:
+		return nil, fmt.Errorf("virtio-blk %s: io engine %q is not one of %s, %s", cfg.ID, cfg.Engine, EngineSync, EngineAsync)
 	}
 	if len(cfg.ID) > IDLen {
 		return nil, fmt.Errorf("virtio-blk %s: id is longer than %d bytes", cfg.ID, IDLen)

@@ -115,7 +115,7 @@ type dpRig struct {
 
 func newDPRig(b *testing.B, img string, c dpCase) *dpRig {
 	b.Helper()
-	blk, err := Open(Config{ID: "bench", Path: img, QueueSize: dpQueue})
+	blk, err := Open(Config{ID: "bench", Path: img, QueueSize: dpQueue, Engine: Engine(os.Getenv("DP_ENGINE"))})
 	if err != nil {
 		b.Fatal(err)
 	}

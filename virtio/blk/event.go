@@ -15,6 +15,7 @@ type runState struct {
 	log   *slog.Logger
 	stop  chan struct{}
 	work  workList
+	rings []*ringQueue // per queue, with EngineAsync (nil entries: none)
 	loops sync.WaitGroup
 	pool  sync.WaitGroup
 }
@@ -128,12 +129,25 @@ func (b *Block) Activate(a *virtio.Activation) error {
 		rs.pool.Add(1)
 		go b.worker(rs)
 	}
+	rs.rings = make([]*ringQueue, len(a.Queues))
+	for i, q := range a.Queues {
+		if q == nil || b.cfg.Engine != EngineAsync {
+			continue
+		}
+		rq, err := newRingQueue(b, rs, q)
+		if err != nil {
+			// Checked at Open; the pool serves this queue.
+			log.Warn("virtio-blk: no io_uring for a queue; using the worker pool", "id", b.cfg.ID, "queue", i, "err", err)
+			continue
+		}
+		rs.rings[i] = rq
+	}
 	for i, q := range a.Queues {
 		if q == nil {
 			continue
 		}
 		rs.loops.Add(1)
-		go b.queueLoop(rs, q, a.Kicks[i])
+		go b.queueLoop(rs, q, rs.rings[i], a.Kicks[i])
 	}
 	b.run = rs
 	return nil
@@ -150,6 +164,11 @@ func (b *Block) Reset() {
 	}
 	close(rs.stop)
 	rs.loops.Wait()
+	for _, rq := range rs.rings {
+		if rq != nil {
+			rq.close()
+		}
+	}
 	rs.work.close()
 	rs.pool.Wait()
 	b.run = nil
@@ -157,13 +176,13 @@ func (b *Block) Reset() {
 
 // queueLoop drains q whenever the driver notifies it, until stopped or the
 // driver breaks the queue.
-func (b *Block) queueLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
+func (b *Block) queueLoop(rs *runState, q *virtio.Queue, rq *ringQueue, kick <-chan struct{}) {
 	defer rs.loops.Done()
 	var batch, spare []*job
 	for {
 		// Buffers may already be there (a kick before activation).
 		var ok bool
-		if batch, spare, ok = b.drain(rs, q, batch, spare); !ok {
+		if batch, spare, ok = b.drain(rs, q, rq, batch, spare); !ok {
 			return
 		}
 		select {
@@ -174,18 +193,25 @@ func (b *Block) queueLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
 	}
 }
 
-// drain pops every available chain and hands them to the workers, then
-// re-arms notifications; ok=false means stop. batch and spare are the
-// caller's, kept from call to call: popped jobs not yet published, and
-// free jobs to pop into.
-func (b *Block) drain(rs *runState, q *virtio.Queue, batch, spare []*job) (_, _ []*job, ok bool) {
-	// flush publishes batch and takes the free jobs back into spare.
-	flush := func() {
+// drain pops every available chain and hands them to the ring (rq, if
+// not nil) or the workers, then re-arms notifications; ok=false means
+// stop. batch and spare are the caller's, kept from call to call: popped
+// jobs not yet published, and free jobs to pop into.
+func (b *Block) drain(rs *runState, q *virtio.Queue, rq *ringQueue, batch, spare []*job) (_, _ []*job, ok bool) {
+	// flush submits to the ring, publishes batch and takes the free jobs
+	// back into spare.
+	publish := func() {
 		if len(batch) > 0 {
 			spare = rs.work.publish(batch, spare)
 			clear(batch)
 			batch = batch[:0]
 		}
+	}
+	flush := func() {
+		if rq != nil {
+			rq.flush()
+		}
+		publish()
 	}
 	for {
 		// One round pops at most a queue's worth, so a driver that
@@ -211,11 +237,20 @@ func (b *Block) drain(rs *runState, q *virtio.Queue, batch, spare []*job) (_, _ 
 				break
 			}
 			j.q, j.chain = q, c
+			popped++
+			if rq != nil {
+				if taken, back := rq.start(j); taken {
+					if back != nil {
+						spare = append(spare, back)
+					}
+					continue
+				}
+			}
 			batch = append(batch, j)
-			if popped++; popped == 1 {
+			if len(batch) == 1 {
 				// Get a worker going on the first while the rest are
 				// popped.
-				flush()
+				publish()
 			}
 		}
 		flush()
