@@ -137,7 +137,7 @@ func NewController(opts Options) *Controller {
 	c.cfg.Drives, c.cfg.Nets, c.cfg.Vsock = nil, nil, nil
 	for _, d := range opts.Base.Drives {
 		c.drives = append(c.drives, Drive{DriveID: ptr(d.ID), PathOnHost: ptr(d.Path), IsRootDevice: ptr(d.Root),
-			IsReadOnly: ptr(d.ReadOnly), PartUUID: nonEmpty(d.PartUUID), CacheType: ptr("Unsafe"), IOEngine: ptr("Sync"), Direct: d.Direct})
+			IsReadOnly: ptr(d.ReadOnly), PartUUID: nonEmpty(d.PartUUID), CacheType: ptr("Unsafe"), IOEngine: apiIOEngine(d.IOEngine), Direct: d.Direct})
 	}
 	for _, n := range opts.Base.Nets {
 		c.nets = append(c.nets, NetworkInterface{IfaceID: ptr(n.ID), HostDevName: ptr(n.Tap), GuestMAC: nonEmpty(n.MAC), Queues: n.Queues})
@@ -443,7 +443,7 @@ func (c *Controller) vmmConfigLocked() vmm.Config {
 	cfg.Drives, cfg.Nets, cfg.Vsock = nil, nil, nil
 	for _, d := range c.drives {
 		cfg.Drives = append(cfg.Drives, vmm.DriveConfig{ID: *d.DriveID, Path: *d.PathOnHost,
-			ReadOnly: *d.IsReadOnly, Root: *d.IsRootDevice, PartUUID: deref(d.PartUUID, ""), Direct: d.Direct})
+			ReadOnly: *d.IsReadOnly, Root: *d.IsRootDevice, PartUUID: deref(d.PartUUID, ""), Direct: d.Direct, IOEngine: driveEngine(d.IOEngine)})
 	}
 	for _, n := range c.nets {
 		cfg.Nets = append(cfg.Nets, vmm.NetConfig{ID: *n.IfaceID, Tap: *n.HostDevName, MAC: deref(n.GuestMAC, ""), Queues: n.Queues})
@@ -643,4 +643,13 @@ func (c *Controller) requestCounts() map[string]uint64 {
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
 	return maps.Clone(c.requests)
+}
+
+// driveEngine is the vmm engine of a drive's validated io_engine.
+func driveEngine(e *string) string {
+	if e == nil {
+		return ""
+	}
+	v, _ := ioEngine(*e) // checked by normalizeDrive
+	return v
 }

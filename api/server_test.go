@@ -278,6 +278,8 @@ func TestEndpointsBeforeBoot(t *testing.T) {
 		{"drive missing path", "PUT", "/drives/d", `{"drive_id":"d","is_root_device":false}`, 400, `"path_on_host"`},
 		{"drive file absent", "PUT", "/drives/d", `{"drive_id":"d","path_on_host":"%[3]s/nope","is_root_device":false}`, 400, "path_on_host: open"},
 		{"drive writeback", "PUT", "/drives/d", `{"drive_id":"d","path_on_host":"%[2]s","is_root_device":false,"cache_type":"Writeback"}`, 400, "cache_type"},
+		{"drive async io engine", "PUT", "/drives/data_2", `{"drive_id":"data_2","path_on_host":"%[2]s","is_root_device":false,"io_engine":"Async"}`, 204, ""},
+		{"drive lower-case io engine", "PUT", "/drives/d", `{"drive_id":"d","path_on_host":"%[2]s","is_root_device":false,"io_engine":"async"}`, 400, "io_engine"},
 		{"drive bad io engine", "PUT", "/drives/d", `{"drive_id":"d","path_on_host":"%[2]s","is_root_device":false,"io_engine":"Turbo"}`, 400, "io_engine"},
 		{"drive rate limit", "PUT", "/drives/d", `{"drive_id":"d","path_on_host":"%[2]s","is_root_device":false,"rate_limiter":{"ops":{"size":100,"refill_time":1000}}}`, 400, "rate_limiter: rate limiting is not supported"},
 		{"drive bucket missing size", "PUT", "/drives/d", `{"drive_id":"d","path_on_host":"%[2]s","is_root_device":false,"rate_limiter":{"ops":{"refill_time":1000}}}`, 400, `"rate_limiter.ops.size"`},

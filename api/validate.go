@@ -207,13 +207,10 @@ func normalizeDrive(d Drive, pathID string) (Drive, error) {
 	default:
 		return d, fmt.Errorf("cache_type %q is not one of Unsafe, Writeback", ct)
 	}
-	switch e := deref(d.IOEngine, "Sync"); e {
-	case "Sync":
-		d.IOEngine = ptr(e)
-	case "Async":
-		return d, errors.New("io_engine \"Async\" is not supported (only \"Sync\")")
-	default:
-		return d, fmt.Errorf("io_engine %q is not one of Sync, Async", e)
+	if d.IOEngine != nil {
+		if _, err := ioEngine(*d.IOEngine); err != nil {
+			return d, err
+		}
 	}
 	if err := checkRateLimiter("rate_limiter", d.RateLimiter); err != nil {
 		return d, err
@@ -287,4 +284,28 @@ func deref[T any](p *T, def T) T {
 		return def
 	}
 	return *p
+}
+
+// ioEngine maps Firecracker's io_engine to vmm's: Sync is a pool of
+// threads, Async io_uring (Firecracker's own default is Sync; a drive
+// without io_engine gets vmm's default, io_uring where the host allows it).
+func ioEngine(e string) (string, error) {
+	switch e {
+	case "Sync":
+		return vmm.IOEngineSync, nil
+	case "Async":
+		return vmm.IOEngineAsync, nil
+	}
+	return "", fmt.Errorf("io_engine %q is not one of Sync, Async", e)
+}
+
+// apiIOEngine is ioEngine's inverse; nil for vmm's default.
+func apiIOEngine(e string) *string {
+	switch e {
+	case vmm.IOEngineSync:
+		return ptr("Sync")
+	case vmm.IOEngineAsync:
+		return ptr("Async")
+	}
+	return nil
 }

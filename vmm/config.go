@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/govmm/vmm/virtio/blk"
 	"github.com/govmm/vmm/virtio/net"
 )
 
@@ -55,7 +56,17 @@ type DriveConfig struct {
 	// page cache (blk.Config.Direct). The image's file system must
 	// support direct I/O (tmpfs does not).
 	Direct bool
+	// IOEngine is how reads and writes reach the image: IOEngineAsync
+	// (io_uring), IOEngineSync (a pool of threads, one system call per
+	// request), or, when empty, io_uring where the host allows it.
+	IOEngine string
 }
+
+// The I/O engines of DriveConfig.IOEngine (Firecracker's io_engine).
+const (
+	IOEngineSync  = string(blk.EngineSync)
+	IOEngineAsync = string(blk.EngineAsync)
+)
 
 // NetConfig is one virtio-net interface backed by a tap device.
 type NetConfig struct {

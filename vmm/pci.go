@@ -165,7 +165,7 @@ func (m *Machine) setupPCI() (err error) {
 			return fmt.Errorf("drive id %q used twice", id)
 		}
 		seen[id] = true
-		dev, err := blk.Open(blk.Config{ID: id, Path: d.Path, ReadOnly: d.ReadOnly, Direct: d.Direct, NumQueues: m.cfg.CPUs})
+		dev, err := blk.Open(blk.Config{ID: id, Path: d.Path, ReadOnly: d.ReadOnly, Direct: d.Direct, Engine: blk.Engine(d.IOEngine), NumQueues: m.cfg.CPUs})
 		if err != nil {
 			return err
 		}
@@ -184,7 +184,7 @@ func (m *Machine) setupPCI() (err error) {
 		if err != nil {
 			return fmt.Errorf("virtio-blk %s: %w", id, err)
 		}
-		m.log.Debug("virtio-blk attached", "id", id, "path", d.Path, "ro", d.ReadOnly, "direct", d.Direct, "pci", fmt.Sprintf("00:%02x.0", slot),
+		m.log.Debug("virtio-blk attached", "id", id, "path", d.Path, "ro", d.ReadOnly, "direct", d.Direct, "engine", dev.EngineInUse(), "pci", fmt.Sprintf("00:%02x.0", slot),
 			"bar0", fmt.Sprintf("%#x", t.Config().BARAddr(0)), "sectors", dev.Sectors())
 	}
 	if err := m.setupNets(st, ioe); err != nil {

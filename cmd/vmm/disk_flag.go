@@ -8,7 +8,7 @@ import (
 	"github.com/govmm/vmm/vmm"
 )
 
-// diskFlag is the repeatable --disk path=FILE[,ro][,id=NAME][,root][,direct]
+// diskFlag is the repeatable --disk path=FILE[,ro][,id=NAME][,root][,direct][,io_engine=sync|async]
 // option; each use appends one virtio-blk drive.
 type diskFlag struct{ drives *[]vmm.DriveConfig }
 
@@ -44,10 +44,13 @@ func (d diskFlag) Set(v string) error {
 	return nil
 }
 
-// parseDisk parses path=FILE[,ro][,id=NAME][,root][,direct]; a bare FILE
+// parseDisk parses path=FILE[,ro][,id=NAME][,root][,direct][,io_engine=sync|async]; a bare FILE
 // is accepted as the path. The id defaults to the image's position (vda is
 // "drive0"). direct (also direct=on or direct=off, as Cloud Hypervisor's
 // --disk) opens the image with O_DIRECT, bypassing the host page cache.
+// io_engine picks how requests reach the image (Firecracker's io_engine):
+// async is io_uring, sync a pool of threads; without it, io_uring where the
+// host allows it.
 func parseDisk(v string) (vmm.DriveConfig, error) {
 	var dr vmm.DriveConfig
 	for i, part := range strings.Split(v, ",") {
@@ -67,10 +70,14 @@ func parseDisk(v string) (vmm.DriveConfig, error) {
 			dr.Direct = false
 		case k == "direct":
 			return dr, fmt.Errorf("disk %q: direct=%s: want direct, direct=on or direct=off", v, val)
+		case k == "io_engine" && (val == vmm.IOEngineSync || val == vmm.IOEngineAsync):
+			dr.IOEngine = val
+		case k == "io_engine":
+			return dr, fmt.Errorf("disk %q: io_engine=%s: want io_engine=%s or io_engine=%s", v, val, vmm.IOEngineSync, vmm.IOEngineAsync)
 		case i == 0 && !hasVal && part != "":
 			dr.Path = part
 		default:
-			return dr, fmt.Errorf("disk %q: unknown option %q (want path=FILE[,ro][,id=NAME][,root][,direct])", v, part)
+			return dr, fmt.Errorf("disk %q: unknown option %q (want path=FILE[,ro][,id=NAME][,root][,direct][,io_engine=sync|async])", v, part)
 		}
 	}
 	if dr.Path == "" {
