@@ -239,8 +239,8 @@ func (b *bench) datapathFinish(r *SuiteResult, tmp string) *SuiteResult {
 	r.note(fmt.Sprintf("blk: a 64 MiB image of non-zero data in the benchmark's temporary directory (%s, %s; not /dev/shm), "+
 		"written and flushed before the runs, so every read and write is served by the page cache: no disk I/O in either "+
 		"column. Device: 32 requests posted (header, data, status; the same 32 slots every batch), one notification, "+
-		"one used-buffer notification when the last completes, repeat; the device's worker goroutines do preadv/pwritev "+
-		"straight into guest memory. Raw: 32 goroutines doing pread(2)/pwrite(2) of the same sizes at the same offsets on "+
+		"one used-buffer notification when the last completes, repeat; with the default engine, the queue goroutine hands "+
+		"the reads to io_uring (one io_uring_enter per batch, straight into guest memory) and does the buffered writes itself. Raw: 32 goroutines doing pread(2)/pwrite(2) of the same sizes at the same offsets on "+
 		"the same file (random: a fixed permutation of the image's blocks; sequential: consecutive blocks), the file's "+
 		"limit at 32 in flight.", filepath.Dir(tmp), fs))
 	r.note("net TX: the device on a tap (IFF_VNET_HDR) in a network namespace of the benchmark's own, with the offloads a " +

@@ -190,6 +190,14 @@ func (h *harness) used(n int) map[uint16]uint32 {
 	return m
 }
 
+// forEachEngine runs test with each I/O engine: the same requests must
+// give the same results through the worker pool and through io_uring.
+func forEachEngine(t *testing.T, test func(*testing.T, Engine)) {
+	for _, e := range []Engine{EngineSync, EngineAsync} {
+		t.Run(string(e), func(t *testing.T) { test(t, e) })
+	}
+}
+
 func sectorBytes(s, n int) []byte {
 	b := make([]byte, n*SectorSize)
 	for i := range b {
@@ -198,9 +206,11 @@ func sectorBytes(s, n int) []byte {
 	return b
 }
 
-func TestReadWrite(t *testing.T) {
+func TestReadWrite(t *testing.T) { forEachEngine(t, testReadWrite) }
+
+func testReadWrite(t *testing.T, engine Engine) {
 	path := newImage(t)
-	h := newHarness(t, Config{ID: "rw", Path: path})
+	h := newHarness(t, Config{Engine: engine, ID: "rw", Path: path})
 	rd := h.submit(typeIn, 3, nil, 2*SectorSize)
 	out := bytes.Repeat([]byte{0xab}, SectorSize)
 	wr := h.submit(typeOut, 7, out, 0)
@@ -223,9 +233,11 @@ func TestReadWrite(t *testing.T) {
 
 // TestFraming sends requests whose descriptors don't follow the usual
 // header/data/status split: the device must not assume a layout (§2.7.4).
-func TestFraming(t *testing.T) {
+func TestFraming(t *testing.T) { forEachEngine(t, testFraming) }
+
+func testFraming(t *testing.T, engine Engine) {
 	path := newImage(t)
-	h := newHarness(t, Config{ID: "frame", Path: path})
+	h := newHarness(t, Config{Engine: engine, ID: "frame", Path: path})
 	d := h.d
 	// Header and write data in one readable buffer; status in its own.
 	buf := d.Alloc(headerLen+SectorSize, 8)
@@ -259,8 +271,10 @@ func TestFraming(t *testing.T) {
 	}
 }
 
-func TestFlushGetIDUnsupported(t *testing.T) {
-	h := newHarness(t, Config{ID: "serial-123", Path: newImage(t)})
+func TestFlushGetIDUnsupported(t *testing.T) { forEachEngine(t, testFlushGetIDUnsupported) }
+
+func testFlushGetIDUnsupported(t *testing.T, engine Engine) {
+	h := newHarness(t, Config{Engine: engine, ID: "serial-123", Path: newImage(t)})
 	fl := h.submit(typeFlush, 0, nil, 0)
 	id := h.submit(typeGetID, 0, nil, IDLen)
 	short := h.submit(typeGetID, 0, nil, 4)
@@ -289,9 +303,11 @@ func segment(sector uint64, n, flags uint32) []byte {
 	return b
 }
 
-func TestDiscardWriteZeroes(t *testing.T) {
+func TestDiscardWriteZeroes(t *testing.T) { forEachEngine(t, testDiscardWriteZeroes) }
+
+func testDiscardWriteZeroes(t *testing.T, engine Engine) {
 	path := newImage(t)
-	h := newHarness(t, Config{ID: "dz", Path: path})
+	h := newHarness(t, Config{Engine: engine, ID: "dz", Path: path})
 	wz := h.submit(typeWriteZeroes, 8, segment(8, 8, 0), 0)
 	wzu := h.submit(typeWriteZeroes, 32, segment(32, 16, segmentFlagUnmap), 0)
 	dc := h.submit(typeDiscard, 64, segment(64, 8, 0), 0)
@@ -325,8 +341,10 @@ func TestDiscardWriteZeroes(t *testing.T) {
 	}
 }
 
-func TestBadRanges(t *testing.T) {
-	h := newHarness(t, Config{ID: "r", Path: newImage(t)})
+func TestBadRanges(t *testing.T) { forEachEngine(t, testBadRanges) }
+
+func testBadRanges(t *testing.T, engine Engine) {
+	h := newHarness(t, Config{Engine: engine, ID: "r", Path: newImage(t)})
 	past := h.submit(typeIn, testSectors-1, nil, 2*SectorSize)
 	odd := h.submit(typeIn, 0, nil, 100)
 	huge := h.submit(typeOut, 1<<62, bytes.Repeat([]byte{1}, SectorSize), 0)
@@ -339,9 +357,65 @@ func TestBadRanges(t *testing.T) {
 	}
 }
 
-func TestReadOnly(t *testing.T) {
+// An image cut short on the host while the VM runs (the disk's size is
+// the one read at Open): reads past the new end fail with IOERR, reads
+// before it still work.
+func TestImageShrunkUnderVM(t *testing.T) { forEachEngine(t, testImageShrunkUnderVM) }
+
+func testImageShrunkUnderVM(t *testing.T, engine Engine) {
 	path := newImage(t)
-	h := newHarness(t, Config{ID: "ro", Path: path, ReadOnly: true})
+	h := newHarness(t, Config{Engine: engine, ID: "shrunk", Path: path})
+	if err := os.Truncate(path, (testSectors/2)*SectorSize+100); err != nil {
+		t.Fatal(err)
+	}
+	gone := h.submit(typeIn, testSectors-2, nil, 2*SectorSize)
+	partial := h.submit(typeIn, testSectors/2, nil, SectorSize) // 100 bytes left
+	kept := h.submit(typeIn, 3, nil, SectorSize)
+	h.run(3)
+	lens := h.used(3)
+	for _, r := range []req{gone, partial} {
+		if st := h.statusOf(r); st != StatusIOErr || lens[r.head] != 1 {
+			t.Errorf("read past the new end: status %d, %d bytes written; want IOERR, 1", st, lens[r.head])
+		}
+	}
+	if st := h.statusOf(kept); st != StatusOK || !bytes.Equal(h.d.Read(kept.data, SectorSize), sectorBytes(3, 1)) {
+		t.Errorf("read before the new end: status %d", st)
+	}
+}
+
+func TestEngineChoice(t *testing.T) {
+	path := newImage(t)
+	if _, err := Open(Config{ID: "e", Path: path, Engine: "turbo"}); err == nil || !strings.Contains(err.Error(), `io engine "turbo"`) {
+		t.Errorf("Open with engine turbo: %v", err)
+	}
+	for _, e := range []Engine{EngineSync, EngineAsync} {
+		b, err := Open(Config{ID: "e", Path: path, Engine: e})
+		if err != nil {
+			t.Fatalf("engine %s: %v", e, err)
+		}
+		if got := b.EngineInUse(); got != e {
+			t.Errorf("engine %s: in use %s", e, got)
+		}
+		b.Close()
+	}
+	// The default is io_uring wherever the host has it, as here (the
+	// kernels the project supports all do, unless a sysctl or seccomp
+	// turns it off).
+	b, err := Open(Config{ID: "e", Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got, why := b.EngineInUse(), ringAvailable(); got != EngineAsync {
+		t.Errorf("default engine %s (io_uring: %v), want async", got, why)
+	}
+}
+
+func TestReadOnly(t *testing.T) { forEachEngine(t, testReadOnly) }
+
+func testReadOnly(t *testing.T, engine Engine) {
+	path := newImage(t)
+	h := newHarness(t, Config{Engine: engine, ID: "ro", Path: path, ReadOnly: true})
 	if f := h.b.Features(); f&FeatureRO == 0 || f&(FeatureDiscard|FeatureWriteZeroes) != 0 {
 		t.Fatalf("read-only features %#x", f)
 	}
@@ -369,8 +443,10 @@ func TestReadOnly(t *testing.T) {
 	}
 }
 
-func TestManyInFlight(t *testing.T) {
-	h := newHarness(t, Config{ID: "mq", Path: newImage(t), Workers: 4})
+func TestManyInFlight(t *testing.T) { forEachEngine(t, testManyInFlight) }
+
+func testManyInFlight(t *testing.T, engine Engine) {
+	h := newHarness(t, Config{Engine: engine, ID: "mq", Path: newImage(t), Workers: 4})
 	var rs []req
 	for i := 0; i < testQueue/3; i++ {
 		rs = append(rs, h.submit(typeIn, uint64(i), nil, SectorSize))
@@ -384,7 +460,9 @@ func TestManyInFlight(t *testing.T) {
 	}
 }
 
-func TestHostileRequests(t *testing.T) {
+func TestHostileRequests(t *testing.T) { forEachEngine(t, testHostileRequests) }
+
+func testHostileRequests(t *testing.T, engine Engine) {
 	tests := []struct {
 		name string
 		post func(d *virtiotest.Driver)
@@ -426,7 +504,7 @@ func TestHostileRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, Config{ID: "hostile", Path: newImage(t)})
+			h := newHarness(t, Config{Engine: engine, ID: "hostile", Path: newImage(t)})
 			tt.post(h.d)
 			err := h.runFail()
 			if !strings.Contains(err.Error(), "virtio-blk hostile") {

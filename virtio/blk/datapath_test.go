@@ -82,10 +82,11 @@ func newDatapathImage(tb testing.TB) string {
 	return p
 }
 
-// BenchmarkDatapath measures requests through the whole device path (the
-// avail ring, the queue goroutine, a worker's preadv/pwritev straight into
-// guest memory, the used ring and its notification), each beside its raw
-// baseline on the same file. datapath.go in benchmarks/ runs it for the
+// BenchmarkDatapath measures requests through the whole device path with
+// the default engine (the avail ring, the queue goroutine, reads handed to
+// io_uring straight into guest memory and buffered writes done by the
+// queue goroutine, the used ring and its notification), each beside its
+// raw baseline on the same file. datapath.go in benchmarks/ runs it for the
 // report.
 func BenchmarkDatapath(b *testing.B) {
 	img := newDatapathImage(b)
@@ -115,7 +116,7 @@ type dpRig struct {
 
 func newDPRig(b *testing.B, img string, c dpCase) *dpRig {
 	b.Helper()
-	blk, err := Open(Config{ID: "bench", Path: img, QueueSize: dpQueue, Engine: Engine(os.Getenv("DP_ENGINE"))})
+	blk, err := Open(Config{ID: "bench", Path: img, QueueSize: dpQueue})
 	if err != nil {
 		b.Fatal(err)
 	}

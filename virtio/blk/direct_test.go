@@ -203,7 +203,9 @@ func isODirect(t *testing.T, b *Block) bool {
 	return fl&unix.O_DIRECT != 0 && b.dio != nil
 }
 
-func TestDirectReadWrite(t *testing.T) {
+func TestDirectReadWrite(t *testing.T) { forEachEngine(t, testDirectReadWrite) }
+
+func testDirectReadWrite(t *testing.T, engine Engine) {
 	const mib = 1 << 20
 	odd := []seg{{1, 3}, {511, 100}, {1000, 7}, {24, 4095}} // 1536 bytes
 	var many []seg
@@ -255,7 +257,7 @@ func TestDirectReadWrite(t *testing.T) {
 				size = mib
 			}
 			path, want := newDirectImage(t, "disk.img", size)
-			h := newHarness(t, Config{ID: "direct", Path: path, Direct: true, alignment: forcedAlign(t, tt.align)})
+			h := newHarness(t, Config{Engine: engine, ID: "direct", Path: path, Direct: true, alignment: forcedAlign(t, tt.align)})
 			if !isODirect(t, h.b) {
 				t.Fatal("image not open with O_DIRECT")
 			}
@@ -315,8 +317,12 @@ func TestDirectReadWrite(t *testing.T) {
 // sectors of the same 4 KiB blocks at once: each read-modify-write must
 // keep the others' sectors.
 func TestDirectConcurrentPartialWrites(t *testing.T) {
+	forEachEngine(t, testDirectConcurrentPartialWrites)
+}
+
+func testDirectConcurrentPartialWrites(t *testing.T, engine Engine) {
 	path, want := newDirectImage(t, "disk.img", 64<<10)
-	h := newHarness(t, Config{ID: "rmw", Path: path, Direct: true, Workers: 4, alignment: forcedAlign(t, &dioAlign{4096, 4096})})
+	h := newHarness(t, Config{Engine: engine, ID: "rmw", Path: path, Direct: true, Workers: 4, alignment: forcedAlign(t, &dioAlign{4096, 4096})})
 	const batch = testQueue / 3 // three descriptors each, never wrapping onto pending ones
 	for round := range 20 {
 		var rs []dreq
@@ -339,7 +345,9 @@ func TestDirectConcurrentPartialWrites(t *testing.T) {
 
 // TestDirectZeroesDiscardFlush runs the requests other than reads and
 // writes of data on a direct disk, at offsets a 4 KiB alignment cuts.
-func TestDirectZeroesDiscardFlush(t *testing.T) {
+func TestDirectZeroesDiscardFlush(t *testing.T) { forEachEngine(t, testDirectZeroesDiscardFlush) }
+
+func testDirectZeroesDiscardFlush(t *testing.T, engine Engine) {
 	for _, tt := range []struct {
 		name  string
 		align *dioAlign
@@ -355,7 +363,7 @@ func TestDirectZeroesDiscardFlush(t *testing.T) {
 				size = 64 << 10
 			}
 			path, want := newDirectImage(t, "disk.img", size)
-			h := newHarness(t, Config{ID: "dz", Path: path, Direct: true, alignment: forcedAlign(t, tt.align)})
+			h := newHarness(t, Config{Engine: engine, ID: "dz", Path: path, Direct: true, alignment: forcedAlign(t, tt.align)})
 			last := uint64(size/SectorSize) - 3
 			wz := h.submit(typeWriteZeroes, 0, segment(3, 5, 0), 0)
 			wzu := h.submit(typeWriteZeroes, 0, segment(17, 9, segmentFlagUnmap), 0)
@@ -396,9 +404,11 @@ func TestDirectZeroesDiscardFlush(t *testing.T) {
 	}
 }
 
-func TestDirectSwap(t *testing.T) {
+func TestDirectSwap(t *testing.T) { forEachEngine(t, testDirectSwap) }
+
+func testDirectSwap(t *testing.T, engine Engine) {
 	path, _ := newDirectImage(t, "a.img", 64<<10)
-	h := newHarness(t, Config{ID: "swap", Path: path, Direct: true})
+	h := newHarness(t, Config{Engine: engine, ID: "swap", Path: path, Direct: true})
 	next, nextImg := newDirectImage(t, "b.img", 128<<10)
 	if err := h.b.Swap(next); err != nil {
 		t.Fatal(err)
@@ -477,9 +487,11 @@ func TestDirectOpenErrors(t *testing.T) {
 	b.Close()
 }
 
-func TestDirectReadOnly(t *testing.T) {
+func TestDirectReadOnly(t *testing.T) { forEachEngine(t, testDirectReadOnly) }
+
+func testDirectReadOnly(t *testing.T, engine Engine) {
 	path, img := newDirectImage(t, "ro.img", 64<<10)
-	h := newHarness(t, Config{ID: "ro", Path: path, Direct: true, ReadOnly: true})
+	h := newHarness(t, Config{Engine: engine, ID: "ro", Path: path, Direct: true, ReadOnly: true})
 	if !isODirect(t, h.b) || h.b.dio.tail != nil {
 		t.Fatal("read-only image not O_DIRECT, or with a tail descriptor")
 	}

@@ -63,7 +63,9 @@ func holdImage(t *testing.T, path string, ro bool) {
 	t.Cleanup(func() { b.Close() })
 }
 
-func TestSwap(t *testing.T) {
+func TestSwap(t *testing.T) { forEachEngine(t, testSwap) }
+
+func testSwap(t *testing.T, engine Engine) {
 	tests := []struct {
 		name string
 		ro   bool
@@ -140,7 +142,7 @@ func TestSwap(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			old := newImage(t)
-			h := newHarness(t, Config{ID: "swap", Path: old, ReadOnly: tt.ro})
+			h := newHarness(t, Config{Engine: engine, ID: "swap", Path: old, ReadOnly: tt.ro})
 			var changes atomic.Int32
 			h.b.BindConfigChange(func() { changes.Add(1) })
 			target := tt.target(t, old)
@@ -211,9 +213,11 @@ func checkStillReadOnly(t *testing.T, h *harness, path string) {
 
 // TestSwapKeepsEarlierWrites checks that what the guest wrote before the
 // swap is in the old image, and the new image only sees later writes.
-func TestSwapKeepsEarlierWrites(t *testing.T) {
+func TestSwapKeepsEarlierWrites(t *testing.T) { forEachEngine(t, testSwapKeepsEarlierWrites) }
+
+func testSwapKeepsEarlierWrites(t *testing.T, engine Engine) {
 	old := newImage(t)
-	h := newHarness(t, Config{ID: "w", Path: old})
+	h := newHarness(t, Config{Engine: engine, ID: "w", Path: old})
 	before := bytes.Repeat([]byte{0xab}, 2*SectorSize)
 	w := h.submit(typeOut, 7, before, 0)
 	fl := h.submit(typeFlush, 0, nil, 0)
@@ -248,7 +252,7 @@ func TestSwapKeepsEarlierWrites(t *testing.T) {
 		t.Error("the write done before the swap reached the new image")
 	}
 	// The old image's lock is released: another VM may take it now.
-	b2, err := Open(Config{ID: "next-vm", Path: old})
+	b2, err := Open(Config{Engine: engine, ID: "next-vm", Path: old})
 	if err != nil {
 		t.Fatalf("old image still locked after the swap: %v", err)
 	}
@@ -258,7 +262,9 @@ func TestSwapKeepsEarlierWrites(t *testing.T) {
 // TestSwapDuringIO swaps while requests are in flight: each one must be
 // served entirely by one image, and each write must land, whole, in
 // exactly one of them.
-func TestSwapDuringIO(t *testing.T) {
+func TestSwapDuringIO(t *testing.T) { forEachEngine(t, testSwapDuringIO) }
+
+func testSwapDuringIO(t *testing.T, engine Engine) {
 	const (
 		reqSectors = 4
 		reads      = 8
@@ -267,7 +273,7 @@ func TestSwapDuringIO(t *testing.T) {
 	)
 	old := newImage(t)
 	next := newImageOf(t, "next.img", testSectors, newFill)
-	h := newHarness(t, Config{ID: "io", Path: old, Workers: 4})
+	h := newHarness(t, Config{Engine: engine, ID: "io", Path: old, Workers: 4})
 	var rs, ws []req
 	for i := range reads {
 		rs = append(rs, h.submit(typeIn, uint64(i*reqSectors), nil, reqSectors*SectorSize))
