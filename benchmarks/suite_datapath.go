@@ -245,7 +245,8 @@ func (b *bench) datapathFinish(r *SuiteResult, tmp string) *SuiteResult {
 		"limit at 32 in flight.", filepath.Dir(tmp), fs))
 	r.note("net TX: the device on a tap (IFF_VNET_HDR) in a network namespace of the benchmark's own, with the offloads a " +
 		"Linux guest negotiates; the fake guest keeps up to 128 one-buffer chains (virtio-net header and frame) in flight, " +
-		"posted 32 per notification. Raw: write(2) of the same header and frame to the same tap descriptor, one frame a call. " +
+		"posted 32 per notification; the device writes each burst of frames with one io_uring_enter (one write per frame, " +
+		"linked so they stay in order). Raw: write(2) of the same header and frame to the same tap descriptor, one frame a call. " +
 		"The frames are addressed to a MAC that is not the tap's, so the host drops them at IP input: both columns measure " +
 		"the tap's write path, not the host's network stack. The 64 KiB case is one TSO frame (GSO_TCPV4, 1448-byte segments) " +
 		"that the tap takes whole. Gb/s counts Ethernet frames without the virtio-net header.")

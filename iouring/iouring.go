@@ -320,6 +320,35 @@ func iovAddr(iov []unix.Iovec) uintptr {
 	return uintptr(unsafe.Pointer(unsafe.SliceData(iov)))
 }
 
+// sqeIOLink is IOSQE_IO_LINK: the next operation starts only after this
+// one completes in full, and is cancelled (-ECANCELED) if it does not.
+const sqeIOLink = 1 << 2
+
+// LinkNext makes the operation prepared next wait for the one prepared
+// last, and be cancelled if that one fails or transfers less than asked:
+// a chain of writes that must reach a stream in order.
+func (r *Ring) LinkNext() {
+	if r.sqes != nil && r.tail != r.sqTail.Load() {
+		r.sqes[(r.tail-1)&r.sqMask].flags |= sqeIOLink
+	}
+}
+
+// rwfNoWait is RWF_NOWAIT, for PrepWritevNoWait.
+const rwfNoWait = 0x8 // RWF_NOWAIT (include/uapi/linux/fs.h)
+
+// PrepWritevNoWait is PrepWritev with RWF_NOWAIT: where the write would
+// block (a full socket buffer), it completes with -EAGAIN instead of
+// waiting for room inside the kernel, so the caller keeps control of how
+// long it waits. The file must support non-blocking I/O (FMODE_NOWAIT),
+// else the write fails with -EOPNOTSUPP.
+func (r *Ring) PrepWritevNoWait(fd int, iov []unix.Iovec, off uint64, userData uint64) error {
+	e, err := r.prep(opWritev, fd, iovAddr(iov), len(iov), off, userData)
+	if err == nil {
+		e.opFlags = rwfNoWait
+	}
+	return err
+}
+
 // PrepFsync queues an fsync of fd, or an fdatasync if datasync is set.
 func (r *Ring) PrepFsync(fd int, datasync bool, userData uint64) error {
 	e, err := r.prep(opFsync, fd, 0, 0, 0, userData)

@@ -110,6 +110,9 @@ type Config struct {
 	ID        string
 	MAC       stdnet.HardwareAddr // nil: derived from ID by StableMAC
 	QueueSize uint16              // DefaultQueueSize when zero
+	// frameByFrame turns off io_uring bursts on transmit, as on a host
+	// without io_uring: tests run both ways with it.
+	frameByFrame bool
 }
 
 // Stats counts what the device did; all fields are updated atomically.
