@@ -252,7 +252,8 @@ func (b *bench) datapathFinish(r *SuiteResult, tmp string) *SuiteResult {
 		"that the tap takes whole. Gb/s counts Ethernet frames without the virtio-net header.")
 	r.note("net RX: with the benchmark's timer stopped, a packet socket on the tap's interface queues 512 frames (sendmmsg, " +
 		"bypassing the qdisc; the tap's queue holds 1000); then, timed, the device reads them into the fake guest's 2 KiB " +
-		"receive buffers (mergeable, posted back as they are reaped) or the raw baseline read(2)s them from the same tap " +
+		"receive buffers (mergeable, posted back as they are reaped; one io_uring_enter reads a burst of up to 16 frames, a " +
+		"non-blocking read per posted buffer) or the raw baseline read(2)s them, one call per frame, from the same tap " +
 		"descriptor. Round after round, so the host's sender does not compete with the reader for the CPUs.")
 	var below, met []string
 	for _, m := range r.Metrics {

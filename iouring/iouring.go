@@ -349,6 +349,18 @@ func (r *Ring) PrepWritevNoWait(fd int, iov []unix.Iovec, off uint64, userData u
 	return err
 }
 
+// PrepReadvNoWait is PrepReadv with RWF_NOWAIT: with nothing to read (an
+// empty socket or tap), it completes at once with -EAGAIN instead of
+// waiting inside the kernel. The file must support non-blocking I/O
+// (FMODE_NOWAIT), else the read fails with -EOPNOTSUPP.
+func (r *Ring) PrepReadvNoWait(fd int, iov []unix.Iovec, off uint64, userData uint64) error {
+	e, err := r.prep(opReadv, fd, iovAddr(iov), len(iov), off, userData)
+	if err == nil {
+		e.opFlags = rwfNoWait
+	}
+	return err
+}
+
 // PrepFsync queues an fsync of fd, or an fdatasync if datasync is set.
 func (r *Ring) PrepFsync(fd int, datasync bool, userData uint64) error {
 	e, err := r.prep(opFsync, fd, 0, 0, 0, userData)

@@ -33,8 +33,9 @@ import (
 //     transmits dpRxFill frames on the tap interface (sendmmsg, bypassing
 //     the qdisc), which the tap queues for its reader (its queue holds
 //     1000); then, timed, the device reads them into the fake guest's
-//     receive buffers (posted as they come back, in bursts), or the raw
-//     baseline read(2)s them. Round after round: what is measured is the
+//     receive buffers (posted as they come back, in bursts; the device
+//     reads up to rxRingBurst frames per io_uring_enter), or the raw
+//     baseline read(2)s them, one call per frame. Round after round: what is measured is the
 //     reader alone, not the host's sender competing with it for the CPUs.
 //
 // One op is one frame: ns/op is per frame, MB/s counts the Ethernet frame

@@ -282,8 +282,10 @@ func TestOffloads(t *testing.T) {
 	}
 }
 
-func TestTransmit(t *testing.T) {
-	h := newHarness(t, 0)
+func TestTransmit(t *testing.T) { ioModes(t, testTransmit) }
+
+func testTransmit(t *testing.T, cfg Config) {
+	h := newHarnessConfig(t, 0, cfg)
 	h.activate()
 	pkt := frame(1000, 1)
 	pkt[0] = 1 // flags: NEEDS_CSUM, passed through untouched
@@ -301,7 +303,7 @@ func TestTransmit(t *testing.T) {
 	}
 
 	// Through an indirect table as well.
-	h = newHarness(t, virtio.FeatureIndirectDesc)
+	h = newHarnessConfig(t, virtio.FeatureIndirectDesc, cfg)
 	h.activate()
 	a := h.tx.Alloc(uint64(len(pkt)), 8)
 	h.tx.Write(a, pkt)
@@ -317,9 +319,9 @@ func TestTransmit(t *testing.T) {
 	h.noFail()
 }
 
-// transmitModes runs test with transmit bursts through io_uring and frame
-// by frame (as on a host without io_uring).
-func transmitModes(t *testing.T, test func(t *testing.T, cfg Config)) {
+// ioModes runs test with bursts of frames through io_uring and frame by
+// frame (as on a host without io_uring).
+func ioModes(t *testing.T, test func(t *testing.T, cfg Config)) {
 	for _, m := range []struct {
 		name         string
 		frameByFrame bool
@@ -333,7 +335,7 @@ func transmitModes(t *testing.T, test func(t *testing.T, cfg Config)) {
 // Many frames of many sizes in a few notifications: all reach the host,
 // whole and in order, and every chain comes back.
 func TestTransmitBursts(t *testing.T) {
-	transmitModes(t, func(t *testing.T, cfg Config) {
+	ioModes(t, func(t *testing.T, cfg Config) {
 		h := newHarnessConfig(t, 0, cfg)
 		var want [][]byte
 		var heads []uint16
@@ -374,7 +376,7 @@ func TestTransmitBursts(t *testing.T) {
 // A backend with no room (the host is not reading): the device waits for
 // room, losing and reordering nothing, and Reset still ends it.
 func TestTransmitBackPressure(t *testing.T) {
-	transmitModes(t, func(t *testing.T, cfg Config) {
+	ioModes(t, func(t *testing.T, cfg Config) {
 		h := newHarnessConfig(t, 0, cfg)
 		fd := int(h.be.File.Fd())
 		// A socket buffer that holds a few frames only.
@@ -414,8 +416,10 @@ func TestTransmitBackPressure(t *testing.T) {
 	})
 }
 
-func TestReceive(t *testing.T) {
-	h := newHarness(t, 0)
+func TestReceive(t *testing.T) { ioModes(t, testReceive) }
+
+func testReceive(t *testing.T, cfg Config) {
+	h := newHarnessConfig(t, 0, cfg)
 	head, addrs := h.postRx(HeaderLen, 1600)
 	h.activate()
 	pkt := frame(1500, 2)
@@ -437,8 +441,10 @@ func TestReceive(t *testing.T) {
 // TestReceiveMergeable spreads one frame over several chains
 // (VIRTIO_NET_F_MRG_RXBUF, §5.1.6.4) and reports the count in the first
 // header.
-func TestReceiveMergeable(t *testing.T) {
-	h := newHarness(t, FeatureMrgRxbuf)
+func TestReceiveMergeable(t *testing.T) { ioModes(t, testReceiveMergeable) }
+
+func testReceiveMergeable(t *testing.T, cfg Config) {
+	h := newHarnessConfig(t, FeatureMrgRxbuf, cfg)
 	type post struct {
 		head uint16
 		addr uint64
@@ -488,8 +494,58 @@ func TestReceiveMergeable(t *testing.T) {
 
 // TestReceiveTooSmall: without MRG_RXBUF a frame larger than the chain is
 // dropped and the chain reused for the next one.
-func TestReceiveTooSmall(t *testing.T) {
-	h := newHarness(t, 0)
+// Many frames already queued on the backend when the driver posts its
+// buffers, some spilling over several (MRG_RXBUF): every frame arrives
+// whole and in order, with the right num_buffers, in chains published in
+// the order used.
+func TestReceiveBursts(t *testing.T) { ioModes(t, testReceiveBursts) }
+
+func testReceiveBursts(t *testing.T, cfg Config) {
+	h := newHarnessConfig(t, FeatureMrgRxbuf, cfg)
+	addr := map[uint32]uint64{}
+	post := func(k int) {
+		for range k {
+			head, a := h.postRx(1024)
+			addr[uint32(head)] = a[0]
+		}
+	}
+	var want [][]byte
+	for i := range 40 {
+		pkt := frame(50+(i*331)%2900, byte(i)) // 1 to 3 chains each
+		want = append(want, pkt)
+		h.hostWrite(pkt)
+	}
+	post(testQueue / 2)
+	h.activate()
+	for i, pkt := range want {
+		var got []byte
+		chains := 0
+		for len(got) < len(pkt) {
+			e, ok := h.rx.WaitUsed(5 * time.Second)
+			if !ok {
+				t.Fatalf("frame %d: %d of %d bytes arrived", i, len(got), len(pkt))
+			}
+			got = append(got, h.rx.Read(addr[e.ID], int(e.Len))...)
+			chains++
+			post(1)
+		}
+		if nb := binary.LittleEndian.Uint16(got[hdrNumBuffersOff:]); int(nb) != chains {
+			t.Fatalf("frame %d: num_buffers %d, spread over %d chains", i, nb, chains)
+		}
+		if !bytes.Equal(got[HeaderLen:], pkt[HeaderLen:]) {
+			t.Fatalf("frame %d: %d bytes, want %d (damaged or out of order)", i, len(got), len(pkt))
+		}
+	}
+	h.noFail()
+	if got := h.n.Stats().RxFrames.Load(); got != uint64(len(want)) || h.n.Stats().RxDropped.Load() != 0 {
+		t.Errorf("rx stats: %d frames, %d dropped; want %d and 0", got, h.n.Stats().RxDropped.Load(), len(want))
+	}
+}
+
+func TestReceiveTooSmall(t *testing.T) { ioModes(t, testReceiveTooSmall) }
+
+func testReceiveTooSmall(t *testing.T, cfg Config) {
+	h := newHarnessConfig(t, 0, cfg)
 	head, _ := h.postRx(256)
 	h.activate()
 	h.hostWrite(frame(1000, 5))
@@ -507,8 +563,10 @@ func TestReceiveTooSmall(t *testing.T) {
 // TestReceiveBackPressure: with no receive buffers the device leaves
 // frames in the backend and delivers them, in order, once the driver
 // posts buffers and notifies.
-func TestReceiveBackPressure(t *testing.T) {
-	h := newHarness(t, 0)
+func TestReceiveBackPressure(t *testing.T) { ioModes(t, testReceiveBackPressure) }
+
+func testReceiveBackPressure(t *testing.T, cfg Config) {
+	h := newHarnessConfig(t, 0, cfg)
 	h.activate()
 	for i := range 5 {
 		h.hostWrite(frame(100+i, byte(i)))
@@ -533,9 +591,11 @@ func TestReceiveBackPressure(t *testing.T) {
 
 // TestMalformedChains: chains that break §5.1.6 mark the device broken
 // (DEVICE_NEEDS_RESET) instead of being used.
-func TestMalformedChains(t *testing.T) {
+func TestMalformedChains(t *testing.T) { ioModes(t, testMalformedChains) }
+
+func testMalformedChains(t *testing.T, cfg Config) {
 	t.Run("rx readable", func(t *testing.T) {
-		h := newHarness(t, 0)
+		h := newHarnessConfig(t, 0, cfg)
 		a := h.rx.Alloc(2048, 8)
 		h.rx.Post(h.rx.Chain(virtiotest.Buf{Addr: a, Len: 2048}))
 		h.activate()
@@ -544,7 +604,7 @@ func TestMalformedChains(t *testing.T) {
 		}
 	})
 	t.Run("rx short", func(t *testing.T) {
-		h := newHarness(t, 0)
+		h := newHarnessConfig(t, 0, cfg)
 		h.postRx(HeaderLen - 1)
 		h.activate()
 		if err := h.wantFail(); !errors.Is(err, errMalformed) {
@@ -552,7 +612,7 @@ func TestMalformedChains(t *testing.T) {
 		}
 	})
 	t.Run("tx writable", func(t *testing.T) {
-		h := newHarness(t, 0)
+		h := newHarnessConfig(t, 0, cfg)
 		a := h.tx.Alloc(100, 8)
 		h.tx.Post(h.tx.Chain(virtiotest.Buf{Addr: a, Len: 50}, virtiotest.Buf{Addr: a + 50, Len: 50, Write: true}))
 		h.activate()
@@ -561,7 +621,7 @@ func TestMalformedChains(t *testing.T) {
 		}
 	})
 	t.Run("tx short", func(t *testing.T) {
-		h := newHarness(t, 0)
+		h := newHarnessConfig(t, 0, cfg)
 		h.activate()
 		h.sendTx(make([]byte, HeaderLen-1))
 		if err := h.wantFail(); !errors.Is(err, errMalformed) {
@@ -569,7 +629,7 @@ func TestMalformedChains(t *testing.T) {
 		}
 	})
 	t.Run("outside RAM", func(t *testing.T) {
-		h := newHarness(t, 0)
+		h := newHarnessConfig(t, 0, cfg)
 		h.activate()
 		h.tx.Post(h.tx.Chain(virtiotest.Buf{Addr: 1 << 40, Len: 100}))
 		kick(h.txKick)

@@ -31,6 +31,12 @@ func (n *Net) takeRx(rs *runState, q *virtio.Queue, kick <-chan struct{}) (rxCha
 	if !ok {
 		return rxChain{}, false
 	}
+	return n.mapRx(rs, q, c)
+}
+
+// mapRx checks and maps receive chain c; ok=false means the driver broke
+// the queue.
+func (n *Net) mapRx(rs *runState, q *virtio.Queue, c virtio.Chain) (rxChain, bool) {
 	// §5.1.6.3.1: receive buffers are device-writable and hold at least
 	// the header.
 	if c.ReadLen != 0 || c.WriteLen < HeaderLen {
@@ -46,97 +52,199 @@ func (n *Net) takeRx(rs *runState, q *virtio.Queue, kick <-chan struct{}) (rxCha
 	return rxChain{head: c.Head, buf: v, size: c.WriteLen}, true
 }
 
+// rxFrames is a receive loop's state: chains taken and not used yet, and
+// the frames read but not yet published to the driver.
+type rxFrames struct {
+	n    *Net
+	rs   *runState
+	p    *pair
+	q    *virtio.Queue
+	kick <-chan struct{}
+
+	held []rxChain // chains taken and not used, used first
+
+	// The frames not yet published: their used entries, their chains (to
+	// keep if they are dropped), how many and their bytes.
+	used   []virtio.Used
+	chains []rxChain
+	frames uint64
+	bytes  uint64
+}
+
+// take returns the next chain to fill, waiting for the driver to post
+// one; ok=false means stop.
+func (f *rxFrames) take() (rxChain, bool) {
+	if len(f.held) > 0 {
+		c := f.held[0]
+		f.held = f.held[1:]
+		return c, true
+	}
+	return f.n.takeRx(f.rs, f.q, f.kick)
+}
+
+// tryTake is take without waiting: ok=false also when the driver has
+// posted nothing more (stopping is for take to notice).
+func (f *rxFrames) tryTake() (rxChain, bool) {
+	if len(f.held) > 0 {
+		return f.take()
+	}
+	c, ok, err := f.q.Pop()
+	if err != nil {
+		f.n.fail(f.rs, err)
+		return rxChain{}, false
+	}
+	if !ok {
+		return rxChain{}, false
+	}
+	return f.n.mapRx(f.rs, f.q, c)
+}
+
+// hold puts chains back in front of the held ones, in order.
+func (f *rxFrames) hold(cs ...rxChain) {
+	f.held = append(append(make([]rxChain, 0, len(cs)+len(f.held)), cs...), f.held...)
+}
+
+// frame adds a frame of got bytes (header included) read into first, its
+// part past first's size in overflow, to the frames to publish. used=false
+// means it was dropped and first is still free; ok=false means stop.
+func (f *rxFrames) frame(first rxChain, got uint64, overflow []byte) (used, ok bool) {
+	n := f.n
+	if got < HeaderLen {
+		// Not even a header: nothing a guest could use.
+		n.stats.RxDropped.Add(1)
+		return false, true
+	}
+	start := len(f.used)
+	f.used = append(f.used, virtio.Used{Head: first.head, Written: uint32(min(got, first.size))})
+	f.chains = append(f.chains, first)
+	if got > first.size {
+		if !f.rs.mrg {
+			// §5.1.6.3.1: without MRG_RXBUF the driver must post
+			// buffers for the largest frame it accepts; keep the
+			// chain for the next frame and drop this one.
+			n.stats.RxDropped.Add(1)
+			f.rs.log.Debug("virtio-net: receive buffer too small", "id", n.cfg.ID, "frame", got, "buffer", first.size)
+			f.used, f.chains = f.used[:start], f.chains[:len(f.chains)-1]
+			return false, true
+		}
+		tail := overflow[:got-first.size]
+		for len(tail) > 0 {
+			c, ok := f.take()
+			if !ok {
+				return true, false
+			}
+			k := c.buf.copyIn(0, tail)
+			tail = tail[k:]
+			f.used = append(f.used, virtio.Used{Head: c.head, Written: uint32(k)})
+			f.chains = append(f.chains, c)
+		}
+	}
+	// num_buffers (§5.1.6.4): 1 without MRG_RXBUF, else the number of
+	// chains the frame uses. The tap leaves the field alone.
+	var nb [2]byte
+	binary.LittleEndian.PutUint16(nb[:], uint16(len(f.used)-start))
+	first.buf.copyIn(hdrNumBuffersOff, nb[:])
+	f.frames++
+	f.bytes += got - HeaderLen
+	return true, true
+}
+
+// publish hands the frames read so far to the driver, all at once (a
+// driver seeing num_buffers > 1 expects the rest to be there already);
+// ok=false means stop.
+func (f *rxFrames) publish() bool {
+	if f.frames == 0 {
+		return true
+	}
+	defer func() {
+		clear(f.chains)
+		f.used, f.chains, f.frames, f.bytes = f.used[:0], f.chains[:0], 0, 0
+	}()
+	p := f.p
+	p.gate.RLock()
+	if !p.on {
+		p.gate.RUnlock()
+		// The pair went off while the frames were on their way: the
+		// queue must not get them (§5.1.6.5.5). Their chains stay ours
+		// for the frames after the pair comes back on.
+		f.n.stats.RxDropped.Add(f.frames)
+		f.hold(f.chains...)
+		return true
+	}
+	err := f.q.PushAll(f.used)
+	p.gate.RUnlock()
+	if err != nil {
+		f.n.fail(f.rs, err)
+		return false
+	}
+	f.n.stats.RxFrames.Add(f.frames)
+	f.n.stats.RxBytes.Add(f.bytes)
+	return true
+}
+
 // rxLoop moves frames from pair p's backend into its receive queue until
-// stopped. While the pair is off it doesn't read the backend, and a frame
-// read just before the pair went off is dropped rather than published.
+// stopped: in bursts, one io_uring_enter reading as many frames as the
+// driver has buffers posted for (rxring.go), where the host has io_uring,
+// and one readv per frame, waiting in Go's poller, when the backend has
+// nothing to read or there is no ring. While the pair is off it doesn't
+// read the backend, and frames read just before the pair went off are
+// dropped rather than published.
 func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{}) {
 	defer rs.wg.Done()
+	f := &rxFrames{n: n, rs: rs, p: p, q: q, kick: kick}
+	rr := n.openRxRing(rs, p)
+	defer func() {
+		if rr != nil {
+			rr.close()
+		}
+	}()
 	// overflow takes the part of a frame that doesn't fit the first
 	// chain: spread over further chains with MRG_RXBUF, dropped without.
 	overflow := make([]byte, HeaderLen+maxFrameLen)
-	var first rxChain
-	var held []rxChain // chains taken for a dropped frame, used first
-	take := func() (rxChain, bool) {
-		if len(held) > 0 {
-			c := held[0]
-			held = held[1:]
-			return c, true
-		}
-		return n.takeRx(rs, q, kick)
-	}
-	var iov iovec // first's buffers, then overflow; reused across frames
+	var iov iovec // the chain's buffers, then overflow; reused across frames
 	fr := newFrameReader()
-	var used []virtio.Used
-	var rest []rxChain // the chains after first that a frame uses
 	for {
 		if !n.waitOn(rs, p) {
 			return
 		}
-		if first.buf == nil {
-			var ok bool
-			if first, ok = take(); !ok {
+		if rr != nil {
+			got, ok := rr.burst(f)
+			if !ok {
 				return
 			}
+			if rr.unsupported {
+				rs.log.Debug("virtio-net: the backend can't take non-blocking reads from io_uring; reading frame by frame", "id", n.cfg.ID)
+				rr.close()
+				rr = nil
+			}
+			if got > 0 {
+				if !f.publish() {
+					return
+				}
+				continue
+			}
+			// The backend had nothing: wait for a frame below.
+		}
+		first, ok := f.take()
+		if !ok {
+			return
 		}
 		iov = append(append(iov[:0], first.buf...), overflow)
 		got, ok := n.readFrame(rs, p, fr, iov)
 		if !ok {
+			f.hold(first)
 			return
 		}
-		if got < HeaderLen {
-			// Not even a header: nothing a guest could use.
-			n.stats.RxDropped.Add(1)
-			continue
-		}
-		used = append(used[:0], virtio.Used{Head: first.head, Written: uint32(min(got, first.size))})
-		rest = rest[:0]
-		if got > first.size {
-			if !rs.mrg {
-				// §5.1.6.3.1: without MRG_RXBUF the driver must post
-				// buffers for the largest frame it accepts; keep the
-				// chain for the next frame and drop this one.
-				n.stats.RxDropped.Add(1)
-				rs.log.Debug("virtio-net: receive buffer too small", "id", n.cfg.ID, "frame", got, "buffer", first.size)
-				continue
-			}
-			tail := overflow[:got-first.size]
-			for len(tail) > 0 {
-				c, ok := take()
-				if !ok {
-					return
-				}
-				k := c.buf.copyIn(0, tail)
-				tail = tail[k:]
-				used = append(used, virtio.Used{Head: c.head, Written: uint32(k)})
-				rest = append(rest, c)
-			}
-		}
-		// num_buffers (§5.1.6.4): 1 without MRG_RXBUF, else the number of
-		// chains the frame uses. The tap leaves the field alone.
-		var nb [2]byte
-		binary.LittleEndian.PutUint16(nb[:], uint16(len(used)))
-		first.buf.copyIn(hdrNumBuffersOff, nb[:])
-		// All chains of a frame are published together: a driver seeing
-		// num_buffers > 1 expects the rest to be there already.
-		p.gate.RLock()
-		if !p.on {
-			p.gate.RUnlock()
-			// The pair went off while the frame was on its way: the
-			// queue must not get it (§5.1.6.5.5). Its chains stay ours
-			// for the frames after the pair comes back on.
-			n.stats.RxDropped.Add(1)
-			held = append(append([]rxChain(nil), rest...), held...)
-			continue
-		}
-		err := q.PushAll(used)
-		p.gate.RUnlock()
-		if err != nil {
-			n.fail(rs, err)
+		used, ok := f.frame(first, got, overflow[:max(got, first.size)-first.size])
+		if !ok {
 			return
 		}
-		n.stats.RxFrames.Add(1)
-		n.stats.RxBytes.Add(got - HeaderLen)
-		first = rxChain{}
+		if !used {
+			f.hold(first)
+		}
+		if !f.publish() {
+			return
+		}
 	}
 }
 
@@ -177,10 +285,15 @@ func (n *Net) readFrame(rs *runState, p *pair, r *frameReader, v iovec) (uint64,
 		case errors.Is(err, os.ErrDeadlineExceeded) || rs.stopped():
 			return 0, false
 		default:
-			// The tap went away (deleted, or its namespace): nothing
-			// more will arrive. Keep the guest's buffers and stop.
-			rs.log.Warn("virtio-net: backend read failed; receive stopped", "id", n.cfg.ID, "queue", p.index, "err", err)
+			n.backendGone(rs, p, err)
 			return 0, false
 		}
 	}
+}
+
+// backendGone reports a backend that failed a read: the tap went away
+// (deleted, or its namespace), so nothing more will arrive. The loop keeps
+// the guest's buffers and stops.
+func (n *Net) backendGone(rs *runState, p *pair, err error) {
+	rs.log.Warn("virtio-net: backend read failed; receive stopped", "id", n.cfg.ID, "queue", p.index, "err", err)
 }

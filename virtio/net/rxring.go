@@ -1,0 +1,189 @@
+package net
+
+import (
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/iouring"
+)
+
+// rxRing reads a burst of frames with one io_uring_enter: a non-blocking
+// read (RWF_NOWAIT) into each receive chain the driver has posted, up to
+// rxRingBurst, each taking one frame from the tap or -EAGAIN once the tap
+// is empty. The reads are issued in order, so frames reach the chains in
+// the order the tap queued them.
+type rxRing struct {
+	ring  *iouring.Ring
+	fd    int
+	slots []rxSlot
+	res   []int32
+	// unsupported is set once the backend refused a non-blocking read.
+	unsupported bool
+}
+
+// rxSlot is one read of a burst.
+type rxSlot struct {
+	c rxChain
+	// overflow takes the part of a frame past c (see rxLoop); allocated
+	// on first need, since a driver posting buffers for whole frames
+	// needs none.
+	overflow []byte
+	ovf      []byte // overflow, or nil for a chain that holds any frame
+	iov      []unix.Iovec
+}
+
+// rxRingBurst is the most frames read per io_uring_enter.
+const rxRingBurst = 16
+
+// newRxRing sets up a ring for backend descriptor fd.
+func newRxRing(fd int) (*rxRing, error) {
+	ring, err := iouring.New(rxRingBurst)
+	if err != nil {
+		return nil, err
+	}
+	k := min(ring.Entries(), rxRingBurst)
+	return &rxRing{ring: ring, fd: fd, slots: make([]rxSlot, k), res: make([]int32, k)}, nil
+}
+
+func (r *rxRing) close() { r.ring.Close() }
+
+// burst reads as many frames as there are, and chains for, up to
+// rxRingBurst, into f's frames to publish; it waits for the driver to
+// post a first chain, but not for the backend. frames=0 means the backend
+// had nothing; ok=false means stop.
+func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
+	k := 0
+	for k < len(r.slots) {
+		var c rxChain
+		if k == 0 {
+			if c, ok = f.take(); !ok {
+				return 0, false
+			}
+		} else if c, ok = f.tryTake(); !ok {
+			break
+		}
+		s := &r.slots[k]
+		s.c, s.ovf = c, nil
+		s.iov = appendIovecs(s.iov[:0], c.buf)
+		if c.size < HeaderLen+maxFrameLen {
+			if s.overflow == nil {
+				s.overflow = make([]byte, HeaderLen+maxFrameLen)
+			}
+			s.ovf = s.overflow
+			s.iov = appendIovecs(s.iov, iovec{s.ovf})
+		}
+		// Offset -1: the descriptor's own position, which a tap ignores.
+		if err := r.ring.PrepReadvNoWait(r.fd, s.iov, ^uint64(0), uint64(k)); err != nil {
+			f.hold(c)
+			break
+		}
+		k++
+	}
+	if k == 0 {
+		return 0, true
+	}
+	if err := r.collect(k); err != nil {
+		f.n.fail(f.rs, fmt.Errorf("receive burst: %w", err))
+		return 0, false
+	}
+	// Chains the backend had no frame for go back first, so that a frame
+	// spilling over into further chains uses them.
+	var unfilled []rxChain
+	for i := range k {
+		switch res := r.res[i]; {
+		case res >= 0:
+		case res == -int32(unix.EAGAIN) || res == -int32(unix.EINTR):
+			unfilled = append(unfilled, r.slots[i].c)
+		case res == -int32(unix.EOPNOTSUPP):
+			// A backend without non-blocking reads (RWF_NOWAIT):
+			// the loop reads frame by frame from now on.
+			r.unsupported = true
+			unfilled = append(unfilled, r.slots[i].c)
+		default:
+			f.n.backendGone(f.rs, f.p, unix.Errno(-res))
+			return 0, false
+		}
+	}
+	f.hold(unfilled...)
+	for i := range k {
+		s := &r.slots[i]
+		res := r.res[i]
+		if res < 0 {
+			continue
+		}
+		got := uint64(res)
+		var ovf []byte
+		if s.ovf != nil {
+			ovf = s.ovf[:max(got, s.c.size)-s.c.size]
+		}
+		used, ok := f.frame(s.c, got, ovf)
+		if !ok {
+			return frames, false
+		}
+		if used {
+			frames++
+		} else {
+			f.hold(s.c)
+		}
+		s.c = rxChain{}
+	}
+	return frames, true
+}
+
+// collect submits the k prepared reads and gathers their results.
+func (r *rxRing) collect(k int) error {
+	if _, err := r.ring.Submit(); err != nil {
+		return err
+	}
+	got := 0
+	reap := func(ud uint64, res int32) {
+		if ud < uint64(k) {
+			r.res[ud] = res
+			got++
+		}
+	}
+	r.ring.Reap(reap)
+	for got < k {
+		// Non-blocking reads finish at once; this only waits for the
+		// kernel to post what it has done.
+		if err := r.ring.Wait(); err != nil {
+			return err
+		}
+		r.ring.Reap(reap)
+	}
+	return nil
+}
+
+// appendIovecs appends v's segments to dst as iovecs.
+func appendIovecs(dst []unix.Iovec, v iovec) []unix.Iovec {
+	for _, b := range v {
+		var e unix.Iovec
+		if len(b) > 0 {
+			e.Base = (*byte)(unsafe.Pointer(unsafe.SliceData(b)))
+		}
+		e.SetLen(len(b))
+		dst = append(dst, e)
+	}
+	return dst
+}
+
+// openRxRing returns a ring for pair p's receive loop, or nil to read
+// frame by frame (the host has no io_uring, or the backend is not a
+// descriptor).
+func (n *Net) openRxRing(rs *runState, p *pair) *rxRing {
+	if n.cfg.frameByFrame {
+		return nil
+	}
+	fd := -1
+	if err := p.rc.Control(func(f uintptr) { fd = int(f) }); err != nil || fd < 0 {
+		return nil
+	}
+	rr, err := newRxRing(fd)
+	if err != nil {
+		rs.log.Debug("virtio-net: no io_uring; reading frame by frame", "id", n.cfg.ID, "err", err)
+		return nil
+	}
+	return rr
+}
