@@ -77,8 +77,9 @@ func (b *bench) datapathSuite(ctx context.Context) *SuiteResult {
 			"(`virtio/virtiotest`) lays out requests or frames in guest memory, notifies the device and waits for its "+
 			"used-buffer notification (EVENT_IDX), and the device serves them on a real file or tap with its own goroutines. "+
 			"The **vmm** columns are that device path, the **raw** columns the same transfers as plain syscalls on the same "+
-			"file or tap descriptor from the benchmark itself: the host's limit, which the device can at best reach. Throughput, "+
-			"so higher is better and the ratio vmm / raw is at most about 1. %d rounds, each running every case's device "+
+			"file or tap descriptor from the benchmark itself, one system call per request or frame, as a program without "+
+			"batching would do them: the host's limit for that way of doing I/O. The device can pass it where it batches "+
+			"system calls (io_uring: one io_uring_enter per burst). Throughput, so higher is better. %d rounds, each running every case's device "+
 			"and raw benchmark back to back (`-test.benchtime %v`), so the noise of this shared machine hits both alike; "+
 			"the tables give the median, minimum and maximum of the rounds. Target: the device path at %.1f× raw or better.",
 			dpBenchmark, reps, bt, dpTarget)}
