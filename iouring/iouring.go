@@ -129,6 +129,12 @@ type Ring struct {
 	cqes                 []cqe
 
 	tail uint32 // the submitter's tail: prepared up to here, published up to sqTail
+
+	// pins holds each SQE's buffer (or iovec array) as a Go pointer: a
+	// buffer the kernel will use must not live on a goroutine stack,
+	// which moves, and storing it here makes the compiler put it on the
+	// heap, which doesn't. Cleared when the SQE is reused.
+	pins []unsafe.Pointer
 }
 
 // New sets up a ring with at least entries submission slots (rounded up
@@ -215,6 +221,7 @@ func (r *Ring) mapRings(p *params) error {
 	}
 	r.cqes = unsafe.Slice((*cqe)(unsafe.Pointer(&r.cqMap[p.cqOff.cqes])), p.cqEntries)
 	r.sqes = unsafe.Slice((*sqe)(unsafe.Pointer(&r.sqeMap[0])), p.sqEntries)
+	r.pins = make([]unsafe.Pointer, p.sqEntries)
 	// The submission ring is an array of indexes into the SQEs; slot i
 	// always names SQE i, so it is written once here.
 	if p.sqOff.array%4 != 0 || int(p.sqOff.array)+int(p.sqEntries)*4 > len(r.sqMap) {
@@ -269,22 +276,23 @@ func (r *Ring) next() (*sqe, error) {
 	return e, nil
 }
 
-// prep fills the next SQE with an operation on fd.
-func (r *Ring) prep(op uint8, fd int, addr uintptr, n int, off uint64, userData uint64) (*sqe, error) {
+// prep fills the next SQE with an operation on fd over the memory at addr.
+func (r *Ring) prep(op uint8, fd int, addr unsafe.Pointer, n int, off uint64, userData uint64) (*sqe, error) {
 	e, err := r.next()
 	if err != nil {
 		return nil, err
 	}
-	e.opcode, e.fd, e.addr, e.len, e.off, e.userData = op, int32(fd), uint64(addr), uint32(n), off, userData
+	r.pins[(r.tail-1)&r.sqMask] = addr
+	e.opcode, e.fd, e.addr, e.len, e.off, e.userData = op, int32(fd), uint64(uintptr(addr)), uint32(n), off, userData
 	return e, nil
 }
 
-// bufAddr returns the address of b's first byte (0 for an empty b).
-func bufAddr(b []byte) uintptr {
+// bufAddr returns b's first byte (nil for an empty b).
+func bufAddr(b []byte) unsafe.Pointer {
 	if len(b) == 0 {
-		return 0
+		return nil
 	}
-	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return unsafe.Pointer(unsafe.SliceData(b))
 }
 
 // PrepRead queues a pread of len(buf) bytes at off (len(buf) < 4 GiB).
@@ -313,11 +321,11 @@ func (r *Ring) PrepWritev(fd int, iov []unix.Iovec, off uint64, userData uint64)
 	return err
 }
 
-func iovAddr(iov []unix.Iovec) uintptr {
+func iovAddr(iov []unix.Iovec) unsafe.Pointer {
 	if len(iov) == 0 {
-		return 0
+		return nil
 	}
-	return uintptr(unsafe.Pointer(unsafe.SliceData(iov)))
+	return unsafe.Pointer(unsafe.SliceData(iov))
 }
 
 // sqeIOLink is IOSQE_IO_LINK: the next operation starts only after this
@@ -363,7 +371,7 @@ func (r *Ring) PrepReadvNoWait(fd int, iov []unix.Iovec, off uint64, userData ui
 
 // PrepFsync queues an fsync of fd, or an fdatasync if datasync is set.
 func (r *Ring) PrepFsync(fd int, datasync bool, userData uint64) error {
-	e, err := r.prep(opFsync, fd, 0, 0, 0, userData)
+	e, err := r.prep(opFsync, fd, nil, 0, 0, userData)
 	if err == nil && datasync {
 		e.opFlags = fsyncDatasync
 	}
@@ -373,7 +381,7 @@ func (r *Ring) PrepFsync(fd int, datasync bool, userData uint64) error {
 // PrepNop queues an operation that does nothing but complete: a way to
 // wake a goroutine blocked in Wait.
 func (r *Ring) PrepNop(userData uint64) error {
-	_, err := r.prep(opNop, -1, 0, 0, 0, userData)
+	_, err := r.prep(opNop, -1, nil, 0, 0, userData)
 	return err
 }
 
@@ -405,6 +413,27 @@ func (r *Ring) Submit() (int, error) {
 		}
 		total += int(n)
 	}
+}
+
+// Retract takes back the operations prepared or submitted that the kernel
+// has not consumed (after Submit failed, say), so they will never run, and
+// returns their user data in order. Only the submitting goroutine may call
+// it, and never while it is inside Submit.
+func (r *Ring) Retract() []uint64 {
+	if r.sqes == nil {
+		return nil
+	}
+	// Without SQPOLL the kernel consumes entries only inside
+	// io_uring_enter with to_submit > 0, which only the submitter calls.
+	head := r.sqHead.Load()
+	var uds []uint64
+	for i := head; i != r.tail; i++ {
+		uds = append(uds, r.sqes[i&r.sqMask].userData)
+		r.pins[i&r.sqMask] = nil
+	}
+	r.tail = head
+	r.sqTail.Store(head)
+	return uds
 }
 
 // Wait blocks until at least one completion is ready to be reaped.

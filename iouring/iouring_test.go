@@ -228,3 +228,32 @@ func TestClosedRing(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 }
+
+// Operations taken back before the kernel consumed them never run, and
+// the ring goes on as before.
+func TestRetract(t *testing.T) {
+	r := newRing(t, 4)
+	for ud := range uint64(3) {
+		if err := r.PrepNop(ud); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := r.Retract(); len(got) != 3 || got[0] != 0 || got[2] != 2 {
+		t.Fatalf("Retract = %v, want [0 1 2]", got)
+	}
+	if n, err := r.Submit(); n != 0 || err != nil {
+		t.Fatalf("Submit after Retract = %d, %v; want nothing to submit", n, err)
+	}
+	if n := r.Reap(func(uint64, int32) {}); n != 0 {
+		t.Fatalf("%d completions of retracted operations", n)
+	}
+	if err := r.PrepNop(7); err != nil {
+		t.Fatal(err)
+	}
+	if got := reapAll(t, r, 1); len(got) != 1 || got[7] != 0 {
+		t.Fatalf("after Retract: %v, want the new nop", got)
+	}
+	if got := r.Retract(); len(got) != 0 {
+		t.Fatalf("Retract with nothing pending = %v", got)
+	}
+}

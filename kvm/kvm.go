@@ -294,7 +294,13 @@ const maxEINTRRetries = 1000
 
 // ioctl issues a KVM ioctl, restarting it when a signal interrupted it.
 // KVM_RUN does not come through here: its EINTR is an exit the vCPU loop
-// must see (runIoctl).
+// must see (runIoctl). Callers pass arg as uintptr(unsafe.Pointer(&x)):
+// uintptrescapes moves such an x to the heap, where it stays put and alive
+// for the call, as it would if the conversion were written in the
+// unix.Syscall call itself (a stack object could move if the stack grows
+// on the way down).
+//
+//go:uintptrescapes
 func ioctl(fd int, req, arg uintptr) (uintptr, error) {
 	for i := 0; ; i++ {
 		r, err := runIoctl(fd, req, arg)
@@ -305,6 +311,8 @@ func ioctl(fd int, req, arg uintptr) (uintptr, error) {
 }
 
 // runIoctl issues one ioctl and reports EINTR as it came.
+//
+//go:uintptrescapes
 func runIoctl(fd int, req, arg uintptr) (uintptr, error) {
 	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
 	if errno != 0 {

@@ -360,6 +360,66 @@ func testBadRanges(t *testing.T, engine Engine) {
 // An image cut short on the host while the VM runs (the disk's size is
 // the one read at Open): reads past the new end fail with IOERR, reads
 // before it still work.
+// A driver that posts a head again while every request of the queue is
+// still in flight (reads from a pipe that has no data yet): the extra
+// request is served, the device keeps going, and Reset returns.
+func TestMoreInFlightThanTheQueue(t *testing.T) { forEachEngine(t, testMoreInFlightThanTheQueue) }
+
+func testMoreInFlightThanTheQueue(t *testing.T, engine Engine) {
+	h := newHarness(t, Config{Engine: engine, ID: "dup", Path: newImage(t)})
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[1])
+	// Reads from an empty pipe stay in flight until the test writes.
+	img := h.b.file
+	h.b.file = os.NewFile(uintptr(p[0]), "pipe")
+	defer func() { h.b.file.Close(); h.b.file = img }()
+	// A full queue of requests, one indirect descriptor each.
+	var heads []uint16
+	for i := range testQueue {
+		hdr, st := h.header(typeIn, uint64(i))
+		data := h.d.Alloc(SectorSize, 8)
+		head := h.d.IndirectChain(virtiotest.Buf{Addr: hdr, Len: headerLen},
+			virtiotest.Buf{Addr: data, Len: SectorSize, Write: true}, virtiotest.Buf{Addr: st, Len: 1, Write: true})
+		h.d.Post(head)
+		heads = append(heads, head)
+	}
+	a := &virtio.Activation{Mem: h.d.Mem, Features: h.features, Queues: []*virtio.Queue{h.q},
+		Kicks: []<-chan struct{}{h.kick}, Fail: func(err error) { h.fails <- err }}
+	if err := h.b.Activate(a); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // all of them in flight
+	for _, head := range heads[:4] {
+		h.d.Post(head) // posted again: more requests than the queue holds
+	}
+	h.kick <- struct{}{}
+	time.Sleep(20 * time.Millisecond)
+	want := len(heads) + 4
+	if _, err := unix.Write(p[1], make([]byte, want*SectorSize)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(10 * time.Second)
+	for int(h.usedIdx()) < want {
+		select {
+		case <-h.notes:
+		case err := <-h.fails:
+			t.Fatalf("device failed: %v", err)
+		case <-deadline:
+			t.Fatalf("%d of %d requests completed", h.usedIdx(), want)
+		}
+	}
+	done := make(chan struct{})
+	go func() { h.b.Reset(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Reset hangs")
+	}
+}
+
 func TestImageShrunkUnderVM(t *testing.T) { forEachEngine(t, testImageShrunkUnderVM) }
 
 func testImageShrunkUnderVM(t *testing.T, engine Engine) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -233,9 +234,10 @@ func iovecs(dst []unix.Iovec, v iovec) []unix.Iovec {
 	return dst
 }
 
-// takeSlot returns a free slot. When all are in flight (a driver that
-// posts more requests than its queue holds, reusing heads) it submits and
-// reaps, waiting for a completion if it must; false means the ring broke.
+// takeSlot returns a free slot, submitting and reaping what is prepared
+// to free one if it must. false: every slot is in flight, which only a
+// driver that posts more requests than its queue holds (reusing heads)
+// brings about; the request then goes to the worker pool.
 func (rq *ringQueue) takeSlot() (uint32, bool) {
 	for flushed := false; ; flushed = true {
 		rq.mu.Lock()
@@ -246,15 +248,10 @@ func (rq *ringQueue) takeSlot() (uint32, bool) {
 			return n, true
 		}
 		rq.mu.Unlock()
-		if !flushed {
-			rq.flush()
-			continue
-		}
-		if err := rq.ring.Wait(); err != nil {
-			rq.rs.log.Warn("virtio-blk io_uring wait failed", "id", rq.b.cfg.ID, "err", err)
+		if flushed {
 			return 0, false
 		}
-		rq.reap()
+		rq.flush()
 	}
 }
 
@@ -266,9 +263,16 @@ func (rq *ringQueue) flush() {
 	}
 	rq.prepared = 0
 	if _, err := rq.ring.Submit(); err != nil {
-		// Not expected (the ring has room for every slot): the requests
-		// can't be served, and the driver would wait for them forever.
-		rq.rs.a.Fail(fmt.Errorf("virtio-blk %s: %w", rq.b.cfg.ID, err))
+		// Not expected (the kernel short of memory, say): take back what
+		// it did not take and serve those requests with plain system
+		// calls, as an interrupted operation is (finish).
+		uds := rq.ring.Retract()
+		rq.rs.log.Warn("virtio-blk io_uring submit failed; serving the requests directly", "id", rq.b.cfg.ID, "n", len(uds), "err", err)
+		rq.mu.Lock()
+		for _, ud := range uds {
+			rq.completeLocked(ud, -int32(unix.EAGAIN))
+		}
+		rq.mu.Unlock()
 	}
 	rq.reap()
 	if rq.inflight.Load() > 0 {
@@ -381,8 +385,18 @@ func (rq *ringQueue) close() {
 	// The completer finishes what is in flight, then returns; it may be
 	// asleep in io_uring_enter for a completion the queue goroutine
 	// reaped, which a no-op ends.
-	if rq.ring.PrepNop(nopTag) == nil {
-		_, _ = rq.ring.Submit()
+	for try := 0; ; try++ {
+		if err := rq.ring.PrepNop(nopTag); err == nil {
+			if _, err = rq.ring.Submit(); err == nil {
+				break
+			}
+			rq.ring.Retract()
+		}
+		if try == 100 {
+			rq.rs.log.Error("virtio-blk io_uring: can't wake the completer", "id", rq.b.cfg.ID)
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
 	<-rq.done
 	// It also returns if the ring broke: wait here for what is left,

@@ -63,6 +63,12 @@ type rxFrames struct {
 
 	held []rxChain // chains taken and not used, used first
 
+	// rescue, if set, frees chains that hold frames read but not yet
+	// assembled (a burst's later frames), when the frame being assembled
+	// needs one and the driver has posted none; it reports whether it
+	// freed any.
+	rescue func() bool
+
 	// The frames not yet published: their used entries, their chains (to
 	// keep if they are dropped), how many and their bytes.
 	used   []virtio.Used
@@ -99,6 +105,27 @@ func (f *rxFrames) tryTake() (rxChain, bool) {
 	return f.n.mapRx(f.rs, f.q, c)
 }
 
+// next returns a chain for the frame whose used entries start at
+// f.used[start]: one the driver has posted, else one that rescue frees,
+// else, after publishing the frames before that one (the driver may be
+// waiting for them before it posts more), the next the driver posts. It
+// returns where the frame's entries start then; ok=false means stop.
+func (f *rxFrames) next(start int) (_ rxChain, _ int, ok bool) {
+	if c, ok := f.tryTake(); ok {
+		return c, start, true
+	}
+	if f.rescue != nil && f.rescue() {
+		if c, ok := f.tryTake(); ok {
+			return c, start, true
+		}
+	}
+	if start, ok = f.publishBefore(start); !ok {
+		return rxChain{}, 0, false
+	}
+	c, ok := f.take()
+	return c, start, ok
+}
+
 // hold puts chains back in front of the held ones, in order.
 func (f *rxFrames) hold(cs ...rxChain) {
 	f.held = append(append(make([]rxChain, 0, len(cs)+len(f.held)), cs...), f.held...)
@@ -129,8 +156,9 @@ func (f *rxFrames) frame(first rxChain, got uint64, overflow []byte) (used, ok b
 		}
 		tail := overflow[:got-first.size]
 		for len(tail) > 0 {
-			c, ok := f.take()
-			if !ok {
+			var c rxChain
+			var ok bool
+			if c, start, ok = f.next(start); !ok {
 				return true, false
 			}
 			k := c.buf.copyIn(0, tail)
@@ -147,6 +175,24 @@ func (f *rxFrames) frame(first rxChain, got uint64, overflow []byte) (used, ok b
 	f.frames++
 	f.bytes += got - HeaderLen
 	return true, true
+}
+
+// publishBefore publishes the frames whose used entries come before
+// f.used[start] (the frame being assembled starts there) and returns
+// where that frame's entries start now; ok=false means stop.
+func (f *rxFrames) publishBefore(start int) (int, bool) {
+	if f.frames == 0 {
+		return start, true
+	}
+	// The frame being assembled: its entries and chains (one each).
+	used := append([]virtio.Used(nil), f.used[start:]...)
+	chains := append([]rxChain(nil), f.chains[len(f.chains)-len(used):]...)
+	f.used, f.chains = f.used[:start], f.chains[:len(f.chains)-len(used)]
+	if !f.publish() {
+		return 0, false
+	}
+	f.used, f.chains = append(f.used, used...), append(f.chains, chains...)
+	return 0, true
 }
 
 // publish hands the frames read so far to the driver, all at once (a

@@ -32,6 +32,9 @@ type rxSlot struct {
 	overflow []byte
 	ovf      []byte // overflow, or nil for a chain that holds any frame
 	iov      []unix.Iovec
+	// host, once set, holds the slot's whole frame, copied out of c so
+	// that c could go to an earlier frame (rescue).
+	host []byte
 }
 
 // rxRingBurst is the most frames read per io_uring_enter.
@@ -91,6 +94,7 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 	// Chains the backend had no frame for go back first, so that a frame
 	// spilling over into further chains uses them.
 	var unfilled []rxChain
+	var gone error // the backend failed: publish what was read, then stop
 	for i := range k {
 		switch res := r.res[i]; {
 		case res >= 0:
@@ -102,32 +106,71 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 			r.unsupported = true
 			unfilled = append(unfilled, r.slots[i].c)
 		default:
-			f.n.backendGone(f.rs, f.p, unix.Errno(-res))
-			return 0, false
+			gone = unix.Errno(-res)
+			unfilled = append(unfilled, r.slots[i].c)
 		}
 	}
 	f.hold(unfilled...)
+	// A frame spilling over into further chains when the driver has
+	// posted none may take the chains of the burst's later frames, which
+	// are copied out first: those chains can't be published before it, so
+	// the driver would otherwise never get a buffer back.
+	cur := 0
+	f.rescue = func() bool {
+		freed := false
+		for j := cur + 1; j < k; j++ {
+			s := &r.slots[j]
+			if r.res[j] <= 0 || s.host != nil {
+				continue
+			}
+			got := uint64(r.res[j])
+			s.host = make([]byte, got)
+			n := s.c.buf.copyOut(s.host)
+			if uint64(n) < got {
+				copy(s.host[n:], s.ovf)
+			}
+			f.held = append(f.held, s.c)
+			s.c = rxChain{}
+			freed = true
+		}
+		return freed
+	}
+	defer func() { f.rescue = nil }()
 	for i := range k {
+		cur = i
 		s := &r.slots[i]
 		res := r.res[i]
 		if res < 0 {
 			continue
 		}
 		got := uint64(res)
-		var ovf []byte
-		if s.ovf != nil {
+		first, ovf := s.c, []byte(nil)
+		if s.host != nil {
+			var ok bool
+			if first, _, ok = f.next(len(f.used)); !ok {
+				return frames, false
+			}
+			n := first.buf.copyIn(0, s.host)
+			ovf = s.host[n:]
+			s.host = nil
+		} else if s.ovf != nil {
 			ovf = s.ovf[:max(got, s.c.size)-s.c.size]
 		}
-		used, ok := f.frame(s.c, got, ovf)
+		used, ok := f.frame(first, got, ovf)
 		if !ok {
 			return frames, false
 		}
 		if used {
 			frames++
 		} else {
-			f.hold(s.c)
+			f.hold(first)
 		}
 		s.c = rxChain{}
+	}
+	if gone != nil {
+		f.publish()
+		f.n.backendGone(f.rs, f.p, gone)
+		return frames, false
 	}
 	return frames, true
 }
