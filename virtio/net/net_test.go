@@ -582,6 +582,53 @@ func TestReceiveSpillWaitsForDriver(t *testing.T) {
 	})
 }
 
+// A malformed chain met while a frame spills over: the device fails and
+// publishes nothing more from that queue (§2.1.2: it stops using it).
+func TestReceiveMalformedChainInSpill(t *testing.T) {
+	ioModes(t, func(t *testing.T, cfg Config) {
+		h := newHarnessConfig(t, FeatureMrgRxbuf, cfg)
+		h.postRx(1024)
+		h.activate()
+		time.Sleep(50 * time.Millisecond) // the device holds the chain, waiting for a frame
+		h.postRx(1024)
+		a := h.rx.Alloc(1024, 8)
+		h.rx.Post(h.rx.Chain(virtiotest.Buf{Addr: a, Len: 1024})) // device-readable: malformed
+		h.postRx(1024)
+		h.hostWrite(frame(2500, 1)) // three chains' worth
+		h.wantFail()
+		if e, ok := h.rx.WaitUsed(300 * time.Millisecond); ok {
+			t.Errorf("used entry %+v published after the device failed", e)
+		}
+	})
+}
+
+// Reads shorter than a header (a socket backend can return an empty
+// datagram) are dropped, and the chains they were read into serve the
+// frames around them.
+func TestReceiveEmptyRead(t *testing.T) {
+	ioModes(t, func(t *testing.T, cfg Config) {
+		h := newHarnessConfig(t, FeatureMrgRxbuf, cfg)
+		h.postRx(1024)
+		h.postRx(1024)
+		h.hostWrite(frame(1500, 1)) // two chains' worth
+		if _, err := h.host.Write(nil); err != nil {
+			t.Fatal(err)
+		}
+		h.hostWrite(frame(100, 2))
+		h.activate()
+		for got := 0; got < 3; got++ {
+			if _, ok := h.rx.WaitUsed(5 * time.Second); !ok {
+				t.Fatalf("receive stalled after %d of 3 used entries", got)
+			}
+			h.postRx(1024)
+		}
+		h.noFail()
+		if f, d := h.n.Stats().RxFrames.Load(), h.n.Stats().RxDropped.Load(); f != 2 || d != 1 {
+			t.Errorf("%d frames received and %d dropped, want 2 and 1", f, d)
+		}
+	})
+}
+
 func TestReceiveTooSmall(t *testing.T) { ioModes(t, testReceiveTooSmall) }
 
 func testReceiveTooSmall(t *testing.T, cfg Config) {

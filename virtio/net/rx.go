@@ -88,21 +88,25 @@ func (f *rxFrames) take() (rxChain, bool) {
 	return f.n.takeRx(f.rs, f.q, f.kick)
 }
 
-// tryTake is take without waiting: ok=false also when the driver has
-// posted nothing more (stopping is for take to notice).
-func (f *rxFrames) tryTake() (rxChain, bool) {
+// tryTake is take without waiting: ok=false when the driver has posted
+// nothing more, broken=true (and ok=false) when the queue just failed and
+// the loop must stop.
+func (f *rxFrames) tryTake() (_ rxChain, ok, broken bool) {
 	if len(f.held) > 0 {
-		return f.take()
+		c := f.held[0]
+		f.held = f.held[1:]
+		return c, true, false
 	}
 	c, ok, err := f.q.Pop()
 	if err != nil {
 		f.n.fail(f.rs, err)
-		return rxChain{}, false
+		return rxChain{}, false, true
 	}
 	if !ok {
-		return rxChain{}, false
+		return rxChain{}, false, false
 	}
-	return f.n.mapRx(f.rs, f.q, c)
+	rc, ok := f.n.mapRx(f.rs, f.q, c)
+	return rc, ok, !ok
 }
 
 // next returns a chain for the frame whose used entries start at
@@ -111,18 +115,19 @@ func (f *rxFrames) tryTake() (rxChain, bool) {
 // waiting for them before it posts more), the next the driver posts. It
 // returns where the frame's entries start then; ok=false means stop.
 func (f *rxFrames) next(start int) (_ rxChain, _ int, ok bool) {
-	if c, ok := f.tryTake(); ok {
-		return c, start, true
+	c, ok, broken := f.tryTake()
+	if ok || broken {
+		return c, start, ok
 	}
 	if f.rescue != nil && f.rescue() {
-		if c, ok := f.tryTake(); ok {
-			return c, start, true
+		if c, ok, broken = f.tryTake(); ok || broken {
+			return c, start, ok
 		}
 	}
 	if start, ok = f.publishBefore(start); !ok {
 		return rxChain{}, 0, false
 	}
-	c, ok := f.take()
+	c, ok = f.take()
 	return c, start, ok
 }
 

@@ -64,8 +64,13 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 			if c, ok = f.take(); !ok {
 				return 0, false
 			}
-		} else if c, ok = f.tryTake(); !ok {
-			break
+		} else {
+			var broken bool
+			if c, ok, broken = f.tryTake(); broken {
+				return 0, false
+			} else if !ok {
+				break
+			}
 		}
 		s := &r.slots[k]
 		s.c, s.ovf = c, nil
@@ -120,10 +125,21 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 		freed := false
 		for j := cur + 1; j < k; j++ {
 			s := &r.slots[j]
-			if r.res[j] <= 0 || s.host != nil {
+			if r.res[j] < 0 || s.host != nil {
 				continue
 			}
 			got := uint64(r.res[j])
+			if got < HeaderLen {
+				// Not even a header (a backend other than a tap can
+				// return an empty read): dropped now, as frame would,
+				// so its chain is free.
+				f.n.stats.RxDropped.Add(1)
+				f.held = append(f.held, s.c)
+				s.c = rxChain{}
+				r.res[j] = -int32(unix.EAGAIN)
+				freed = true
+				continue
+			}
 			s.host = make([]byte, got)
 			n := s.c.buf.copyOut(s.host)
 			if uint64(n) < got {
