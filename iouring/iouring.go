@@ -463,3 +463,42 @@ func (r *Ring) Reap(fn func(userData uint64, res int32)) int {
 	}
 	return n
 }
+
+// AppendIovecs appends bufs as iovecs to dst, for PrepReadv and
+// PrepWritev (dst must then stay valid until the completion is reaped).
+func AppendIovecs(dst []unix.Iovec, bufs [][]byte) []unix.Iovec {
+	for _, b := range bufs {
+		var e unix.Iovec
+		if len(b) > 0 {
+			e.Base = (*byte)(unsafe.Pointer(unsafe.SliceData(b)))
+		}
+		e.SetLen(len(b))
+		dst = append(dst, e)
+	}
+	return dst
+}
+
+// SubmitAll submits the prepared operations, whose user data number them
+// 0 to len(res)-1, and waits for all of them, storing each one's result in
+// res at its number. It suits operations that finish at once (non-blocking
+// ones), issued as one batch by a caller that has nothing else in flight.
+func (r *Ring) SubmitAll(res []int32) error {
+	if _, err := r.Submit(); err != nil {
+		return err
+	}
+	got := 0
+	reap := func(ud uint64, v int32) {
+		if ud < uint64(len(res)) {
+			res[ud] = v
+			got++
+		}
+	}
+	r.Reap(reap)
+	for got < len(res) {
+		if err := r.Wait(); err != nil {
+			return err
+		}
+		r.Reap(reap)
+	}
+	return nil
+}

@@ -93,7 +93,7 @@ func TestReadWriteFsync(t *testing.T) {
 		}
 	}
 	must(r.PrepWrite(fd, a, 0, 1))
-	must(r.PrepWritev(fd, []unix.Iovec{iov(b[:1000]), iov(b[1000:])}, 4096, 2))
+	must(r.PrepWritev(fd, AppendIovecs(nil, [][]byte{b[:1000], b[1000:]}), 4096, 2))
 	got := reapAll(t, r, 2)
 	if got[1] != 4096 || got[2] != 2048 {
 		t.Fatalf("write results %v, want 4096 and 2048", got)
@@ -104,7 +104,7 @@ func TestReadWriteFsync(t *testing.T) {
 		t.Fatalf("fsync results %v, want 0", got)
 	}
 	readA, readB1, readB2 := make([]byte, 4096), make([]byte, 24), make([]byte, 2024)
-	iovs := []unix.Iovec{iov(readB1), iov(readB2)}
+	iovs := AppendIovecs(nil, [][]byte{readB1, readB2})
 	must(r.PrepRead(fd, readA, 0, 5))
 	must(r.PrepReadv(fd, iovs, 4096, 6))
 	must(r.PrepRead(fd, make([]byte, 100), 6144, 7)) // at the end of the file
@@ -115,12 +115,6 @@ func TestReadWriteFsync(t *testing.T) {
 	if !bytes.Equal(readA, a) || !bytes.Equal(append(readB1, readB2...), b) {
 		t.Fatal("read back other bytes than written")
 	}
-}
-
-func iov(b []byte) unix.Iovec {
-	v := unix.Iovec{Base: &b[0]}
-	v.SetLen(len(b))
-	return v
 }
 
 func TestErrorsComeBackAsNegativeErrno(t *testing.T) {
@@ -255,5 +249,29 @@ func TestRetract(t *testing.T) {
 	}
 	if got := r.Retract(); len(got) != 0 {
 		t.Fatalf("Retract with nothing pending = %v", got)
+	}
+}
+
+func TestSubmitAll(t *testing.T) {
+	r := newRing(t, 4)
+	dir, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	for ud := range uint64(2) {
+		if err := r.PrepNop(ud); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.PrepRead(int(dir.Fd()), make([]byte, 8), 0, 2); err != nil {
+		t.Fatal(err)
+	}
+	res := []int32{9, 9, 9}
+	if err := r.SubmitAll(res); err != nil {
+		t.Fatal(err)
+	}
+	if res[0] != 0 || res[1] != 0 || res[2] != -int32(unix.EISDIR) {
+		t.Fatalf("results %v, want [0 0 -EISDIR]", res)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -207,7 +206,7 @@ func (rq *ringQueue) prep(n uint32, s *ringSlot) error {
 		if len(s.r.in) == 1 {
 			err = rq.ring.PrepRead(fd, s.r.in[0], uint64(s.off), ud)
 		} else {
-			s.iov = iovecs(s.iov, s.r.in)
+			s.iov = iouring.AppendIovecs(s.iov[:0], s.r.in)
 			err = rq.ring.PrepReadv(fd, s.iov, uint64(s.off), ud)
 		}
 		return err
@@ -215,23 +214,9 @@ func (rq *ringQueue) prep(n uint32, s *ringSlot) error {
 		if len(s.r.out) == 1 {
 			return rq.ring.PrepWrite(fd, s.r.out[0], uint64(s.off), ud)
 		}
-		s.iov = iovecs(s.iov, s.r.out)
+		s.iov = iouring.AppendIovecs(s.iov[:0], s.r.out)
 		return rq.ring.PrepWritev(fd, s.iov, uint64(s.off), ud)
 	}
-}
-
-// iovecs fills dst with v's segments.
-func iovecs(dst []unix.Iovec, v iovec) []unix.Iovec {
-	dst = dst[:0]
-	for _, b := range v {
-		var e unix.Iovec
-		if len(b) > 0 {
-			e.Base = (*byte)(unsafe.Pointer(unsafe.SliceData(b)))
-		}
-		e.SetLen(len(b))
-		dst = append(dst, e)
-	}
-	return dst
 }
 
 // takeSlot returns a free slot, submitting and reaping what is prepared

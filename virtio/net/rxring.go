@@ -2,7 +2,6 @@ package net
 
 import (
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -74,13 +73,13 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 		}
 		s := &r.slots[k]
 		s.c, s.ovf = c, nil
-		s.iov = appendIovecs(s.iov[:0], c.buf)
+		s.iov = iouring.AppendIovecs(s.iov[:0], c.buf)
 		if c.size < HeaderLen+maxFrameLen {
 			if s.overflow == nil {
 				s.overflow = make([]byte, HeaderLen+maxFrameLen)
 			}
 			s.ovf = s.overflow
-			s.iov = appendIovecs(s.iov, iovec{s.ovf})
+			s.iov = iouring.AppendIovecs(s.iov, [][]byte{s.ovf})
 		}
 		// Offset -1: the descriptor's own position, which a tap ignores.
 		if err := r.ring.PrepReadvNoWait(r.fd, s.iov, ^uint64(0), uint64(k)); err != nil {
@@ -92,7 +91,7 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 	if k == 0 {
 		return 0, true
 	}
-	if err := r.collect(k); err != nil {
+	if err := r.ring.SubmitAll(r.res[:k]); err != nil {
 		f.n.fail(f.rs, fmt.Errorf("receive burst: %w", err))
 		return 0, false
 	}
@@ -191,52 +190,11 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 	return frames, true
 }
 
-// collect submits the k prepared reads and gathers their results.
-func (r *rxRing) collect(k int) error {
-	if _, err := r.ring.Submit(); err != nil {
-		return err
-	}
-	got := 0
-	reap := func(ud uint64, res int32) {
-		if ud < uint64(k) {
-			r.res[ud] = res
-			got++
-		}
-	}
-	r.ring.Reap(reap)
-	for got < k {
-		// Non-blocking reads finish at once; this only waits for the
-		// kernel to post what it has done.
-		if err := r.ring.Wait(); err != nil {
-			return err
-		}
-		r.ring.Reap(reap)
-	}
-	return nil
-}
-
-// appendIovecs appends v's segments to dst as iovecs.
-func appendIovecs(dst []unix.Iovec, v iovec) []unix.Iovec {
-	for _, b := range v {
-		var e unix.Iovec
-		if len(b) > 0 {
-			e.Base = (*byte)(unsafe.Pointer(unsafe.SliceData(b)))
-		}
-		e.SetLen(len(b))
-		dst = append(dst, e)
-	}
-	return dst
-}
-
 // openRxRing returns a ring for pair p's receive loop, or nil to read
-// frame by frame (the host has no io_uring, or the backend is not a
-// descriptor).
+// frame by frame.
 func (n *Net) openRxRing(rs *runState, p *pair) *rxRing {
-	if n.cfg.frameByFrame {
-		return nil
-	}
-	fd := -1
-	if err := p.rc.Control(func(f uintptr) { fd = int(f) }); err != nil || fd < 0 {
+	fd, ok := n.ringBackend(p)
+	if !ok {
 		return nil
 	}
 	rr, err := newRxRing(fd)

@@ -218,14 +218,10 @@ func (n *Net) writeFrame(rs *runState, p *pair, w *frameWriter, v iovec, size ui
 }
 
 // openTxRing returns a ring for pair p's transmit loop, or nil to write
-// frame by frame (the host has no io_uring, or the backend is not a
-// descriptor).
+// frame by frame.
 func (n *Net) openTxRing(rs *runState, p *pair) *txRing {
-	if n.cfg.frameByFrame {
-		return nil
-	}
-	fd := -1
-	if err := p.rc.Control(func(f uintptr) { fd = int(f) }); err != nil || fd < 0 {
+	fd, ok := n.ringBackend(p)
+	if !ok {
 		return nil
 	}
 	tr, err := newTxRing(fd)
@@ -234,4 +230,18 @@ func (n *Net) openTxRing(rs *runState, p *pair) *txRing {
 		return nil
 	}
 	return tr
+}
+
+// ringBackend returns the descriptor of pair p's backend for io_uring, or
+// false to do without: the device is configured frame by frame, or the
+// backend is not a descriptor.
+func (n *Net) ringBackend(p *pair) (int, bool) {
+	if n.cfg.frameByFrame {
+		return -1, false
+	}
+	fd := -1
+	if err := p.rc.Control(func(f uintptr) { fd = int(f) }); err != nil || fd < 0 {
+		return -1, false
+	}
+	return fd, true
 }

@@ -3,7 +3,6 @@ package net
 import (
 	"errors"
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -55,15 +54,7 @@ func (t *txRing) add(head uint16, v iovec, size uint64) error {
 	s := &t.slots[t.n]
 	s.head, s.size = head, size
 	s.v = append(s.v[:0], v...)
-	s.iov = s.iov[:0]
-	for _, b := range v {
-		var e unix.Iovec
-		if len(b) > 0 {
-			e.Base = (*byte)(unsafe.Pointer(unsafe.SliceData(b)))
-		}
-		e.SetLen(len(b))
-		s.iov = append(s.iov, e)
-	}
+	s.iov = iouring.AppendIovecs(s.iov[:0], v)
 	if t.n > 0 {
 		t.ring.LinkNext()
 	}
@@ -85,24 +76,9 @@ func (t *txRing) send(used []virtio.Used, done func(v iovec, size uint64, res in
 	}
 	n := t.n
 	t.n = 0
-	if _, err := t.ring.Submit(); err != nil {
+	var res [txRingBurst]int32
+	if err := t.ring.SubmitAll(res[:n]); err != nil {
 		return used, fmt.Errorf("transmit burst of %d frames: %w", n, err)
-	}
-	res := [txRingBurst]int32{}
-	got := 0
-	collect := func(ud uint64, r int32) {
-		if ud < uint64(n) {
-			res[ud] = r
-			got++
-		}
-	}
-	t.ring.Reap(collect)
-	for got < n {
-		// Not inline after all (a backend that can block): wait.
-		if err := t.ring.Wait(); err != nil {
-			return used, fmt.Errorf("transmit burst of %d frames: %w", n, err)
-		}
-		t.ring.Reap(collect)
 	}
 	var stop error
 	for i := range n {
