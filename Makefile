@@ -50,7 +50,9 @@ check:
 	$(GO) vet ./...
 
 test: vmm guest check
+	@[ -e /dev/kvm ] || echo '## WARNING: /dev/kvm is absent on this host: every VM test will be SKIPPED ##' >&2
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@[ -e /dev/kvm ] || echo '## WARNING: /dev/kvm is absent on this host: the VM tests were SKIPPED, not passed ##' >&2
 
 unit: check
 	$(GO) test -race -short ./...
