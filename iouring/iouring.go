@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -41,8 +42,10 @@ const (
 	setupClamp = 1 << 4 // IORING_SETUP_CLAMP: clamp entries to the maximum
 
 	featSingleMmap = 1 << 0 // IORING_FEAT_SINGLE_MMAP: SQ and CQ rings share one mapping
+	featExtArg     = 1 << 8 // IORING_FEAT_EXT_ARG: io_uring_enter takes a timeout (5.11)
 
 	enterGetEvents = 1 << 0 // IORING_ENTER_GETEVENTS
+	enterExtArg    = 1 << 3 // IORING_ENTER_EXT_ARG
 
 	fsyncDatasync = 1 << 0 // IORING_FSYNC_DATASYNC
 
@@ -99,6 +102,15 @@ type sqe struct {
 	pad         uint64
 }
 
+// geteventsArg is struct io_uring_getevents_arg, io_uring_enter's argument
+// with IORING_ENTER_EXT_ARG.
+type geteventsArg struct {
+	sigmask   uint64
+	sigmaskSz uint32
+	minWait   uint32 // min_wait_usec (6.12); pad before
+	ts        uint64 // *struct __kernel_timespec
+}
+
 // cqe is struct io_uring_cqe (16 bytes, without IORING_SETUP_CQE32).
 type cqe struct {
 	userData uint64
@@ -130,6 +142,12 @@ type Ring struct {
 
 	tail uint32 // the submitter's tail: prepared up to here, published up to sqTail
 
+	extArg bool // the kernel takes a timeout in io_uring_enter
+	// WaitTimeout's argument and timeout, in the Ring so that they are
+	// on the heap: the kernel finds the timeout through an integer.
+	waitArg geteventsArg
+	waitTS  unix.Timespec
+
 	// pins holds each SQE's buffer (or iovec array) as a Go pointer: a
 	// buffer the kernel will use must not live on a goroutine stack,
 	// which moves, and storing it here makes the compiler put it on the
@@ -149,7 +167,7 @@ func New(entries uint32) (*Ring, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup(%d): %w", entries, errno)
 	}
-	r := &Ring{fd: int(fd), entries: p.sqEntries}
+	r := &Ring{fd: int(fd), entries: p.sqEntries, extArg: p.features&featExtArg != 0}
 	if err := r.mapRings(&p); err != nil {
 		r.Close()
 		return nil, err
@@ -443,6 +461,28 @@ func (r *Ring) Wait() error {
 		if errno != 0 && errno != unix.EINTR && errno != unix.EAGAIN && errno != unix.ETIME {
 			return fmt.Errorf("io_uring_enter: wait: %w", errno)
 		}
+	}
+	return nil
+}
+
+// WaitTimeout is Wait for at most d: it returns with no completion ready
+// once d has passed (on kernels before 5.11, which take no timeout, it is
+// Wait). A goroutine that waits this way can notice, between waits, that
+// what it waits for was reaped elsewhere. Only the reaping goroutine may
+// call it.
+func (r *Ring) WaitTimeout(d time.Duration) error {
+	if !r.extArg {
+		return r.Wait()
+	}
+	if r.cqTail.Load() != r.cqHead.Load() {
+		return nil
+	}
+	r.waitTS = unix.NsecToTimespec(d.Nanoseconds())
+	r.waitArg = geteventsArg{ts: uint64(uintptr(unsafe.Pointer(&r.waitTS)))}
+	_, _, errno := unix.Syscall6(sysEnter, uintptr(r.fd), 0, 1, enterGetEvents|enterExtArg,
+		uintptr(unsafe.Pointer(&r.waitArg)), unsafe.Sizeof(r.waitArg))
+	if errno != 0 && errno != unix.EINTR && errno != unix.EAGAIN && errno != unix.ETIME {
+		return fmt.Errorf("io_uring_enter: wait: %w", errno)
 	}
 	return nil
 }

@@ -275,3 +275,38 @@ func TestSubmitAll(t *testing.T) {
 		t.Fatalf("results %v, want [0 0 -EISDIR]", res)
 	}
 }
+
+// WaitTimeout returns after its timeout with nothing to reap, and at once
+// when something is.
+func TestWaitTimeout(t *testing.T) {
+	r := newRing(t, 4)
+	if !r.extArg {
+		t.Fatal("the kernel's io_uring takes no timeout (IORING_FEAT_EXT_ARG, Linux 5.11): older than any the project supports")
+	}
+	start := time.Now()
+	if err := r.WaitTimeout(50 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 40*time.Millisecond {
+		t.Errorf("WaitTimeout(50ms) with nothing in flight returned after %v", d)
+	}
+	if n := r.Reap(func(uint64, int32) {}); n != 0 {
+		t.Fatalf("%d completions from nothing", n)
+	}
+	if err := r.PrepNop(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Submit(); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if err := r.WaitTimeout(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("WaitTimeout with a completion ready took %v", d)
+	}
+	if n := r.Reap(func(uint64, int32) {}); n != 1 {
+		t.Fatalf("%d completions, want the nop", n)
+	}
+}

@@ -27,6 +27,9 @@ import (
 // Each request in the ring holds Block.io for reading from submission to
 // completion, so Swap waits for it as for a worker's.
 
+// completerWait bounds one sleep of the completer in io_uring_enter.
+const completerWait = 100 * time.Millisecond
+
 // nopTag is the user data of the no-op that wakes the completer at Reset;
 // slot numbers are below the queue size.
 const nopTag = ^uint64(0)
@@ -351,9 +354,10 @@ func (rq *ringQueue) completer() {
 			return
 		}
 		for rq.inflight.Load() > 0 {
-			// Wait may return for a completion the queue goroutine
-			// reaps first; the loop then checks again.
-			if err := rq.ring.Wait(); err != nil {
+			// The queue goroutine may reap what this waits for: the
+			// timeout bounds how long the completer sleeps after
+			// that, which matters at Reset (close).
+			if err := rq.ring.WaitTimeout(completerWait); err != nil {
 				rq.rs.a.Fail(fmt.Errorf("virtio-blk %s: %w", rq.b.cfg.ID, err))
 				return
 			}
@@ -369,19 +373,11 @@ func (rq *ringQueue) close() {
 	close(rq.quit)
 	// The completer finishes what is in flight, then returns; it may be
 	// asleep in io_uring_enter for a completion the queue goroutine
-	// reaped, which a no-op ends.
-	for try := 0; ; try++ {
-		if err := rq.ring.PrepNop(nopTag); err == nil {
-			if _, err = rq.ring.Submit(); err == nil {
-				break
-			}
+	// reaped, which a no-op ends at once (and its wait's timeout soon).
+	if err := rq.ring.PrepNop(nopTag); err == nil {
+		if _, err = rq.ring.Submit(); err != nil {
 			rq.ring.Retract()
 		}
-		if try == 100 {
-			rq.rs.log.Error("virtio-blk io_uring: can't wake the completer", "id", rq.b.cfg.ID)
-			break
-		}
-		time.Sleep(time.Millisecond)
 	}
 	<-rq.done
 	// It also returns if the ring broke: wait here for what is left,
