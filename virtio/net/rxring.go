@@ -32,8 +32,8 @@ type rxSlot struct {
 	ovf      []byte // overflow, or nil for a chain that holds any frame
 	iov      []unix.Iovec
 	// host, once set, holds the slot's whole frame, copied out of c so
-	// that c could go to an earlier frame (rescue).
-	host []byte
+	// that c could go to an earlier frame (rescue), in hostBuf.
+	host, hostBuf []byte
 }
 
 // rxRingBurst is the most frames read per io_uring_enter.
@@ -118,11 +118,11 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 	// A frame spilling over into further chains when the driver has
 	// posted none may take the chains of the burst's later frames, which
 	// are copied out first: those chains can't be published before it, so
-	// the driver would otherwise never get a buffer back.
+	// the driver would otherwise never get a buffer back. One at a time,
+	// from the last, so that the frames next in line keep theirs.
 	cur := 0
 	f.rescue = func() bool {
-		freed := false
-		for j := cur + 1; j < k; j++ {
+		for j := k - 1; j > cur; j-- {
 			s := &r.slots[j]
 			if r.res[j] < 0 || s.host != nil {
 				continue
@@ -133,22 +133,22 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 				// return an empty read): dropped now, as frame would,
 				// so its chain is free.
 				f.n.stats.RxDropped.Add(1)
-				f.held = append(f.held, s.c)
-				s.c = rxChain{}
 				r.res[j] = -int32(unix.EAGAIN)
-				freed = true
-				continue
-			}
-			s.host = make([]byte, got)
-			n := s.c.buf.copyOut(s.host)
-			if uint64(n) < got {
-				copy(s.host[n:], s.ovf)
+			} else {
+				if uint64(cap(s.hostBuf)) < got {
+					s.hostBuf = make([]byte, got)
+				}
+				s.host = s.hostBuf[:got]
+				n := s.c.buf.copyOut(s.host)
+				if uint64(n) < got {
+					copy(s.host[n:], s.ovf)
+				}
 			}
 			f.held = append(f.held, s.c)
 			s.c = rxChain{}
-			freed = true
+			return true
 		}
-		return freed
+		return false
 	}
 	defer func() { f.rescue = nil }()
 	for i := range k {
