@@ -629,6 +629,68 @@ func TestReceiveEmptyRead(t *testing.T) {
 	})
 }
 
+// A driver that keeps a random, small number of chains of random sizes
+// posted and reposts one for each it gets back, against random frames
+// (mergeable): each frame arrives whole and in order, num_buffers counts
+// its chains, and nothing stalls.
+func TestReceiveRandomDriver(t *testing.T) {
+	ioModes(t, func(t *testing.T, cfg Config) {
+		for seed := range uint64(12) {
+			t.Run(fmt.Sprint(seed), func(t *testing.T) { receiveRandomDriver(t, cfg, seed) })
+		}
+	})
+}
+
+func receiveRandomDriver(t *testing.T, cfg Config, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	h := newHarnessConfig(t, FeatureMrgRxbuf, cfg)
+	outstanding := 1 + rng.IntN(20)
+	minBuf := HeaderLen + 1 + rng.IntN(2000)
+	maxBuf := minBuf + rng.IntN(2000)
+	addr := map[uint32]uint64{}
+	post := func() {
+		head, a := h.postRx(uint32(minBuf + rng.IntN(maxBuf-minBuf+1)))
+		addr[uint32(head)] = a[0]
+	}
+	for range outstanding {
+		post()
+	}
+	// No frame may need more chains than the driver ever has posted.
+	maxFrame := min(outstanding*minBuf-HeaderLen, 12000)
+	var want [][]byte
+	for i := range 60 {
+		pkt := frame(rng.IntN(maxFrame+1), byte(i))
+		want = append(want, pkt)
+		h.hostWrite(pkt)
+	}
+	h.activate()
+	for i, pkt := range want {
+		var got []byte
+		chains, numBuffers := 0, 0
+		for chains == 0 || chains < numBuffers {
+			e, ok := h.rx.WaitUsed(5 * time.Second)
+			if !ok {
+				t.Fatalf("seed %d: frame %d stalled after %d chains (%d posted at a time, buffers %d..%d bytes)",
+					seed, i, chains, outstanding, minBuf, maxBuf)
+			}
+			b := h.rx.Read(addr[e.ID], int(e.Len))
+			if chains == 0 {
+				numBuffers = int(binary.LittleEndian.Uint16(b[hdrNumBuffersOff:]))
+			}
+			got = append(got, b...)
+			chains++
+			post()
+		}
+		if !bytes.Equal(got[HeaderLen:], pkt[HeaderLen:]) {
+			t.Fatalf("seed %d: frame %d: %d bytes over %d chains, want %d (damaged or out of order)", seed, i, len(got), chains, len(pkt))
+		}
+	}
+	h.noFail()
+	if n := h.n.Stats().RxFrames.Load(); n != uint64(len(want)) || h.n.Stats().RxDropped.Load() != 0 {
+		t.Errorf("seed %d: %d frames, %d dropped; want %d and 0", seed, n, h.n.Stats().RxDropped.Load(), len(want))
+	}
+}
+
 func TestReceiveTooSmall(t *testing.T) { ioModes(t, testReceiveTooSmall) }
 
 func testReceiveTooSmall(t *testing.T, cfg Config) {
