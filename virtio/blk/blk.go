@@ -291,6 +291,10 @@ func (b *Block) Close() error {
 	return f.Close()
 }
 
+// EngineInUse returns the engine the device's reads and writes use: the
+// one asked for, or for EngineAuto the one Open chose.
+func (b *Block) EngineInUse() Engine { return b.cfg.Engine }
+
 // Sectors returns the disk's capacity in 512-byte sectors.
 func (b *Block) Sectors() uint64 {
 	b.io.RLock()

@@ -76,9 +76,6 @@ func ringAvailable() error {
 	return r.Close()
 }
 
-// EngineInUse returns the engine the device's reads and writes use.
-func (b *Block) EngineInUse() Engine { return b.cfg.Engine }
-
 // newRingQueue sets up a ring for q with a slot for every request the
 // queue can hold at once.
 func newRingQueue(b *Block, rs *runState, q *virtio.Queue) (*ringQueue, error) {
@@ -205,14 +202,11 @@ func (rq *ringQueue) prep(n uint32, s *ringSlot) error {
 	case typeFlush:
 		return rq.ring.PrepFsync(fd, true, ud)
 	case typeIn:
-		var err error
 		if len(s.r.in) == 1 {
-			err = rq.ring.PrepRead(fd, s.r.in[0], uint64(s.off), ud)
-		} else {
-			s.iov = iouring.AppendIovecs(s.iov[:0], s.r.in)
-			err = rq.ring.PrepReadv(fd, s.iov, uint64(s.off), ud)
+			return rq.ring.PrepRead(fd, s.r.in[0], uint64(s.off), ud)
 		}
-		return err
+		s.iov = iouring.AppendIovecs(s.iov[:0], s.r.in)
+		return rq.ring.PrepReadv(fd, s.iov, uint64(s.off), ud)
 	default:
 		if len(s.r.out) == 1 {
 			return rq.ring.PrepWrite(fd, s.r.out[0], uint64(s.off), ud)

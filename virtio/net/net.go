@@ -110,8 +110,8 @@ type Config struct {
 	ID        string
 	MAC       stdnet.HardwareAddr // nil: derived from ID by StableMAC
 	QueueSize uint16              // DefaultQueueSize when zero
-	// frameByFrame turns off io_uring bursts on transmit, as on a host
-	// without io_uring: tests run both ways with it.
+	// frameByFrame turns off io_uring bursts on transmit and receive, as
+	// on a host without io_uring: tests run both ways with it.
 	frameByFrame bool
 }
 

@@ -20,7 +20,8 @@ type txRing struct {
 	ring  *iouring.Ring
 	fd    int
 	slots []txSlot
-	n     int // slots filled in the current burst
+	res   []int32 // the kernel's result for each slot of a burst
+	n     int     // slots filled in the current burst
 }
 
 // txSlot is one frame of a burst.
@@ -42,7 +43,8 @@ func newTxRing(fd int) (*txRing, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txRing{ring: ring, fd: fd, slots: make([]txSlot, min(ring.Entries(), txRingBurst))}, nil
+	k := min(ring.Entries(), txRingBurst)
+	return &txRing{ring: ring, fd: fd, slots: make([]txSlot, k), res: make([]int32, k)}, nil
 }
 
 // full reports whether the burst has no room for another frame.
@@ -76,8 +78,8 @@ func (t *txRing) send(used []virtio.Used, done func(v iovec, size uint64, res in
 	}
 	n := t.n
 	t.n = 0
-	var res [txRingBurst]int32
-	if err := t.ring.SubmitAll(res[:n]); err != nil {
+	res := t.res[:n]
+	if err := t.ring.SubmitAll(res); err != nil {
 		return used, fmt.Errorf("transmit burst of %d frames: %w", n, err)
 	}
 	var stop error
