@@ -6,24 +6,55 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 )
 
-// decodeStrict parses one JSON value from data into v, rejecting unknown
+// decodeBody reads a request's body, at most MaxBodySize bytes, and
+// decodes it as a T by decode's rules; every handler that takes a body
+// reads it through here.
+func decodeBody[T any](r *http.Request) (T, error) {
+	body, err := readBody(r)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return decode[T](body)
+}
+
+// readBody reads at most MaxBodySize bytes of the request body.
+func readBody(r *http.Request) ([]byte, error) {
+	if r.ContentLength > MaxBodySize {
+		return nil, fmt.Errorf("request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, MaxBodySize)
+	}
+	// One byte more than the limit tells a body at the limit from one
+	// over it, when the client sent no (or a false) Content-Length.
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodySize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading request body: %w", err)
+	}
+	if len(body) > MaxBodySize {
+		return nil, fmt.Errorf("request body exceeds the limit of %d bytes", MaxBodySize)
+	}
+	return body, nil
+}
+
+// decode parses one JSON value from data as a T, rejecting unknown
 // fields, wrong types and trailing data with messages that name the field.
-func decodeStrict(data []byte, v any) error {
+func decode[T any](data []byte) (T, error) {
+	var v T
 	if len(bytes.TrimSpace(data)) == 0 {
-		return errors.New("empty request body")
+		return v, errors.New("empty request body")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
+	if err := dec.Decode(&v); err != nil {
+		return v, jsonError(err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("invalid JSON: unexpected data after the JSON value")
+		return v, errors.New("invalid JSON: unexpected data after the JSON value")
 	}
-	return nil
+	return v, nil
 }
 
 // jsonError rephrases encoding/json's errors for API clients.

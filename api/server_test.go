@@ -592,8 +592,7 @@ func TestConfigFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var back FullConfig
-			if err := decodeStrict(b, &back); err != nil {
+			if _, err := decode[FullConfig](b); err != nil {
 				t.Fatalf("/vm/config output %s does not parse as a config file: %v", b, err)
 			}
 		})
