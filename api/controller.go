@@ -107,7 +107,7 @@ type Controller struct {
 	stopped chan struct{}
 
 	reqMu    sync.Mutex
-	requests map[string]uint64 // "METHOD /route status" -> count
+	requests map[string]uint64 // "route status" -> count (APIMetrics)
 }
 
 // NewController returns a controller for a machine not yet started.

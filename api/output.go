@@ -268,7 +268,12 @@ type MetricsLine struct {
 	Metrics        OutputMetrics     `json:"metrics"`
 }
 
-// APIMetrics counts API requests by "METHOD /route status".
+// APIMetrics counts API requests by "route status", where route is the
+// ServeMux pattern that answered: "PUT /drives/{drive_id...} 204" for an
+// endpoint, "/machine-config 405" for a method no route of the path has,
+// "/balloon 400" for an unimplemented endpoint, "unknown 404" for any
+// other path. The client's method and path are never part of a key, so
+// the map stays small whatever clients send.
 type APIMetrics struct {
 	Requests map[string]uint64 `json:"requests"`
 }

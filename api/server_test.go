@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -180,21 +182,34 @@ func writeFile(t *testing.T, dir, name, content string) string {
 // do sends one request and returns the status, body and headers.
 func (e *env) do(method, path, body string) (int, string, http.Header) {
 	e.t.Helper()
+	code, got, hdr, err := e.send(method, path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return code, got, hdr
+}
+
+// send is do for goroutines other than the test's, which must not call
+// t.Fatal.
+func (e *env) send(method, path, body string) (int, string, http.Header, error) {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
 	req, err := http.NewRequest(method, "http://localhost"+path, rd)
 	if err != nil {
-		e.t.Fatal(err)
+		return 0, "", nil, err
 	}
 	resp, err := e.hc.Do(req)
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
+		return 0, "", nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), resp.Header
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, "", nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	return resp.StatusCode, string(b), resp.Header, nil
 }
 
 func (e *env) mustDo(method, path, body string, want int) string {
@@ -702,30 +717,100 @@ func TestSlowClientDoesNotStall(t *testing.T) {
 	}
 }
 
-// TestConcurrentRequests hammers the API from many clients at once; run
-// with -race it checks the locking.
+// TestConcurrentRequests hammers the API from many clients at once (run
+// with -race it checks the locking): every request gets its answer, the
+// state clients see is the machine's, concurrent flushes write whole
+// metrics lines, and the request counters miss no request.
 func TestConcurrentRequests(t *testing.T) {
 	e := newEnv(t)
-	e.mustDo("PUT", "/metrics", fmt.Sprintf(`{"metrics_path":"%s/metrics"}`, e.dir), 204)
-	e.boot()
+	metrics := filepath.Join(e.dir, "metrics")
+	e.mustDo("PUT", "/metrics", fmt.Sprintf(`{"metrics_path":%q}`, metrics), 204)
+	m := e.boot()
+	const clients, rounds = 8, 25
 	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
+	for i := 0; i < clients; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := 0; j < 25; j++ {
+			for j := 0; j < rounds; j++ {
 				state := VMPaused
 				if j%2 == 1 {
 					state = VMResumed
 				}
-				e.do("PATCH", "/vm", `{"state":"`+state+`"}`)
-				e.do("GET", "/", "")
-				e.do("PUT", "/actions", `{"action_type":"FlushMetrics"}`)
-				e.do("GET", "/vm/config", "")
+				for _, rq := range []struct {
+					method, path, body string
+					want               int
+				}{
+					{"PATCH", "/vm", `{"state":"` + state + `"}`, 204},
+					{"GET", "/", "", 200},
+					{"PUT", "/actions", `{"action_type":"FlushMetrics"}`, 204},
+					{"GET", "/vm/config", "", 200},
+				} {
+					code, body, _, err := e.send(rq.method, rq.path, rq.body)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if code != rq.want {
+						t.Errorf("%s %s: %d %s, want %d", rq.method, rq.path, code, body, rq.want)
+						return
+					}
+					if rq.path == "/" {
+						if s := stateOf(body); s != StateRunning && s != StatePaused {
+							t.Errorf("GET / while pausing and resuming: state %q in %s", s, body)
+						}
+					}
+				}
 			}
 		}()
 	}
 	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	m.mu.Lock()
+	paused := m.paused
+	m.mu.Unlock()
+	if s := e.state(); (s == StatePaused) != paused {
+		t.Errorf("state %q, but the machine has paused=%v", s, paused)
+	}
+	data, err := os.ReadFile(metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	for i, l := range lines {
+		var line MetricsLine
+		if err := json.Unmarshal([]byte(l), &line); err != nil {
+			t.Fatalf("metrics line %d of %d is torn: %v: %q", i, len(lines), err, l)
+		}
+	}
+	if len(lines) < clients*rounds {
+		t.Errorf("%d metrics lines after %d flushes", len(lines), clients*rounds)
+	}
+	counts := e.ctl.requestCounts()
+	n := uint64(clients * rounds)
+	for key, want := range map[string]uint64{
+		"PATCH /vm 204":        n,
+		"GET /{$} 200":         n + 1, // and e.state's
+		"PUT /actions 204":     n + 1, // and InstanceStart
+		"GET /vm/config 200":   n,
+		"PUT /boot-source 204": 1,
+	} {
+		if counts[key] != want {
+			t.Errorf("request counter %q = %d, want %d (all: %v)", key, counts[key], want, counts)
+		}
+	}
+}
+
+// stateOf is the state in a GET / answer ("" if there is none).
+func stateOf(body string) string {
+	var info InstanceInfo
+	if json.Unmarshal([]byte(body), &info) != nil {
+		return ""
+	}
+	return info.State
 }
 
 // TestKeepAlive checks several requests on one connection, as the Go SDK
@@ -841,5 +926,63 @@ func TestPeriodicMetrics(t *testing.T) {
 			t.Fatalf("no periodic metrics lines: %q", data)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRoutingFaults covers the answers ServeMux would write itself, in
+// plain text or as redirects, had the routes no catch-alls: each is a
+// Firecracker fault.
+func TestRoutingFaults(t *testing.T) {
+	e := newEnv(t)
+	runCases(t, e, []apiCase{
+		{"unknown method", "FROB", "/machine-config", "", 405, "method FROB is not allowed on /machine-config (allowed: GET, PUT, PATCH)"},
+		{"options", "OPTIONS", "/", "", 405, "method OPTIONS is not allowed on / (allowed: GET)"},
+		{"PUT on a GET-only path", "PUT", "/vm/config", `{}`, 405, "allowed: GET"},
+		{"GET on a drive", "GET", "/drives/rootfs", "", 405, "method GET is not allowed on /drives/{drive_id} (allowed: PUT, PATCH)"},
+		{"DELETE on the drives", "DELETE", "/drives/", "", 405, "allowed: PUT, PATCH"},
+		{"GET on an interface", "GET", "/network-interfaces/eth0", "", 405, "on /network-interfaces/{iface_id} (allowed: PUT, PATCH)"},
+		{"drive id missing, PATCH", "PATCH", "/drives/", `{"drive_id":"a"}`, 400, "id is missing"},
+		{"interface id missing", "PUT", "/network-interfaces/", `{"iface_id":"a","host_dev_name":"tap0"}`, 400, "id is missing"},
+		{"drive id with a slash", "PUT", "/drives/a/b", `{"drive_id":"a/b","path_on_host":"%[2]s","is_root_device":false}`, 400, `drive_id "a/b" is invalid`},
+		{"drives without a slash", "PUT", "/drives", `{}`, 404, "no such resource: /drives"},
+		{"interfaces without a slash", "GET", "/network-interfaces", "", 404, "no such resource: /network-interfaces"},
+		{"trailing slash", "GET", "/version/", "", 404, "no such resource: /version/"},
+		{"below a leaf", "GET", "/vm/config/x", "", 404, "no such resource: /vm/config/x"},
+		{"repeated slash", "GET", "//version", "", 404, "no such resource: //version"},
+		{"dot-dot segment", "GET", "/vm/../version", "", 404, "no such resource"},
+		{"dot segment", "PUT", "/drives/./rootfs", `{}`, 404, "no such resource"},
+		{"unsupported, below", "PUT", "/balloon/statistics", `{}`, 400, "/balloon is not supported"},
+		{"unsupported, GET", "GET", "/snapshot/create", "", 400, "/snapshot is not supported"},
+		{"unsupported, lookalike", "GET", "/balloons", "", 404, "no such resource: /balloons"},
+	})
+	// ServeMux serves HEAD with GET routes; Firecracker has no HEAD.
+	for _, path := range []string{"/", "/version", "/machine-config", "/vm/config"} {
+		code, body, hdr := e.do("HEAD", path, "")
+		if code != 405 || hdr.Get("Allow") == "" || hdr.Get("Content-Type") != "application/json" || body != "" {
+			t.Errorf("HEAD %s: %d %q, Allow %q, Content-Type %q; want 405 with Allow and the fault's type", path, code, body, hdr.Get("Allow"), hdr.Get("Content-Type"))
+		}
+	}
+}
+
+// TestRequestCountersBounded checks that clients can't grow the request
+// counters: methods and paths are theirs to choose, the counters' keys
+// are not.
+func TestRequestCountersBounded(t *testing.T) {
+	e := newEnv(t)
+	for i := range 300 {
+		for _, path := range []string{"/machine-config", fmt.Sprintf("/x%d", i), "/drives/d" + strconv.Itoa(i), "/balloon/" + strconv.Itoa(i)} {
+			e.do(fmt.Sprintf("M%d", i), path, "")
+		}
+		e.do("HEAD", fmt.Sprintf("//version%d", i), "")
+	}
+	counts := e.ctl.requestCounts()
+	want := map[string]uint64{
+		"/machine-config 405":       300,
+		"/drives/{drive_id...} 405": 300,
+		"/balloon 400":              300,
+		"unknown 404":               600,
+	}
+	if !maps.Equal(counts, want) {
+		t.Errorf("request counters %v, want %v", counts, want)
 	}
 }
