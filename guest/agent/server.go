@@ -28,6 +28,7 @@ type agent struct {
 	cgroups *cgroupManager
 	logf    func(format string, args ...any)
 	spawner *spawner
+	methods map[string]method // read-only after newAgent
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -40,6 +41,7 @@ func newAgent(selfExe, runDir string, cgroups *cgroupManager, logf func(string, 
 		cgroups:    cgroups,
 		logf:       logf,
 		spawner:    newSpawner(),
+		methods:    methods(),
 		containers: make(map[string]*container),
 	}
 }
@@ -89,136 +91,165 @@ type session struct {
 	hello atomic.Bool
 }
 
-func decode(params json.RawMessage, v any) error {
+// method serves one protocol method on a session, params still encoded.
+type method func(s *session, ctx context.Context, conn *protocol.Conn, params json.RawMessage) (any, error)
+
+// methods is the agent's method table: one line per protocol method.
+func methods() map[string]method {
+	return map[string]method{
+		protocol.MethodHello:            typed((*session).handshake),
+		protocol.MethodPing:             typed((*session).ping),
+		protocol.MethodVersion:          typed((*session).version),
+		protocol.MethodCreateContainer:  typed((*session).createContainer),
+		protocol.MethodStartProcess:     typed((*session).startProcess),
+		protocol.MethodExecProcess:      typed((*session).execProcess),
+		protocol.MethodSignal:           typed((*session).signal),
+		protocol.MethodWait:             typed((*session).wait),
+		protocol.MethodCloseStdin:       typed((*session).closeStdin),
+		protocol.MethodResizeTTY:        typed((*session).resizeTTY),
+		protocol.MethodDestroyContainer: typed((*session).destroyContainer),
+	}
+}
+
+// typed makes a method of a handler that takes its params decoded as a Req.
+func typed[Req any](h func(*session, context.Context, *protocol.Conn, Req) (any, error)) method {
+	return func(s *session, ctx context.Context, conn *protocol.Conn, params json.RawMessage) (any, error) {
+		req, err := decodeParams[Req](params)
+		if err != nil {
+			return nil, err
+		}
+		return h(s, ctx, conn, req)
+	}
+}
+
+// decodeParams decodes a request's params as a T; absent params are {}.
+// Unknown fields are ignored: newer clients may send optional fields an
+// older agent does not know (protocol/README.md, "Version handshake").
+func decodeParams[T any](params json.RawMessage) (T, error) {
+	var v T
 	if len(params) == 0 {
 		params = json.RawMessage("{}")
 	}
-	if err := json.Unmarshal(params, v); err != nil {
-		return protocol.Errorf(protocol.CodeInvalidArgument, "malformed params: %v", err)
+	if err := json.Unmarshal(params, &v); err != nil {
+		return v, protocol.Errorf(protocol.CodeInvalidArgument, "malformed params: %v", err)
 	}
-	return nil
+	return v, nil
 }
 
-func (s *session) handle(ctx context.Context, conn *protocol.Conn, method string, params json.RawMessage) (any, error) {
-	if method != protocol.MethodHello && !s.hello.Load() {
+// noParams is the params of a method that takes none: whatever the caller
+// sends is ignored.
+type noParams struct{}
+
+func (*noParams) UnmarshalJSON([]byte) error { return nil }
+
+func (s *session) handle(ctx context.Context, conn *protocol.Conn, name string, params json.RawMessage) (any, error) {
+	if name != protocol.MethodHello && !s.hello.Load() {
 		return nil, protocol.Errorf(protocol.CodeFailedPrecondition, "the connection must start with %s", protocol.MethodHello)
 	}
-	switch method {
-	case protocol.MethodHello:
-		var req protocol.HelloRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		if req.Version != protocol.Version {
-			return nil, protocol.Errorf(protocol.CodeVersion, "client speaks version %d, agent %d", req.Version, protocol.Version)
-		}
-		s.hello.Store(true)
-		return protocol.HelloResponse{Version: protocol.Version, Agent: agentName}, nil
-	case protocol.MethodPing:
-		return protocol.Empty{}, nil
-	case protocol.MethodVersion:
-		var uts unix.Utsname
-		_ = unix.Uname(&uts)
-		return protocol.VersionResponse{ProtocolVersion: protocol.Version, Agent: agentName, Kernel: unix.ByteSliceToString(uts.Release[:])}, nil
-	case protocol.MethodCreateContainer:
-		var req protocol.CreateContainerRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		return s.a.createContainer(req)
-	case protocol.MethodStartProcess:
-		var req protocol.StartProcessRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		c, err := s.a.lookup(req.ContainerID)
-		if err != nil {
-			return nil, err
-		}
-		if err := validateProcess(&req.Process); err != nil {
-			return nil, err
-		}
-		p, err := s.a.startInit(conn, c, req.Process)
-		if err != nil {
-			return nil, err
-		}
-		return protocol.ProcessResponse{PID: p.cmd.Process.Pid}, nil
-	case protocol.MethodExecProcess:
-		var req protocol.ExecProcessRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		if req.ExecID == protocol.InitExecID || validateID(req.ExecID) != nil {
-			return nil, protocol.Errorf(protocol.CodeInvalidArgument, "bad exec id %q", req.ExecID)
-		}
-		c, err := s.a.lookup(req.ContainerID)
-		if err != nil {
-			return nil, err
-		}
-		if err := validateProcess(&req.Process); err != nil {
-			return nil, err
-		}
-		p, err := s.a.execIn(conn, c, req.ExecID, req.Process)
-		if err != nil {
-			return nil, err
-		}
-		return protocol.ProcessResponse{PID: p.cmd.Process.Pid}, nil
-	case protocol.MethodSignal:
-		var req protocol.SignalRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		if req.Signal < 1 || req.Signal > 64 {
-			return nil, protocol.Errorf(protocol.CodeInvalidArgument, "bad signal %d", req.Signal)
-		}
-		p, err := s.a.lookupProcess(req.ProcessRef)
-		if err != nil {
-			return nil, err
-		}
-		return nil, p.signal(syscall.Signal(req.Signal))
-	case protocol.MethodWait:
-		var req protocol.ProcessRef
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		p, err := s.a.lookupProcess(req)
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case <-p.done:
-			return p.status, nil
-		case <-ctx.Done():
-			return nil, protocol.Errorf(protocol.CodeUnavailable, "connection closed")
-		}
-	case protocol.MethodCloseStdin:
-		var req protocol.ProcessRef
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		p, err := s.a.lookupProcess(req)
-		if err != nil {
-			return nil, err
-		}
-		return nil, p.closeStdin()
-	case protocol.MethodResizeTTY:
-		var req protocol.ResizeTTYRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		p, err := s.a.lookupProcess(req.ProcessRef)
-		if err != nil {
-			return nil, err
-		}
-		return nil, p.resize(req.Rows, req.Cols)
-	case protocol.MethodDestroyContainer:
-		var req protocol.DestroyContainerRequest
-		if err := decode(params, &req); err != nil {
-			return nil, err
-		}
-		return nil, s.a.destroyContainer(req.ID)
+	m, ok := s.a.methods[name]
+	if !ok {
+		return nil, protocol.Errorf(protocol.CodeUnimplemented, "unknown method %q", name)
 	}
-	return nil, protocol.Errorf(protocol.CodeUnimplemented, "unknown method %q", method)
+	return m(s, ctx, conn, params)
+}
+
+func (s *session) handshake(_ context.Context, _ *protocol.Conn, req protocol.HelloRequest) (any, error) {
+	if req.Version != protocol.Version {
+		return nil, protocol.Errorf(protocol.CodeVersion, "client speaks version %d, agent %d", req.Version, protocol.Version)
+	}
+	s.hello.Store(true)
+	return protocol.HelloResponse{Version: protocol.Version, Agent: agentName}, nil
+}
+
+func (s *session) ping(context.Context, *protocol.Conn, noParams) (any, error) {
+	return protocol.Empty{}, nil
+}
+
+func (s *session) version(context.Context, *protocol.Conn, noParams) (any, error) {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	return protocol.VersionResponse{ProtocolVersion: protocol.Version, Agent: agentName, Kernel: unix.ByteSliceToString(uts.Release[:])}, nil
+}
+
+func (s *session) createContainer(_ context.Context, _ *protocol.Conn, req protocol.CreateContainerRequest) (any, error) {
+	return s.a.createContainer(req)
+}
+
+func (s *session) startProcess(_ context.Context, conn *protocol.Conn, req protocol.StartProcessRequest) (any, error) {
+	c, err := s.a.lookup(req.ContainerID)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateProcess(&req.Process); err != nil {
+		return nil, err
+	}
+	p, err := s.a.startInit(conn, c, req.Process)
+	if err != nil {
+		return nil, err
+	}
+	return protocol.ProcessResponse{PID: p.cmd.Process.Pid}, nil
+}
+
+func (s *session) execProcess(_ context.Context, conn *protocol.Conn, req protocol.ExecProcessRequest) (any, error) {
+	if req.ExecID == protocol.InitExecID || validateID(req.ExecID) != nil {
+		return nil, protocol.Errorf(protocol.CodeInvalidArgument, "bad exec id %q", req.ExecID)
+	}
+	c, err := s.a.lookup(req.ContainerID)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateProcess(&req.Process); err != nil {
+		return nil, err
+	}
+	p, err := s.a.execIn(conn, c, req.ExecID, req.Process)
+	if err != nil {
+		return nil, err
+	}
+	return protocol.ProcessResponse{PID: p.cmd.Process.Pid}, nil
+}
+
+func (s *session) signal(_ context.Context, _ *protocol.Conn, req protocol.SignalRequest) (any, error) {
+	if req.Signal < 1 || req.Signal > 64 {
+		return nil, protocol.Errorf(protocol.CodeInvalidArgument, "bad signal %d", req.Signal)
+	}
+	p, err := s.a.lookupProcess(req.ProcessRef)
+	if err != nil {
+		return nil, err
+	}
+	return nil, p.signal(syscall.Signal(req.Signal))
+}
+
+func (s *session) wait(ctx context.Context, _ *protocol.Conn, req protocol.ProcessRef) (any, error) {
+	p, err := s.a.lookupProcess(req)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.done:
+		return p.status, nil
+	case <-ctx.Done():
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "connection closed")
+	}
+}
+
+func (s *session) closeStdin(_ context.Context, _ *protocol.Conn, req protocol.ProcessRef) (any, error) {
+	p, err := s.a.lookupProcess(req)
+	if err != nil {
+		return nil, err
+	}
+	return nil, p.closeStdin()
+}
+
+func (s *session) resizeTTY(_ context.Context, _ *protocol.Conn, req protocol.ResizeTTYRequest) (any, error) {
+	p, err := s.a.lookupProcess(req.ProcessRef)
+	if err != nil {
+		return nil, err
+	}
+	return nil, p.resize(req.Rows, req.Cols)
+}
+
+func (s *session) destroyContainer(_ context.Context, _ *protocol.Conn, req protocol.DestroyContainerRequest) (any, error) {
+	return nil, s.a.destroyContainer(req.ID)
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
