@@ -11,6 +11,8 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -985,4 +987,45 @@ func TestRequestCountersBounded(t *testing.T) {
 	if !maps.Equal(counts, want) {
 		t.Errorf("request counters %v, want %v", counts, want)
 	}
+}
+
+// FuzzRouting checks that whatever method and path a client sends, the
+// answer is one of the API's own: never a redirect or ServeMux's plain
+// text, and a fault JSON body for every error.
+func FuzzRouting(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"GET", "/"}, {"PUT", "/drives/a/b"}, {"PUT", "/drives"}, {"HEAD", "/version"}, {"GET", "//version"},
+		{"PATCH", "/network-interfaces/"}, {"X", "/vm/../vm"}, {"GET", "/balloon/x"}, {"CONNECT", ""}, {"GET", "/%2e%2e/version"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	ctl := NewController(Options{Factory: func(vmm.Config, *slog.Logger) (Machine, error) {
+		return nil, errors.New("no machines here")
+	}})
+	defer ctl.Close()
+	srv := NewServer(ctl)
+	f.Fuzz(func(t *testing.T, method, target string) {
+		u, err := url.Parse("http://localhost" + target)
+		if err != nil || method == "" || strings.ContainsAny(method, " \t\r\n") {
+			return
+		}
+		// No body: a PUT with one could point the logger or the metrics
+		// at any file.
+		r := &http.Request{Method: method, URL: u, Host: "localhost", Header: http.Header{}, Body: http.NoBody, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, r)
+		switch code := w.Code; code {
+		case 200:
+			if method != "GET" || !json.Valid(w.Body.Bytes()) {
+				t.Fatalf("%s %q: 200 with %q", method, target, w.Body)
+			}
+		case 400, 404, 405:
+			var f Fault
+			if err := json.Unmarshal(w.Body.Bytes(), &f); err != nil || f.FaultMessage == "" || w.Header().Get("Content-Type") != "application/json" {
+				t.Fatalf("%s %q: %d with %q (%s), want a fault", method, target, code, w.Body, w.Header().Get("Content-Type"))
+			}
+		default:
+			t.Fatalf("%s %q: status %d (%q)", method, target, code, w.Body)
+		}
+	})
 }
