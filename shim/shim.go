@@ -125,12 +125,14 @@ func (o *Options) Validate() error {
 		return errors.New("no --image given")
 	case o.Kernel == "":
 		return errors.New("no kernel given (use --kernel, or run `make guest` to build the default guest)")
-	case o.MemMiB < vmm.MinMemSize>>20:
-		return fmt.Errorf("memory %d MiB is below the minimum of %d MiB", o.MemMiB, vmm.MinMemSize>>20)
-	case o.CPUs < 1 || o.CPUs > vmm.MaxCPUs:
-		return fmt.Errorf("%d vCPUs: must be 1-%d", o.CPUs, vmm.MaxCPUs)
 	case o.BootTimeout < 0:
 		return fmt.Errorf("boot timeout %v is negative", o.BootTimeout)
+	}
+	if err := vmm.CheckMemMiB(o.MemMiB); err != nil {
+		return err
+	}
+	if err := vmm.CheckCPUs(int64(o.CPUs)); err != nil {
+		return err
 	}
 	for _, e := range o.Env {
 		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/govmm/vmm/virtio/blk"
-	"github.com/govmm/vmm/virtio/net"
 )
 
 // Config describes one machine. The command line, the config file and the
@@ -81,9 +80,6 @@ type NetConfig struct {
 	Queues int
 }
 
-// MaxNetQueues bounds NetConfig.Queues.
-const MaxNetQueues = net.MaxQueuePairs
-
 // VsockConfig is the virtio-vsock device, bridged to host Unix sockets as
 // in Firecracker's hybrid vsock.
 type VsockConfig struct {
@@ -98,25 +94,28 @@ type VsockConfig struct {
 // ends the VMM.
 const DefaultCmdline = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 
-// Limits on the machine's shape.
-const (
-	MinMemSize = 16 << 20
-	MaxCPUs    = 254 // APIC IDs 0-253; 254 is the IOAPIC's
-)
-
-// Validate reports the first problem with c, phrased for a user.
+// Validate reports the first problem with c, phrased for a user: a
+// missing kernel, or a setting outside the machine's limits (limits.go).
 func (c *Config) Validate() error {
 	if c.Kernel == "" {
 		return fmt.Errorf("no kernel given (use --kernel, or run `make guest` to build the default one)")
 	}
-	if c.MemSize < MinMemSize {
-		return fmt.Errorf("memory size %d bytes is below the minimum of %d MiB", c.MemSize, MinMemSize>>20)
+	if err := CheckMemSize(c.MemSize); err != nil {
+		return err
 	}
-	if c.MemSize%(4<<10) != 0 {
-		return fmt.Errorf("memory size %d bytes is not a multiple of 4 KiB", c.MemSize)
+	if err := CheckCPUs(int64(c.CPUs)); err != nil {
+		return err
 	}
-	if c.CPUs < 1 || c.CPUs > MaxCPUs {
-		return fmt.Errorf("vCPU count %d out of range 1-%d", c.CPUs, MaxCPUs)
+	if err := CheckDrives(len(c.Drives)); err != nil {
+		return err
+	}
+	if _, err := checkNets(c.Nets); err != nil {
+		return err
+	}
+	if c.Vsock != nil {
+		if err := CheckGuestCID(int64(c.Vsock.GuestCID)); err != nil {
+			return fmt.Errorf("vsock: %w", err)
+		}
 	}
 	return nil
 }

@@ -47,6 +47,11 @@ func TestValidate(t *testing.T) {
 		{"unaligned memory", func(c *Config) { c.MemSize = 128<<20 + 1 }},
 		{"zero cpus", func(c *Config) { c.CPUs = 0 }},
 		{"too many cpus", func(c *Config) { c.CPUs = 1000 }},
+		{"huge memory", func(c *Config) { c.MemSize = MaxMemSize + 4096 }},
+		{"too many drives", func(c *Config) { c.Drives = make([]DriveConfig, MaxDrives+1) }},
+		{"too many queues", func(c *Config) { c.Nets = []NetConfig{{Tap: "t0", Queues: MaxNetQueues + 1}} }},
+		{"bad MAC", func(c *Config) { c.Nets = []NetConfig{{Tap: "t0", MAC: "zz"}} }},
+		{"reserved CID", func(c *Config) { c.Vsock = &VsockConfig{GuestCID: 2, UDSPath: "v.sock"} }},
 	}
 	for _, tt := range tests {
 		c := ok

@@ -119,7 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, fmt.Errorf("invalid --log-level %q: use debug, info, warn or error", *logLevel)
 	}
-	if o.cfg.CPUs < 1 || o.cfg.CPUs > vmm.MaxCPUs {
+	if vmm.CheckCPUs(int64(o.cfg.CPUs)) != nil {
 		return nil, fmt.Errorf("invalid --cpus %d: must be 1-%d", o.cfg.CPUs, vmm.MaxCPUs)
 	}
 	if o.cfg.Kernel == "" && !o.apiMode() {

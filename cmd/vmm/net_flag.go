@@ -60,7 +60,7 @@ func parseNet(v string) (vmm.NetConfig, error) {
 			n.ID = val
 		case k == "queues" && hasVal:
 			q, err := strconv.Atoi(val)
-			if err != nil || q < 1 || q > vmm.MaxNetQueues {
+			if err != nil || vmm.CheckNetQueues(int64(q)) != nil {
 				return n, fmt.Errorf("net %q: queues=%s: want a number of queue pairs from 1 to %d", v, val, vmm.MaxNetQueues)
 			}
 			n.Queues = q
