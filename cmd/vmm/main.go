@@ -111,7 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	size, err := vmm.ParseSize(*mem)
+	size, err := parseSize(*mem)
 	if err != nil {
 		return nil, fmt.Errorf("invalid --mem: %w", err)
 	}

@@ -118,7 +118,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	if s.Image == "" {
 		return nil, errors.New("--image is required")
 	}
-	size, err := vmm.ParseSize(*mem)
+	size, err := parseSize(*mem)
 	if err != nil {
 		return nil, fmt.Errorf("invalid --mem: %w", err)
 	}
