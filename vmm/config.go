@@ -40,6 +40,10 @@ type Config struct {
 	SampleRIP time.Duration
 	// HostQuirks overrides detection of the host's KVM flavour (auto when nil).
 	HostQuirks *bool
+	// OnFirstRun, when set, is called once, on vCPU 0's thread
+	// right before it first enters the guest (KVM_RUN): a launcher times
+	// its start-up against it. The guest waits while it runs.
+	OnFirstRun func()
 }
 
 // DriveConfig is one virtio-blk disk backed by a raw image file.

@@ -186,6 +186,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer cancel()
 
 	o.cfg.ConsoleOut = stdout
+	o.cfg.OnFirstRun = launchProbe(os.LookupEnv, stderr)
 	var quitByEscape bool
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		state, err := term.MakeRaw(int(f.Fd()))
