@@ -52,7 +52,7 @@ type Options struct {
 	Kernel, Initrd, Cmdline string
 	MemMiB                  int64 // guest memory
 	CPUs                    int
-	Nets                    []vmm.NetConfig
+	Nets                    []NIC
 
 	Args     []string // the command and its arguments
 	Env      []string // KEY=VALUE
@@ -93,6 +93,18 @@ type Options struct {
 	// TempDir is where the run's directory is made ("" is os.TempDir).
 	// Unix socket paths are limited to 107 bytes, so keep it short.
 	TempDir string
+}
+
+// NIC is one network interface of the VM on a host tap device. The shim
+// configures its VMM through the REST API, so a NIC carries what
+// Firecracker's PUT /network-interfaces body carries, and no more.
+type NIC struct {
+	ID  string // iface_id; eth0, eth1, ... in order when empty
+	Tap string // host_dev_name; the VMM creates it for the run if missing
+	MAC string // guest_mac; the VMM picks a stable one when empty
+	// RxRateLimiter and TxRateLimiter are passed on as they are (nil:
+	// none).
+	RxRateLimiter, TxRateLimiter *api.RateLimiter
 }
 
 // DefaultKillGrace is KillGrace when unset.
@@ -334,7 +346,7 @@ func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
 		if ifID == "" {
 			ifID = fmt.Sprintf("eth%d", i)
 		}
-		ni := api.NetworkInterface{IfaceID: &ifID, HostDevName: &tap}
+		ni := api.NetworkInterface{IfaceID: &ifID, HostDevName: &tap, RxRateLimiter: n.RxRateLimiter, TxRateLimiter: n.TxRateLimiter}
 		if n.MAC != "" {
 			mac := n.MAC
 			ni.GuestMAC = &mac
