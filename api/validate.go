@@ -224,8 +224,8 @@ func normalizeNet(n NetworkInterface, pathID string) (NetworkInterface, error) {
 	if n.HostDevName == nil {
 		return n, missing("host_dev_name")
 	}
-	if name := *n.HostDevName; name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \x00") {
-		return n, fmt.Errorf("host_dev_name %q is not a valid interface name (1-15 characters, no '/' or spaces)", name)
+	if name := *n.HostDevName; name == "" || len(name) > vmm.MaxTapName || strings.ContainsAny(name, "/ \x00") {
+		return n, fmt.Errorf("host_dev_name %q is not a valid interface name (1-%d characters, no '/' or spaces)", name, vmm.MaxTapName)
 	}
 	if n.GuestMAC != nil {
 		mac, err := net.ParseMAC(*n.GuestMAC)

@@ -3,6 +3,8 @@ package vmm
 import (
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/govmm/vmm/boot"
 	"github.com/govmm/vmm/virtio/net"
 	"github.com/govmm/vmm/virtio/vsock"
@@ -26,6 +28,9 @@ const (
 	MaxDrives = 26
 	// MaxNetQueues bounds NetConfig.Queues.
 	MaxNetQueues = net.MaxQueuePairs
+	// MaxTapName bounds the length of NetConfig.Tap: Linux interface
+	// names are at most IFNAMSIZ bytes with the terminating NUL.
+	MaxTapName = unix.IFNAMSIZ - 1
 	// MinGuestCID and MaxGuestCID bound VsockConfig.GuestCID (0-2 are
 	// reserved; the CID fits Linux's 32-bit sockaddr_vm, less
 	// VMADDR_CID_ANY).
