@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/govmm/vmm/boot"
 	"github.com/govmm/vmm/vmm"
 )
 
@@ -59,19 +58,16 @@ func applyMachineConfig(cur vmm.Config, mc MachineConfig, partial bool) (cpus in
 		}
 	}
 	if n := mc.VCPUCount; n != nil {
-		if *n < 1 || *n > vmm.MaxCPUs {
+		if vmm.CheckCPUs(*n) != nil {
 			return 0, 0, fmt.Errorf("vcpu_count %d is out of range 1-%d", *n, vmm.MaxCPUs)
 		}
 		cpus = int(*n)
 	}
 	if n := mc.MemSizeMiB; n != nil {
-		if *n < 1 || *n > boot.MaxMemSize>>20 {
-			return 0, 0, fmt.Errorf("mem_size_mib %d is out of range %d-%d", *n, vmm.MinMemSize>>20, boot.MaxMemSize>>20)
+		if vmm.CheckMemMiB(*n) != nil {
+			return 0, 0, fmt.Errorf("mem_size_mib %d is out of range %d-%d", *n, vmm.MinMemSize>>20, vmm.MaxMemSize>>20)
 		}
 		mem = uint64(*n) << 20
-		if err := boot.ValidateMemSize(mem); err != nil {
-			return 0, 0, fmt.Errorf("mem_size_mib %d: %v", *n, err)
-		}
 	}
 	if mc.SMT != nil && *mc.SMT {
 		return 0, 0, errors.New("smt: simultaneous multithreading is not supported (every vCPU is its own core)")
@@ -228,8 +224,8 @@ func normalizeNet(n NetworkInterface, pathID string) (NetworkInterface, error) {
 	if n.HostDevName == nil {
 		return n, missing("host_dev_name")
 	}
-	if name := *n.HostDevName; name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \x00") {
-		return n, fmt.Errorf("host_dev_name %q is not a valid interface name (1-15 characters, no '/' or spaces)", name)
+	if name := *n.HostDevName; name == "" || len(name) > vmm.MaxTapName || strings.ContainsAny(name, "/ \x00") {
+		return n, fmt.Errorf("host_dev_name %q is not a valid interface name (1-%d characters, no '/' or spaces)", name, vmm.MaxTapName)
 	}
 	if n.GuestMAC != nil {
 		mac, err := net.ParseMAC(*n.GuestMAC)
@@ -262,8 +258,8 @@ func checkVsock(v Vsock) error {
 	if v.GuestCID == nil {
 		return missing("guest_cid")
 	}
-	if *v.GuestCID < 3 || *v.GuestCID > 0xffffffff-1 {
-		return fmt.Errorf("guest_cid %d is out of range 3-%d (0-2 are reserved)", *v.GuestCID, uint32(0xffffffff-1))
+	if vmm.CheckGuestCID(*v.GuestCID) != nil {
+		return fmt.Errorf("guest_cid %d is out of range %d-%d (0-2 are reserved)", *v.GuestCID, vmm.MinGuestCID, vmm.MaxGuestCID)
 	}
 	if v.UDSPath == nil {
 		return missing("uds_path")

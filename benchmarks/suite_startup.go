@@ -13,7 +13,7 @@ import (
 )
 
 // probePrefix starts the line vmm's startup probe prints
-// (vmm/launchprobe.go): "vmm: first KVM_RUN after <ns> ns (cpu <ns> ns)".
+// (cmd/vmm/launchprobe.go): "vmm: first KVM_RUN after <ns> ns (cpu <ns> ns)".
 const probePrefix = "vmm: first KVM_RUN after "
 
 // parseProbe finds the probe's line in vmm's standard error: the wall time

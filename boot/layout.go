@@ -114,11 +114,11 @@ const (
 func ValidateMemSize(memSize uint64) error {
 	switch {
 	case memSize < MinMemSize:
-		return fmt.Errorf("boot: memory size %d bytes is below the minimum of %d MiB", memSize, MinMemSize>>20)
+		return fmt.Errorf("memory size %d bytes is below the minimum of %d MiB", memSize, MinMemSize>>20)
 	case memSize > MaxMemSize:
-		return fmt.Errorf("boot: memory size %d bytes exceeds the maximum of %d GiB", memSize, MaxMemSize>>30)
+		return fmt.Errorf("memory size %d bytes exceeds the maximum of %d GiB", memSize, MaxMemSize>>30)
 	case memSize%pageSize != 0:
-		return fmt.Errorf("boot: memory size %d bytes is not a multiple of the %d-byte page size", memSize, pageSize)
+		return fmt.Errorf("memory size %d bytes is not a multiple of the %d-byte page size", memSize, pageSize)
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ type Options struct {
 	Kernel, Initrd, Cmdline string
 	MemMiB                  int64 // guest memory
 	CPUs                    int
-	Nets                    []vmm.NetConfig
+	Nets                    []NIC
 
 	Args     []string // the command and its arguments
 	Env      []string // KEY=VALUE
@@ -95,6 +95,18 @@ type Options struct {
 	TempDir string
 }
 
+// NIC is one network interface of the VM on a host tap device. The shim
+// configures its VMM through the REST API, so a NIC carries what
+// Firecracker's PUT /network-interfaces body carries, and no more.
+type NIC struct {
+	ID  string // iface_id; eth0, eth1, ... in order when empty
+	Tap string // host_dev_name; the VMM creates it for the run if missing
+	MAC string // guest_mac; the VMM picks a stable one when empty
+	// RxRateLimiter and TxRateLimiter are passed on as they are (nil:
+	// none).
+	RxRateLimiter, TxRateLimiter *api.RateLimiter
+}
+
 // DefaultKillGrace is KillGrace when unset.
 const DefaultKillGrace = 10 * time.Second
 
@@ -125,12 +137,14 @@ func (o *Options) Validate() error {
 		return errors.New("no --image given")
 	case o.Kernel == "":
 		return errors.New("no kernel given (use --kernel, or run `make guest` to build the default guest)")
-	case o.MemMiB < vmm.MinMemSize>>20:
-		return fmt.Errorf("memory %d MiB is below the minimum of %d MiB", o.MemMiB, vmm.MinMemSize>>20)
-	case o.CPUs < 1 || o.CPUs > vmm.MaxCPUs:
-		return fmt.Errorf("%d vCPUs: must be 1-%d", o.CPUs, vmm.MaxCPUs)
 	case o.BootTimeout < 0:
 		return fmt.Errorf("boot timeout %v is negative", o.BootTimeout)
+	}
+	if err := vmm.CheckMemMiB(o.MemMiB); err != nil {
+		return err
+	}
+	if err := vmm.CheckCPUs(int64(o.CPUs)); err != nil {
+		return err
 	}
 	for _, e := range o.Env {
 		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
@@ -332,7 +346,7 @@ func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
 		if ifID == "" {
 			ifID = fmt.Sprintf("eth%d", i)
 		}
-		ni := api.NetworkInterface{IfaceID: &ifID, HostDevName: &tap}
+		ni := api.NetworkInterface{IfaceID: &ifID, HostDevName: &tap, RxRateLimiter: n.RxRateLimiter, TxRateLimiter: n.TxRateLimiter}
 		if n.MAC != "" {
 			mac := n.MAC
 			ni.GuestMAC = &mac

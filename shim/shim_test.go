@@ -20,7 +20,6 @@ import (
 
 	"github.com/govmm/vmm/api"
 	"github.com/govmm/vmm/guest/agent/protocol"
-	"github.com/govmm/vmm/vmm"
 )
 
 // fakeWorld is a fake VMM and guest: the API records the configuration,
@@ -800,7 +799,9 @@ func TestRunTTYAndNet(t *testing.T) {
 	o := w.options(t, "echo", "hi")
 	o.TTY = true
 	o.Stdin = strings.NewReader("") // not a terminal: no raw mode to set
-	o.Nets = []vmm.NetConfig{{Tap: "vmmnosuch1", MAC: "02:00:00:00:00:09"}}
+	var size, refill int64 = 0, 100 // disabled: size 0 is no limit
+	rx := &api.RateLimiter{Ops: &api.TokenBucket{Size: &size, RefillTime: &refill}}
+	o.Nets = []NIC{{Tap: "vmmnosuch1", MAC: "02:00:00:00:00:09", RxRateLimiter: rx}}
 	var stdout bytes.Buffer
 	o.Stdout = &stdout
 	if code, err := Run(context.Background(), o); err != nil || code != 0 {
@@ -811,7 +812,8 @@ func TestRunTTYAndNet(t *testing.T) {
 	if len(w.processes) != 1 || !w.processes[0].Terminal || w.processes[0].StderrStream != 0 {
 		t.Errorf("process %+v, want a terminal and no stderr stream", w.processes)
 	}
-	if len(w.nets) != 1 || *w.nets[0].IfaceID != "eth0" || *w.nets[0].HostDevName != "vmmnosuch1" || *w.nets[0].GuestMAC != "02:00:00:00:00:09" {
+	if len(w.nets) != 1 || *w.nets[0].IfaceID != "eth0" || *w.nets[0].HostDevName != "vmmnosuch1" || *w.nets[0].GuestMAC != "02:00:00:00:00:09" ||
+		w.nets[0].RxRateLimiter != rx || w.nets[0].TxRateLimiter != nil {
 		t.Errorf("nets %+v", w.nets)
 	}
 }

@@ -6,12 +6,9 @@ package vmm
 import (
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/govmm/vmm/virtio/blk"
-	"github.com/govmm/vmm/virtio/net"
 )
 
 // Config describes one machine. The command line, the config file and the
@@ -43,6 +40,10 @@ type Config struct {
 	SampleRIP time.Duration
 	// HostQuirks overrides detection of the host's KVM flavour (auto when nil).
 	HostQuirks *bool
+	// OnFirstRun, when set, is called once, on vCPU 0's thread
+	// right before it first enters the guest (KVM_RUN): a launcher times
+	// its start-up against it. The guest waits while it runs.
+	OnFirstRun func()
 }
 
 // DriveConfig is one virtio-blk disk backed by a raw image file.
@@ -81,9 +82,6 @@ type NetConfig struct {
 	Queues int
 }
 
-// MaxNetQueues bounds NetConfig.Queues.
-const MaxNetQueues = net.MaxQueuePairs
-
 // VsockConfig is the virtio-vsock device, bridged to host Unix sockets as
 // in Firecracker's hybrid vsock.
 type VsockConfig struct {
@@ -98,63 +96,28 @@ type VsockConfig struct {
 // ends the VMM.
 const DefaultCmdline = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 
-// Limits on the machine's shape.
-const (
-	MinMemSize = 16 << 20
-	MaxCPUs    = 254 // APIC IDs 0-253; 254 is the IOAPIC's
-)
-
-// Validate reports the first problem with c, phrased for a user.
+// Validate reports the first problem with c, phrased for a user: a
+// missing kernel, or a setting outside the machine's limits (limits.go).
 func (c *Config) Validate() error {
 	if c.Kernel == "" {
 		return fmt.Errorf("no kernel given (use --kernel, or run `make guest` to build the default one)")
 	}
-	if c.MemSize < MinMemSize {
-		return fmt.Errorf("memory size %d bytes is below the minimum of %d MiB", c.MemSize, MinMemSize>>20)
+	if err := CheckMemSize(c.MemSize); err != nil {
+		return err
 	}
-	if c.MemSize%(4<<10) != 0 {
-		return fmt.Errorf("memory size %d bytes is not a multiple of 4 KiB", c.MemSize)
+	if err := CheckCPUs(int64(c.CPUs)); err != nil {
+		return err
 	}
-	if c.CPUs < 1 || c.CPUs > MaxCPUs {
-		return fmt.Errorf("vCPU count %d out of range 1-%d", c.CPUs, MaxCPUs)
+	if err := CheckDrives(len(c.Drives)); err != nil {
+		return err
+	}
+	if _, err := checkNets(c.Nets); err != nil {
+		return err
+	}
+	if c.Vsock != nil {
+		if err := CheckGuestCID(int64(c.Vsock.GuestCID)); err != nil {
+			return fmt.Errorf("vsock: %w", err)
+		}
 	}
 	return nil
-}
-
-// ParseSize parses a memory size such as 128M, 1G, 512MiB, 2GB or a plain
-// number of MiB ("256"), as Firecracker's mem_size_mib and QEMU's -m do.
-func ParseSize(s string) (uint64, error) {
-	orig := s
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, fmt.Errorf("empty size")
-	}
-	i := 0
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("size %q does not start with a number", orig)
-	}
-	n, err := strconv.ParseUint(s[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("size %q: %w", orig, err)
-	}
-	var shift uint
-	switch strings.ToLower(s[i:]) {
-	case "", "m", "mb", "mib":
-		shift = 20
-	case "k", "kb", "kib":
-		shift = 10
-	case "g", "gb", "gib":
-		shift = 30
-	case "t", "tb", "tib":
-		shift = 40
-	default:
-		return 0, fmt.Errorf("size %q: unknown unit %q (use K, M, G or T)", orig, s[i:])
-	}
-	if n > (^uint64(0))>>shift {
-		return 0, fmt.Errorf("size %q is too large", orig)
-	}
-	return n << shift, nil
 }

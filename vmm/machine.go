@@ -156,9 +156,6 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		return nil, err
 	}
 
-	if err = boot.ValidateMemSize(cfg.MemSize); err != nil {
-		return nil, err
-	}
 	if m.mem, err = memory.New(boot.MemoryLayout(cfg.MemSize), memory.Options{}); err != nil {
 		return nil, err
 	}

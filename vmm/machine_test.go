@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,13 +110,16 @@ func TestPauseResume(t *testing.T) {
 }
 
 // TestStopFromHost cancels Run while the guest waits for input: every vCPU
-// thread must be joined and Close must release everything.
+// thread must be joined and Close must release everything. OnFirstRun
+// fired once, for vCPU 0 only.
 func TestStopFromHost(t *testing.T) {
 	dir := buildTestGuest(t)
 	out := &syncBuf{}
+	var firstRuns atomic.Int32
 	m, err := New(Config{
 		Kernel: filepath.Join(dir, "testguest.bzimage"), MemSize: 64 << 20, CPUs: 2,
 		Cmdline: "echo=1", DebugExit: true, ConsoleOut: out,
+		OnFirstRun: func() { firstRuns.Add(1) },
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +136,9 @@ func TestStopFromHost(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+	if n := firstRuns.Load(); n != 1 {
+		t.Errorf("OnFirstRun called %d times, want once", n)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

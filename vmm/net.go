@@ -37,8 +37,8 @@ func checkNets(nets []NetConfig) ([]netDevice, error) {
 		if d.queues == 0 {
 			d.queues = 1
 		}
-		if d.queues < 1 || d.queues > MaxNetQueues {
-			return nil, fmt.Errorf("virtio-net %s: %d queue pairs is outside 1-%d", d.id, c.Queues, MaxNetQueues)
+		if err := CheckNetQueues(int64(d.queues)); err != nil {
+			return nil, fmt.Errorf("virtio-net %s: %w", d.id, err)
 		}
 		// One MSI-X vector per queue (2 per pair and the control queue)
 		// and one for configuration changes.

@@ -130,9 +130,6 @@ func (m *Machine) setupPCI() (err error) {
 	if !hasPCI(m.cfg) {
 		return nil
 	}
-	if len(m.cfg.Drives) > 26 {
-		return fmt.Errorf("%d drives: at most 26 are supported", len(m.cfg.Drives))
-	}
 	mmio64 := boot.HighMMIOStart(m.cfg.MemSize)
 	st := &pciState{
 		bus: pci.NewBusWith(pci.BusConfig{

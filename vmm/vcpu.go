@@ -185,7 +185,10 @@ func (v *vcpu) loop() error {
 	defer nameThread(nameThread(fmt.Sprintf("vcpu%d", v.id)))
 	v.tid.Store(int32(unix.Gettid()))
 	defer v.tid.Store(0)
-	probe := newFirstRunProbe(v.id) // nil unless VMM_LAUNCH_NS is set
+	var firstRun func()
+	if v.id == 0 {
+		firstRun = v.m.cfg.OnFirstRun
+	}
 	// hot: the last exit was the guest's own, so the next run keeps the
 	// goroutine's P (kvm.VCPU.RunHot); after a signal (the runtime's time
 	// slice ran out, or a kick) the guest may be idle, and the next run
@@ -196,7 +199,10 @@ func (v *vcpu) loop() error {
 		if v.stopping.Load() {
 			break
 		}
-		probe.fire()
+		if firstRun != nil {
+			firstRun()
+			firstRun = nil
+		}
 		var exit kvm.ExitReason
 		var err error
 		if hot {

@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/govmm/vmm/image"
-	"github.com/govmm/vmm/vmm"
 )
 
 const imageUsage = `usage:
@@ -68,7 +67,7 @@ func imageMain(args []string, stdout, stderr io.Writer) int {
 	}
 	opts := image.Options{Label: *label}
 	if *size != "" {
-		n, err := vmm.ParseSize(*size)
+		n, err := parseSize(*size)
 		if err != nil || n == 0 || n > 1<<44 {
 			return usage("invalid --size %q", *size)
 		}

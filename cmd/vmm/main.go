@@ -111,7 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	size, err := vmm.ParseSize(*mem)
+	size, err := parseSize(*mem)
 	if err != nil {
 		return nil, fmt.Errorf("invalid --mem: %w", err)
 	}
@@ -119,7 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, fmt.Errorf("invalid --log-level %q: use debug, info, warn or error", *logLevel)
 	}
-	if o.cfg.CPUs < 1 || o.cfg.CPUs > vmm.MaxCPUs {
+	if vmm.CheckCPUs(int64(o.cfg.CPUs)) != nil {
 		return nil, fmt.Errorf("invalid --cpus %d: must be 1-%d", o.cfg.CPUs, vmm.MaxCPUs)
 	}
 	if o.cfg.Kernel == "" && !o.apiMode() {
@@ -186,6 +186,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer cancel()
 
 	o.cfg.ConsoleOut = stdout
+	o.cfg.OnFirstRun = launchProbe(os.LookupEnv, stderr)
 	var quitByEscape bool
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		state, err := term.MakeRaw(int(f.Fd()))

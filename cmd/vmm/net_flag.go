@@ -60,7 +60,7 @@ func parseNet(v string) (vmm.NetConfig, error) {
 			n.ID = val
 		case k == "queues" && hasVal:
 			q, err := strconv.Atoi(val)
-			if err != nil || q < 1 || q > vmm.MaxNetQueues {
+			if err != nil || vmm.CheckNetQueues(int64(q)) != nil {
 				return n, fmt.Errorf("net %q: queues=%s: want a number of queue pairs from 1 to %d", v, val, vmm.MaxNetQueues)
 			}
 			n.Queues = q
@@ -73,8 +73,8 @@ func parseNet(v string) (vmm.NetConfig, error) {
 	if n.Tap == "" {
 		return n, fmt.Errorf("net %q: no tap=NAME", v)
 	}
-	if len(n.Tap) > 15 {
-		return n, fmt.Errorf("net %q: tap name longer than 15 bytes (IFNAMSIZ)", v)
+	if len(n.Tap) > vmm.MaxTapName {
+		return n, fmt.Errorf("net %q: tap name longer than %d bytes (IFNAMSIZ)", v, vmm.MaxTapName)
 	}
 	if n.MAC != "" {
 		mac, err := net.ParseMAC(n.MAC)

@@ -68,6 +68,31 @@ func (f envFlag) Set(v string) error {
 	return nil
 }
 
+// nicFlag is vmm run's repeatable --net: netFlag's syntax, giving the
+// shim's NICs. vmm run configures its VMM through Firecracker's API, which
+// has no queue count, so only one queue pair can be asked for.
+type nicFlag struct {
+	nets *[]vmm.NetConfig // as netFlag parsed them, for its checks
+	nics *[]shim.NIC
+}
+
+func (f nicFlag) String() string { return netFlag{f.nets}.String() }
+
+// Set parses one --net value.
+func (f nicFlag) Set(v string) error {
+	if err := (netFlag{f.nets}).Set(v); err != nil {
+		return err
+	}
+	last := len(*f.nets) - 1
+	n := (*f.nets)[last]
+	if n.Queues > 1 {
+		*f.nets = (*f.nets)[:last]
+		return fmt.Errorf("queues=%d is not supported by vmm run (one queue pair: its VMM is configured through Firecracker's API, which has no queue count)", n.Queues)
+	}
+	*f.nics = append(*f.nics, shim.NIC{ID: n.ID, Tap: n.Tap, MAC: n.MAC})
+	return nil
+}
+
 func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs := flag.NewFlagSet("vmm run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -83,7 +108,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.StringVar(&s.Initrd, "initrd", "", "guest initramfs with vmm-agent (default: the built default guest's)")
 	fs.StringVar(&s.Cmdline, "cmdline", vmm.DefaultCmdline, "guest kernel command line")
 	fs.IntVar(&s.CPUs, "cpus", 1, "number of vCPUs")
-	fs.Var(netFlag{&nets}, "net", "virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=NAME] (repeatable)")
+	fs.Var(nicFlag{&nets, &s.Nets}, "net", "virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=NAME] (repeatable)")
 	fs.Var(envFlag{&s.Env}, "e", "set an environment variable: KEY=VALUE (repeatable)")
 	fs.StringVar(&s.Cwd, "w", "", "working directory of the command in the container")
 	fs.BoolVar(&s.TTY, "t", false, "give the command a pseudo-terminal")
@@ -104,21 +129,13 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 		return nil, flag.ErrHelp
 	}
 	s.Args = fs.Args()
-	for _, n := range nets {
-		// The child VMM is configured over Firecracker's API, which has
-		// no queue count.
-		if n.Queues > 1 {
-			return nil, fmt.Errorf("--net %s: queues=%d is not supported by vmm run (one queue pair)", n.Tap, n.Queues)
-		}
-	}
-	s.Nets = nets
 	if len(s.Args) == 0 {
 		return nil, errors.New("no command given (usage: vmm run --image FILE [flags] [--] CMD [ARG...])")
 	}
 	if s.Image == "" {
 		return nil, errors.New("--image is required")
 	}
-	size, err := vmm.ParseSize(*mem)
+	size, err := parseSize(*mem)
 	if err != nil {
 		return nil, fmt.Errorf("invalid --mem: %w", err)
 	}

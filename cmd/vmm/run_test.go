@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -126,5 +127,41 @@ func TestRunMainUsage(t *testing.T) {
 	}
 	if _, err := parseRunFlags([]string{"-h"}, &bytes.Buffer{}); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
+	}
+}
+
+// TestNICFlag: vmm run's --net gives shim NICs with what the API carries,
+// keeps --net's own checks, and refuses a queue count.
+func TestNICFlag(t *testing.T) {
+	var nets []vmm.NetConfig
+	var nics []shim.NIC
+	f := nicFlag{&nets, &nics}
+	for _, v := range []string{"tap=t0,id=wan,mac=02:00:00:00:00:01,queues=1", "t1"} {
+		if err := f.Set(v); err != nil {
+			t.Fatalf("Set(%q): %v", v, err)
+		}
+	}
+	want := []shim.NIC{{ID: "wan", Tap: "t0", MAC: "02:00:00:00:00:01"}, {Tap: "t1"}}
+	if !reflect.DeepEqual(nics, want) {
+		t.Errorf("NICs %+v, want %+v", nics, want)
+	}
+	if f.String() != "t0 t1" {
+		t.Errorf("String() = %q", f.String())
+	}
+	for v, want := range map[string]string{
+		"tap=t0":          "used twice",
+		"tap=t2,id=wan":   "used twice",
+		"tap=t2,queues=2": "queues=2 is not supported by vmm run",
+		"tap=t2,mac=zz":   "not an Ethernet MAC",
+	} {
+		if err := f.Set(v); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Set(%q): %v, want an error containing %q", v, err, want)
+		}
+	}
+	if len(nics) != 2 {
+		t.Errorf("refused values were added: %+v", nics)
+	}
+	if err := f.Set("tap=t2"); err != nil {
+		t.Errorf("t2 after its refusals: %v", err)
 	}
 }

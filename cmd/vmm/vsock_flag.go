@@ -42,8 +42,8 @@ func parseVsock(v string) (vmm.VsockConfig, error) {
 		switch {
 		case k == "cid" && hasVal:
 			n, err := strconv.ParseUint(val, 10, 32)
-			if err != nil || n < 3 || n == 0xffffffff {
-				return c, fmt.Errorf("vsock %q: cid %q is not a guest CID (3 to 4294967294)", v, val)
+			if err != nil || vmm.CheckGuestCID(int64(n)) != nil {
+				return c, fmt.Errorf("vsock %q: cid %q is not a guest CID (%d to %d)", v, val, vmm.MinGuestCID, vmm.MaxGuestCID)
 			}
 			c.GuestCID, hasCID = uint32(n), true
 		case k == "uds" && hasVal && val != "":

@@ -48,9 +48,9 @@ const (
 	HostCID = 2
 	// MinGuestCID is the smallest CID a guest may have.
 	MinGuestCID = 3
-	// maxGuestCID keeps the CID within the 32 bits Linux's sockaddr_vm
-	// carries, excluding VMADDR_CID_ANY.
-	maxGuestCID = 0xffffffff - 1
+	// MaxGuestCID is the largest: the CID stays within the 32 bits
+	// Linux's sockaddr_vm carries, excluding VMADDR_CID_ANY.
+	MaxGuestCID = 0xffffffff - 1
 )
 
 // Device configuration layout (struct virtio_vsock_config, §5.10.4).
@@ -116,8 +116,8 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if cfg.QueueSize&(cfg.QueueSize-1) != 0 || cfg.QueueSize < 4 || cfg.QueueSize > virtio.MaxQueueSize {
 		return nil, fmt.Errorf("virtio-vsock %s: queue size %d is not a power of two in 4..%d", cfg.ID, cfg.QueueSize, virtio.MaxQueueSize)
 	}
-	if cfg.GuestCID < MinGuestCID || cfg.GuestCID > maxGuestCID {
-		return nil, fmt.Errorf("virtio-vsock %s: guest CID %d outside %d..%d", cfg.ID, cfg.GuestCID, MinGuestCID, uint64(maxGuestCID))
+	if cfg.GuestCID < MinGuestCID || cfg.GuestCID > MaxGuestCID {
+		return nil, fmt.Errorf("virtio-vsock %s: guest CID %d outside %d..%d", cfg.ID, cfg.GuestCID, MinGuestCID, uint64(MaxGuestCID))
 	}
 	if cfg.UDSPath == "" {
 		return nil, fmt.Errorf("virtio-vsock %s: no Unix socket path", cfg.ID)
