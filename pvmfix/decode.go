@@ -192,7 +192,14 @@ prefixes:
 	for ; i < len(code); i++ {
 		switch b := code[i]; {
 		case b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e:
-			seg = int(b>>3) & 3 // ES, CS, SS, DS
+			// In 64-bit mode these overrides choose no base, and an FS or
+			// GS override among the prefixes wins over them whatever the
+			// order (as processors behave and x86asm, XED and Zydis
+			// decode); they still decide between #SS and #GP for a
+			// non-canonical address (Intel SDM vol. 1 §3.3.7.1).
+			if !long || (seg != segFS && seg != segGS) {
+				seg = int(b>>3) & 3 // ES, CS, SS, DS
+			}
 		case b == 0x64 || b == 0x65:
 			seg = segFS + int(b-0x64)
 		case b == 0x67:

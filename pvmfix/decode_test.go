@@ -102,7 +102,11 @@ func TestDecodeXState(t *testing.T) {
 		// Prefixes.
 		{"xsave64 %gs:(%rdi)", []byte{0x65, 0x48, 0x0f, 0xae, 0x27}, true, true, want{op: xopSave, length: 5, rexW: true, seg: segGS, base: 7, index: regNone, scale: 1}},
 		{"xsave %fs:8(%rbp)", []byte{0x64, 0x0f, 0xae, 0x65, 0x08}, true, true, want{op: xopSave, length: 5, seg: segFS, base: 5, index: regNone, scale: 1, disp: 8}},
-		{"xsave %es:(%rax), last override wins", []byte{0x64, 0x26, 0x0f, 0xae, 0x20}, true, true, want{op: xopSave, length: 5, seg: segES, base: 0, index: regNone, scale: 1}},
+		{"xsave %fs:(%rax): FS wins over a later ES in 64-bit mode", []byte{0x64, 0x26, 0x0f, 0xae, 0x20}, true, true, want{op: xopSave, length: 5, seg: segFS, base: 0, index: regNone, scale: 1}},
+		{"xsave %gs:(%rsp): GS wins over SS and DS around it", []byte{0x3e, 0x65, 0x36, 0x0f, 0xae, 0x24, 0x24}, true, true, want{op: xopSave, length: 7, seg: segGS, base: 4, index: regNone, scale: 1}},
+		{"xsave %fs:(%rax), the last of FS and GS wins", []byte{0x65, 0x64, 0x0f, 0xae, 0x20}, true, true, want{op: xopSave, length: 5, seg: segFS, base: 0, index: regNone, scale: 1}},
+		{"xsave %es:(%rax) after FS outside 64-bit mode: the last wins", []byte{0x64, 0x26, 0x0f, 0xae, 0x20}, false, true, want{op: xopSave, length: 5, seg: segES, base: 0, index: regNone, scale: 1, addr32: true}},
+		{"xsave %ds:(%rsp), last of the null overrides", []byte{0x36, 0x3e, 0x0f, 0xae, 0x24, 0x24}, true, true, want{op: xopSave, length: 6, seg: segDS, base: 4, index: regNone, scale: 1}},
 		{"xsave %ss:(%rax)", []byte{0x36, 0x0f, 0xae, 0x20}, true, true, want{op: xopSave, length: 4, seg: segSS, base: 0, index: regNone, scale: 1}},
 		{"xsave64 (%edi)", []byte{0x67, 0x48, 0x0f, 0xae, 0x27}, true, true, want{op: xopSave, length: 5, rexW: true, seg: segDS, base: 7, index: regNone, scale: 1, addr32: true}},
 		{"xsave 0(%eip)", []byte{0x67, 0x0f, 0xae, 0x25, 0x00, 0x00, 0x00, 0x00}, true, true, want{op: xopSave, length: 8, seg: segDS, base: regRIP, index: regNone, scale: 1, addr32: true}},
