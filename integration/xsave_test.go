@@ -13,7 +13,7 @@ import (
 // XRSTOR and XSAVE (several operand forms, an area across a page boundary,
 // partial masks, an initializing XRSTOR), provokes #GP and #PF and reads
 // XCR0 with XGETBV. On kvm-pvm hosts KVM's emulator cannot run XSAVE,
-// XRSTOR or XGETBV and vmm completes them (vmm/xsave.go); on VT-x/AMD-V
+// XRSTOR or XGETBV and vmm completes them (pvmfix/xsave.go); on VT-x/AMD-V
 // hosts the CPU does, and the results must be the same.
 func TestGuestXSAVE(t *testing.T) {
 	checks := []string{

@@ -8,58 +8,6 @@ import (
 	"testing"
 )
 
-func TestDecodeFixup(t *testing.T) {
-	tests := []struct {
-		name     string
-		code     []byte
-		ok       bool
-		op       fixupOp
-		length   int
-		src, dst int
-		mask     uint64
-	}{
-		{"int3", []byte{0xcc, 0x90}, true, opBreakpoint, 1, 0, 0, 0},
-		{"fwait", []byte{0x9b}, true, opNop, 1, 0, 0, 0},
-		{"ud2", []byte{0x0f, 0x0b}, true, opInvalidOpcode, 0, 0, 0, 0},
-		{"clac", []byte{0x0f, 0x01, 0xca}, true, opCLAC, 3, 0, 0, 0},
-		{"stac", []byte{0x0f, 0x01, 0xcb}, true, opSTAC, 3, 0, 0, 0},
-		{"popcnt rdi->rax", []byte{0xf3, 0x48, 0x0f, 0xb8, 0xc7}, true, opPopcnt, 5, 7, 0, ^uint64(0)},
-		{"popcnt r9d->r10d", []byte{0xf3, 0x45, 0x0f, 0xb8, 0xd1}, true, opPopcnt, 5, 9, 10, 0xffffffff},
-		{"popcnt cx->ax", []byte{0x66, 0xf3, 0x0f, 0xb8, 0xc1}, true, opPopcnt, 5, 1, 0, 0xffff},
-		{"popcnt memory operand", []byte{0xf3, 0x48, 0x0f, 0xb8, 0x07}, false, 0, 0, 0, 0, 0},
-		{"xrstor", []byte{0x48, 0x0f, 0xae, 0x2f}, false, 0, 0, 0, 0, 0},
-		{"rdrand rax", []byte{0x48, 0x0f, 0xc7, 0xf0}, true, opRandom, 4, 0, 0, ^uint64(0)},
-		{"rdseed r9d", []byte{0x41, 0x0f, 0xc7, 0xf9}, true, opRandom, 4, 0, 9, 0xffffffff},
-		{"rdrand ax", []byte{0x66, 0x0f, 0xc7, 0xf0}, true, opRandom, 4, 0, 0, 0xffff},
-		{"cmpxchg8b memory", []byte{0x0f, 0xc7, 0x0f}, false, 0, 0, 0, 0, 0},
-		{"truncated popcnt", []byte{0xf3, 0x48, 0x0f}, false, 0, 0, 0, 0, 0},
-		{"empty", nil, false, 0, 0, 0, 0, 0},
-	}
-	for _, tt := range tests {
-		f, ok := decodeFixup(tt.code, true)
-		if ok != tt.ok {
-			t.Errorf("%s: ok = %v", tt.name, ok)
-			continue
-		}
-		if !ok {
-			continue
-		}
-		if f.op != tt.op || f.length != tt.length || (tt.op == opPopcnt && (f.src != tt.src || f.dst != tt.dst || f.mask != tt.mask)) || (tt.op == opRandom && (f.dst != tt.dst || f.mask != tt.mask)) {
-			t.Errorf("%s: got %+v", tt.name, f)
-		}
-	}
-}
-
-func FuzzDecodeFixup(f *testing.F) {
-	f.Add([]byte{0xf3, 0x48, 0x0f, 0xb8, 0xc7}, true)
-	f.Fuzz(func(t *testing.T, code []byte, long bool) {
-		fx, ok := decodeFixup(code, long)
-		if ok && (fx.length < 0 || fx.length > len(code) || (fx.length == 0 && fx.op != opInvalidOpcode)) {
-			t.Fatalf("length %d for %d bytes", fx.length, len(code))
-		}
-	})
-}
-
 func TestPVMCmdline(t *testing.T) {
 	got := pvmCmdline("console=ttyS0 lpj=5", 2596094)
 	if !strings.Contains(got, "tsc_early_khz=2596094") {

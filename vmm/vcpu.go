@@ -13,6 +13,7 @@ import (
 	"github.com/govmm/vmm/boot"
 	"github.com/govmm/vmm/devices"
 	"github.com/govmm/vmm/kvm"
+	"github.com/govmm/vmm/pvmfix"
 )
 
 // vcpu is one virtual CPU and the OS thread that runs it.
@@ -28,7 +29,7 @@ type vcpu struct {
 	samplesMu sync.Mutex
 	samples   map[uint64]int // guest RIP -> hits
 
-	xstate *xstateLayout // where XSAVE puts each state component (CPUID leaf 0xD)
+	xstate *pvmfix.XStateLayout // where XSAVE puts each state component (CPUID leaf 0xD)
 }
 
 // Architectural MSRs set at reset (Intel SDM vol. 4).
@@ -68,7 +69,7 @@ func (m *Machine) newVCPU(id int, supported kvm.CPUID) (*vcpu, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &vcpu{m: m, kvm: kv, id: id, xstate: newXStateLayout(supported)}
+	v := &vcpu{m: m, kvm: kv, id: id, xstate: pvmfix.NewXStateLayout(supported)}
 	if err := kv.SetCPUID2(supported.ForVCPU(id, m.cfg.CPUs)); err != nil {
 		kv.Close()
 		return nil, err
@@ -300,7 +301,7 @@ func (v *vcpu) handleExit(exit kvm.ExitReason) (done bool, err error) {
 }
 
 // describe renders the vCPU's state for an error: RIP, its symbol, and the
-// code bytes there.
+// code there (bytes and instruction).
 func (v *vcpu) describe() string {
 	regs, err := v.kvm.Regs()
 	if err != nil {
@@ -314,43 +315,9 @@ func (v *vcpu) describe() string {
 	if sym := v.m.syms.lookup(regs.RIP); sym != "" {
 		s += " (" + sym + ")"
 	}
-	if code, err := v.readCode(regs.RIP, sregs, 16); err == nil {
-		s += fmt.Sprintf(" code=% x", code)
-	} else {
-		s += " code unavailable: " + err.Error()
-	}
+	s += " " + pvmfix.DescribeCode(v.m.mem, sregs, regs.RIP)
 	s += fmt.Sprintf(" rsp=%#x rflags=%#x cr0=%#x cr3=%#x cr4=%#x efer=%#x cs=%#x", regs.RSP, regs.RFLAGS, sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER, sregs.CS.Selector)
 	return s
-}
-
-// readCode reads up to n bytes of guest code at the linear address rip,
-// stopping early at an unmapped page.
-func (v *vcpu) readCode(rip uint64, sregs kvm.Sregs, n int) ([]byte, error) {
-	linear := rip + sregs.CS.Base
-	if sregs.EFER&eferLMA != 0 && sregs.CS.L != 0 {
-		linear = rip
-	}
-	var out []byte
-	for len(out) < n {
-		pa, err := translate(v.m.mem, sregs, linear+uint64(len(out)))
-		if err != nil {
-			if len(out) > 0 {
-				return out, nil
-			}
-			return nil, err
-		}
-		pageLeft := 4096 - int(pa&0xfff)
-		k := min(n-len(out), pageLeft)
-		buf := make([]byte, k)
-		if err := v.m.mem.ReadAt(buf, pa); err != nil {
-			if len(out) > 0 {
-				return out, nil
-			}
-			return nil, err
-		}
-		out = append(out, buf...)
-	}
-	return out, nil
 }
 
 // nameThread sets the calling OS thread's name (/proc/PID/task/TID/comm,

@@ -1,7 +1,7 @@
 /*
  * The xsave=1 test: XSAVE, XRSTOR and XGETBV in ring 0 (README.md,
  * "xsave=1").  On kvm-pvm hosts these instructions are completed by the
- * VMM (vmm/xsave.go); on VT-x/AMD-V hosts the CPU runs them, and the
+ * VMM (pvmfix/xsave.go); on VT-x/AMD-V hosts the CPU runs them, and the
  * results must be the same.
  *
  * The C code itself must stay free of FP/SIMD instructions: register state

@@ -1,4 +1,4 @@
-package vmm
+package pvmfix
 
 import (
 	"fmt"
@@ -191,4 +191,34 @@ func walk4(mem *memory.Guest, cr3, linear uint64) (walk, error) {
 	w.pa = table | (linear & (pageSize - 1))
 	w.present = true
 	return w, nil
+}
+
+// ReadCode reads up to n bytes of guest code at rip, through CS and the
+// guest's page tables, stopping early at a page it cannot reach; it fails
+// only when not even the first byte can be read.
+func ReadCode(mem *memory.Guest, sregs kvm.Sregs, rip uint64, n int) ([]byte, error) {
+	linear := rip + sregs.CS.Base
+	if sregs.EFER&eferLMA != 0 && sregs.CS.L != 0 {
+		linear = rip
+	}
+	var out []byte
+	for len(out) < n {
+		pa, err := translate(mem, sregs, linear+uint64(len(out)))
+		if err != nil {
+			if len(out) > 0 {
+				return out, nil
+			}
+			return nil, err
+		}
+		k := min(n-len(out), pageSize-int(pa&(pageSize-1)))
+		buf := make([]byte, k)
+		if err := mem.ReadAt(buf, pa); err != nil {
+			if len(out) > 0 {
+				return out, nil
+			}
+			return nil, err
+		}
+		out = append(out, buf...)
+	}
+	return out, nil
 }
