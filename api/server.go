@@ -95,7 +95,7 @@ type route struct {
 
 // unsupportedPaths are Firecracker endpoints this VMM does not implement;
 // they answer 400 "not supported" rather than 404, so a client learns why.
-var unsupportedPaths = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/entropy", "/serial", "/hotplug", "/snapshot"}
+var unsupportedPaths = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/serial", "/hotplug", "/snapshot"}
 
 // ServeHTTP routes a request, counts it, and answers Firecracker-style:
 // 204 for successful changes, 200 + JSON for reads, and
@@ -159,7 +159,7 @@ func match(path string) (route, []string) {
 		return route{name: path}, []string{get}
 	case "/machine-config":
 		return route{name: path}, []string{get, put, patch}
-	case "/boot-source", "/vsock", "/actions", "/logger", "/metrics":
+	case "/boot-source", "/vsock", "/entropy", "/actions", "/logger", "/metrics":
 		return route{name: path}, []string{put}
 	case "/vm":
 		return route{name: path}, []string{patch}
@@ -270,6 +270,12 @@ func (s *Server) change(w http.ResponseWriter, method string, rt route, body []b
 			w.Header().Set("Deprecation", "true")
 		}
 		return nil
+	case "/entropy":
+		var v Entropy
+		if err := decodeStrict(body, &v); err != nil {
+			return err
+		}
+		return s.ctl.SetEntropy(v)
 	case "/actions":
 		var v Action
 		if err := decodeStrict(body, &v); err != nil {
