@@ -1,8 +1,31 @@
-/* PCI configuration access (mechanism #1) and the virtio 1.x modern PCI
- * transport's register layout, shared by the test guest's virtio drivers.
- * Needs testguest.h (types and port I/O) first. */
+/* Port and MMIO access, PCI configuration access (mechanism #1) and the
+ * virtio 1.x modern PCI transport's register layout, shared by the test
+ * guest's virtio drivers.  Needs testguest.h (types) first. */
 #ifndef VIRTIO_PCI_H
 #define VIRTIO_PCI_H
+
+/* ---- port and MMIO access ---- */
+
+static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u32 in32(u16 port)
+{
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
+static inline u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
+static inline u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
+static inline void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
+static inline void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
+static inline void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+static inline void mmio_wr64(u64 a, u64 v)
+{
+	mmio_wr32(a, (u32)v);
+	mmio_wr32(a + 4, (u32)(v >> 32));
+}
 
 #define barrier() __asm__ volatile("" : : : "memory")
 
@@ -130,8 +153,7 @@ static inline u64 pci_bar_size(u32 dev, u32 bar)
 /* feature bits (§6) */
 #define VIRTIO_F_VERSION_1 (1ull << 32)
 
-/* ---- discovery and initialization (§4.1.4, §3.1.1), for drivers that
- * include this file after defining mmio_rd8/rd32 and mmio_wr8/wr32 ---- */
+/* ---- discovery and initialization (§4.1.4, §3.1.1) ---- */
 
 /* The PCI device number of the first function on bus 0 with the virtio
  * vendor ID and the given device ID (0x1040 + virtio device type), or -1. */

@@ -15,22 +15,6 @@
  */
 #include "testguest.h"
 
-static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u32 in32(u16 port)
-{
-	u32 v;
-	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
-static u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
-static u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
-static void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
-static void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
-static void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
-
 #include "virtio_pci.h"
 
 #define VIRTIO_RNG_DEVICE 0x1044 /* 0x1040 + device type 4 */
@@ -111,12 +95,9 @@ void rng_test(void)
 		return;
 	}
 	mmio_wr16(r.common + CC_QSIZE, QSZ);
-	mmio_wr32(r.common + CC_QDESC, (u32)(u64)q.desc);
-	mmio_wr32(r.common + CC_QDESC + 4, (u32)((u64)q.desc >> 32));
-	mmio_wr32(r.common + CC_QDRIVER, (u32)(u64)&q.avail);
-	mmio_wr32(r.common + CC_QDRIVER + 4, (u32)((u64)&q.avail >> 32));
-	mmio_wr32(r.common + CC_QDEVICE, (u32)(u64)&q.used);
-	mmio_wr32(r.common + CC_QDEVICE + 4, (u32)((u64)&q.used >> 32));
+	mmio_wr64(r.common + CC_QDESC, (u64)q.desc);
+	mmio_wr64(r.common + CC_QDRIVER, (u64)&q.avail);
+	mmio_wr64(r.common + CC_QDEVICE, (u64)&q.used);
 	u64 notify = r.notify + (u64)mmio_rd16(r.common + CC_QNOTIFYOFF) * r.notify_mult;
 	mmio_wr16(r.common + CC_QENABLE, 1);
 	mmio_wr8(r.common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
