@@ -562,7 +562,7 @@ func (c *Controller) Act(a Action) error {
 func (c *Controller) FullConfig() FullConfig {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fc := FullConfig{Drives: slices.Clone(c.drives), NetworkInterfaces: slices.Clone(c.nets), Vsock: c.vsock, Logger: c.logger}
+	fc := FullConfig{Drives: slices.Clone(c.drives), NetworkInterfaces: slices.Clone(c.nets), Vsock: c.vsock, Entropy: c.entropyLocked(), Logger: c.logger}
 	if fc.Drives == nil {
 		fc.Drives = []Drive{}
 	}
@@ -588,7 +588,7 @@ func (c *Controller) Load(fc FullConfig) error {
 	for _, s := range []struct {
 		name string
 		v    any
-	}{{"balloon", u.Balloon}, {"cpu-config", u.CPUConfig}, {"mmds-config", u.MMDSConfig}, {"entropy", u.Entropy},
+	}{{"balloon", u.Balloon}, {"cpu-config", u.CPUConfig}, {"mmds-config", u.MMDSConfig},
 		{"pmem", u.Pmem}, {"serial", u.Serial}, {"memory-hotplug", u.MemoryHotplug}} {
 		if s.v != nil {
 			return fmt.Errorf("%s: not supported by this VMM", s.name)
@@ -627,6 +627,11 @@ func (c *Controller) Load(fc FullConfig) error {
 	if fc.Vsock != nil {
 		if err := c.SetVsock(*fc.Vsock); err != nil {
 			return fmt.Errorf("vsock: %w", err)
+		}
+	}
+	if fc.Entropy != nil {
+		if err := c.SetEntropy(*fc.Entropy); err != nil {
+			return fmt.Errorf("entropy: %w", err)
 		}
 	}
 	return nil

@@ -28,6 +28,7 @@ func (s *Server) routes() {
 	rt.handle("PUT /network-interfaces/{iface_id...}", applyID("iface_id", c.PutNetworkInterface))
 	rt.handle("PATCH /network-interfaces/{iface_id...}", applyID("iface_id", c.PatchNetworkInterface))
 	rt.handle("PUT /vsock", s.putVsock)
+	rt.handle("PUT /entropy", apply(c.SetEntropy))
 	rt.handle("PUT /actions", apply(c.Act))
 	rt.handle("PUT /logger", apply(c.SetLogger))
 	rt.handle("PUT /metrics", apply(c.SetMetrics))

@@ -169,6 +169,7 @@ type FullConfig struct {
 	Drives            []Drive            `json:"drives"`
 	NetworkInterfaces []NetworkInterface `json:"network-interfaces"`
 	Vsock             *Vsock             `json:"vsock,omitempty"`
+	Entropy           *Entropy           `json:"entropy,omitempty"`
 	Logger            *Logger            `json:"logger,omitempty"`
 	Metrics           *Metrics           `json:"metrics,omitempty"`
 
@@ -181,7 +182,6 @@ type Unsupported struct {
 	Balloon       any `json:"balloon,omitempty"`
 	CPUConfig     any `json:"cpu-config,omitempty"`
 	MMDSConfig    any `json:"mmds-config,omitempty"`
-	Entropy       any `json:"entropy,omitempty"`
 	Pmem          any `json:"pmem,omitempty"`
 	Serial        any `json:"serial,omitempty"`
 	MemoryHotplug any `json:"memory-hotplug,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,7 +30,7 @@ func defaultGuest(t *testing.T) (kernel, initrd string) {
 
 // TestLinuxGuest is the long test: one boot of the default Linux guest
 // with a disk for containers, a data disk, a raw disk, a network interface
-// in a test namespace and a vsock device, and every check that needs a
+// in a test namespace, a vsock device and an entropy device, and every check that needs a
 // real Linux guest done against that one boot (boots take minutes on
 // kvm-pvm hosts). It ends with poweroff, which must end vmm with status 0.
 func TestLinuxGuest(t *testing.T) {
@@ -42,7 +43,7 @@ func TestLinuxGuest(t *testing.T) {
 	start := time.Now()
 	v := StartInNS(t, ns, "--kernel", kernel, "--initrd", initrd, "--mem", "512M", "--cpus", "2",
 		"--disk", "path="+g.rootfs+",id=rootfs", "--disk", "path="+g.data+",id=data", "--disk", "path="+g.raw+",id=raw",
-		"--net", "tap="+ns.tap+",mac="+guestMAC, "--vsock", "cid=3,uds="+g.vsock)
+		"--net", "tap="+ns.tap+",mac="+guestMAC, "--vsock", "cid=3,uds="+g.vsock, "--entropy")
 	_, off := v.WaitFor(regexp.MustCompile(`vmm-guest: ready`), 0, linuxBootTimeout)
 	t.Logf("ready line after %v", time.Since(start).Round(time.Second))
 	step := func(name string) func() {
@@ -91,6 +92,18 @@ func TestLinuxGuest(t *testing.T) {
 	_, off = v.WaitFor(regexp.MustCompile(`raw-ok-3`), off, 5*time.Minute)
 	if got := readPrefix(t, g.raw, len("flushed-42\n")); got != "flushed-42\n" {
 		t.Errorf("raw disk starts with %q after the guest's sync, want %q", got, "flushed-42\n")
+	}
+	done()
+
+	// virtio-rng: the kernel's hw_random core chose the device, and
+	// /dev/hwrng gives bytes that differ from read to read.
+	done = step("rng")
+	v.Type("cat /sys/class/misc/hw_random/rng_current && head -c 16 /dev/hwrng | hexdump && head -c 16 /dev/hwrng | hexdump && echo rng-ok-$((3+4))\r")
+	hexLine := `00000000  ((?:[0-9a-f]{2} +){16})`
+	m, off = v.WaitFor(regexp.MustCompile(`(?s)(virtio_rng\.\d+).*?`+hexLine+`.*?`+hexLine+`.*?rng-ok-7`), off, 5*time.Minute)
+	a, b := strings.Join(strings.Fields(m[2]), ""), strings.Join(strings.Fields(m[3]), "")
+	if a == b || a == strings.Repeat("0", 32) || b == strings.Repeat("0", 32) {
+		t.Errorf("/dev/hwrng gave %s then %s: not random", a, b)
 	}
 	done()
 

@@ -28,10 +28,11 @@ type Config struct {
 	ConsoleOut io.Writer
 	ConsoleIn  io.Reader
 
-	// Drives, Nets and Vsock describe virtio devices.
-	Drives []DriveConfig
-	Nets   []NetConfig
-	Vsock  *VsockConfig
+	// Drives, Nets, Vsock and Entropy describe virtio devices.
+	Drives  []DriveConfig
+	Nets    []NetConfig
+	Vsock   *VsockConfig
+	Entropy *EntropyConfig
 
 	// DebugExit maps the test exit device at port 0xf4.
 	DebugExit bool
@@ -89,6 +90,10 @@ type VsockConfig struct {
 	GuestCID uint32
 	UDSPath  string
 }
+
+// EntropyConfig is the virtio-rng device, Firecracker's entropy device:
+// the guest reads random bytes from the host's getrandom.
+type EntropyConfig struct{}
 
 // DefaultCmdline is the kernel command line used when none is given: the
 // serial console, reboot through the keyboard controller (which needs no

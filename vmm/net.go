@@ -5,13 +5,8 @@ import (
 	stdnet "net"
 
 	"github.com/govmm/vmm/devices/pci"
-	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/net"
 )
-
-// pciClassNetworkEthernet is the Ethernet controller class code (PCI Code
-// and ID Assignment Specification, base class 02h, subclass 00h).
-const pciClassNetworkEthernet = 0x020000
 
 // netDevice is one validated interface configuration.
 type netDevice struct {
@@ -62,10 +57,10 @@ func checkNets(nets []NetConfig) ([]netDevice, error) {
 	return devs, nil
 }
 
-// setupNets adds one virtio-net function per configured interface, each
+// openNets makes one virtio-net device per configured interface, each
 // attached to its tap. A missing tap or one the VMM may not open surfaces
 // here, before the guest runs.
-func (m *Machine) setupNets(st *pciState, ioe ioEventRegistrar) error {
+func (m *Machine) openNets(attach func(virtioFunc) error) error {
 	devs, err := checkNets(m.cfg.Nets)
 	if err != nil {
 		return err
@@ -92,21 +87,11 @@ func (m *Machine) setupNets(st *pciState, ioe ioEventRegistrar) error {
 			}
 			return err
 		}
-		st.closers = append(st.closers, dev)
-		t, err := virtio.NewPCI(dev, virtio.PCIOptions{
-			Name: "virtio-net-" + d.id, Class: pciClassNetworkEthernet, Mem: m.mem, Log: m.log,
-			MSI: st.msi, IOEvents: ioe,
-		})
-		if err != nil {
-			return fmt.Errorf("virtio-net %s: %w", d.id, err)
+		if err := attach(virtioFunc{id: d.id, dev: dev, backend: dev, log: []any{
+			"tap", taps[0].Name(), "queues", d.queues, "mac", d.mac.String(),
+		}}); err != nil {
+			return err
 		}
-		// The transport stops the device before the tap is closed.
-		st.closers = append(st.closers[:len(st.closers)-1], t, dev)
-		slot, err := st.bus.Add(t)
-		if err != nil {
-			return fmt.Errorf("virtio-net %s: %w", d.id, err)
-		}
-		m.log.Debug("virtio-net attached", "id", d.id, "tap", taps[0].Name(), "queues", d.queues, "mac", d.mac.String(), "pci", fmt.Sprintf("00:%02x.0", slot))
 	}
 	return nil
 }

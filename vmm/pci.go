@@ -12,7 +12,6 @@ import (
 	"github.com/govmm/vmm/devices/eventfd"
 	"github.com/govmm/vmm/devices/pci"
 	"github.com/govmm/vmm/kvm"
-	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/blk"
 )
 
@@ -51,15 +50,9 @@ var pciINTxRouting = pci.INTxRouting{FirstGSI: pciINTxFirstGSI, Count: pciINTxGS
 // pciState is the machine's PCI bus and the devices on it.
 type pciState struct {
 	bus     *pci.Bus
-	msi     *msiRouter
+	msi     pci.MSIAllocator // the VM's msiRouter; tests without KVM substitute one
 	closers []io.Closer
 	drives  map[string]*blk.Block // by drive id
-}
-
-// hasPCI reports whether the configuration needs a PCI bus at all; without
-// PCI devices the machine stays as small as before.
-func hasPCI(cfg Config) bool {
-	return len(cfg.Drives) > 0 || len(cfg.Nets) > 0 || cfg.Vsock != nil
 }
 
 // pciACPI describes the host bridge for the ACPI tables, nil without PCI.
@@ -123,8 +116,9 @@ func withDriveRoot(cmdline string, drives []DriveConfig) string {
 }
 
 // setupPCI creates bus 0 with its host bridge on configuration mechanism
-// #1 and ECAM, and one virtio-pci function per drive. Image problems
-// (missing, unreadable, locked by another VM) surface here, before the
+// #1 and ECAM, and one virtio-pci function per device of the device table
+// (virtioKinds). Device problems (an image missing, unreadable or locked
+// by another VM, a tap that can't be opened) surface here, before the
 // guest runs.
 func (m *Machine) setupPCI() (err error) {
 	if !hasPCI(m.cfg) {
@@ -151,7 +145,14 @@ func (m *Machine) setupPCI() (err error) {
 	if err := m.mmio.Register("pci-ecam", pciECAMBase, pci.ECAMBusSize, st.bus.ECAM()); err != nil {
 		return err
 	}
-	ioe := ioEventRegistrar{m.vm}
+	return m.attachVirtio(st, ioEventRegistrar{m.vm})
+}
+
+// openDrives opens one virtio-blk device per drive, vda first.
+func (m *Machine) openDrives(attach func(virtioFunc) error) error {
+	if len(m.cfg.Drives) > 26 {
+		return fmt.Errorf("%d drives: at most 26 are supported", len(m.cfg.Drives))
+	}
 	seen := map[string]bool{}
 	for i, d := range m.cfg.Drives {
 		id := d.ID
@@ -166,29 +167,12 @@ func (m *Machine) setupPCI() (err error) {
 		if err != nil {
 			return err
 		}
-		st.closers = append(st.closers, dev)
-		st.drives[id] = dev
-		t, err := virtio.NewPCI(dev, virtio.PCIOptions{
-			Name: "virtio-blk-" + id, Class: pci.ClassStorageOther, Mem: m.mem, Log: m.log,
-			MSI: st.msi, IOEvents: ioe,
-		})
-		if err != nil {
-			return fmt.Errorf("virtio-blk %s: %w", id, err)
+		m.pci.drives[id] = dev
+		if err := attach(virtioFunc{id: id, dev: dev, backend: dev, log: []any{
+			"path", d.Path, "ro", d.ReadOnly, "direct", d.Direct, "engine", dev.EngineInUse(), "sectors", dev.Sectors(),
+		}}); err != nil {
+			return err
 		}
-		// The transport stops the device before the image is closed.
-		st.closers = append(st.closers[:len(st.closers)-1], t, dev)
-		slot, err := st.bus.Add(t)
-		if err != nil {
-			return fmt.Errorf("virtio-blk %s: %w", id, err)
-		}
-		m.log.Debug("virtio-blk attached", "id", id, "path", d.Path, "ro", d.ReadOnly, "direct", d.Direct, "engine", dev.EngineInUse(), "pci", fmt.Sprintf("00:%02x.0", slot),
-			"bar0", fmt.Sprintf("%#x", t.Config().BARAddr(0)), "sectors", dev.Sectors())
-	}
-	if err := m.setupNets(st, ioe); err != nil {
-		return err
-	}
-	if err := m.setupVsock(st, ioe); err != nil {
-		return err
 	}
 	return nil
 }

@@ -90,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.cfg.SampleRIP, "sample-rip", 0, "sample vCPU instruction pointers at this interval and log the hottest guest symbols every 10 s (at --log-level info or debug)")
 	fs.Var(diskFlag{&o.cfg.Drives}, "disk", "virtio-blk disk: path=FILE[,ro][,id=NAME][,root][,direct] (repeatable); direct (or direct=on) opens the image with O_DIRECT, bypassing the host page cache")
 	fs.Var(netFlag{&o.cfg.Nets}, "net", "virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=NAME][,queues=N] (repeatable)")
+	fs.Var(entropyFlag{&o.cfg.Entropy}, "entropy", "virtio-rng device: the guest reads random bytes from the host's getrandom (Linux: /dev/hwrng)")
 	fs.Var(vsockFlag{&o.cfg.Vsock}, "vsock", "virtio-vsock device with a Firecracker-style hybrid Unix socket: cid=N,uds=PATH")
 	fs.StringVar(&o.apiSock, "api-sock", "", "serve the Firecracker-compatible API on this Unix socket (the VM starts on InstanceStart)")
 	fs.StringVar(&o.configFile, "config-file", "", "boot from this Firecracker-style JSON config file")

@@ -804,6 +804,12 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	if (vs && value_is(vs, vlen, "1"))
 		vsock_test();
 
+	/* rng=1: PCI + virtio-rng, read random bytes (virtio_rng.c). */
+	int rlen = 0;
+	const char *rng = cmdline_value("rng", &rlen);
+	if (rng && value_is(rng, rlen, "1"))
+		rng_test();
+
 	/* xsave=1: XSAVE/XRSTOR/XGETBV in ring 0, completed by the VMM on
 	 * kvm-pvm hosts (xsave.c). */
 	int xlen = 0;

@@ -41,6 +41,9 @@ void net_mq_test(void);
 /* virtio_vsock.c: the vsock=1 test. */
 void vsock_test(void);
 
+/* virtio_rng.c: the rng=1 test. */
+void rng_test(void);
+
 /* xsave.c: the xsave=1 test (XSAVE, XRSTOR, XGETBV in ring 0). */
 void xsave_test(void);
 

@@ -31,10 +31,8 @@
  */
 #include "testguest.h"
 
-/* ---- port and MMIO access ---- */
+/* ---- byte port access (the rest is in virtio_pci.h) ---- */
 
-static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
 static inline void out8(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 in8(u16 port)
 {
@@ -42,19 +40,6 @@ static inline u8 in8(u16 port)
 	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
 	return v;
 }
-static inline u32 in32(u16 port)
-{
-	u32 v;
-	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
-static u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
-static u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
-static void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
-static void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
-static void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
 
 #include "virtio_pci.h"
 
@@ -250,12 +235,6 @@ static void put_hexbytes(const u8 *p, int n)
 	for (int i = 0; i < n; i++) {
 		con_puts((const char[]){"0123456789abcdef"[p[i] >> 4], "0123456789abcdef"[p[i] & 15], 0});
 	}
-}
-
-static void mmio_wr64(u64 a, u64 v)
-{
-	mmio_wr32(a, (u32)v);
-	mmio_wr32(a + 4, (u32)(v >> 32));
 }
 
 #define POLL_LIMIT 50000000

@@ -1,8 +1,31 @@
-/* PCI configuration access (mechanism #1) and the virtio 1.x modern PCI
- * transport's register layout, shared by the test guest's virtio drivers.
- * Needs testguest.h (types and port I/O) first. */
+/* Port and MMIO access, PCI configuration access (mechanism #1) and the
+ * virtio 1.x modern PCI transport's register layout, shared by the test
+ * guest's virtio drivers.  Needs testguest.h (types) first. */
 #ifndef VIRTIO_PCI_H
 #define VIRTIO_PCI_H
+
+/* ---- port and MMIO access ---- */
+
+static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u32 in32(u16 port)
+{
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
+static inline u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
+static inline u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
+static inline void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
+static inline void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
+static inline void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+static inline void mmio_wr64(u64 a, u64 v)
+{
+	mmio_wr32(a, (u32)v);
+	mmio_wr32(a + 4, (u32)(v >> 32));
+}
 
 #define barrier() __asm__ volatile("" : : : "memory")
 
@@ -126,5 +149,87 @@ static inline u64 pci_bar_size(u32 dev, u32 bar)
 #define S_DRIVER_OK 4
 #define S_FEATURES_OK 8
 #define S_NEEDS_RESET 64
+
+/* feature bits (§6) */
+#define VIRTIO_F_VERSION_1 (1ull << 32)
+
+/* ---- discovery and initialization (§4.1.4, §3.1.1) ---- */
+
+/* The PCI device number of the first function on bus 0 with the virtio
+ * vendor ID and the given device ID (0x1040 + virtio device type), or -1. */
+static inline int virtio_pci_find(u16 device)
+{
+	for (u32 dev = 0; dev < 32; dev++) {
+		u32 id = pci_rd32(dev, 0);
+		if ((id & 0xffff) == VIRTIO_VENDOR && (id >> 16) == device)
+			return (int)dev;
+	}
+	return -1;
+}
+
+/* Where a modern virtio function's structures are: the addresses its
+ * vendor capabilities point to. */
+struct virtio_regs {
+	u64 common, notify, isr, devcfg;
+	u32 notify_mult;
+};
+
+/* Fill r from dev's vendor capabilities (the first of each type) and turn
+ * on memory decoding and bus mastering.  0, or -1 when the common or
+ * notify structure is missing. */
+static inline int virtio_pci_regs(u32 dev, struct virtio_regs *r)
+{
+	*r = (struct virtio_regs){0};
+	if (!(pci_rd16(dev, PCI_STATUS) & PCI_STATUS_CAPS))
+		return -1;
+	u32 cap = pci_rd8(dev, PCI_CAP_PTR) & 0xfc;
+	for (int guard = 0; cap && guard < 48; guard++) {
+		if (pci_rd8(dev, cap) == PCI_CAP_VENDOR) {
+			u8 type = pci_rd8(dev, cap + 3);
+			u64 a = pci_bar(dev, pci_rd8(dev, cap + 4)) + pci_rd32(dev, cap + 8);
+			if (type == VCAP_COMMON && !r->common)
+				r->common = a;
+			else if (type == VCAP_NOTIFY && !r->notify) {
+				r->notify = a;
+				r->notify_mult = pci_rd32(dev, cap + 16);
+			} else if (type == VCAP_ISR && !r->isr)
+				r->isr = a;
+			else if (type == VCAP_DEVICE && !r->devcfg)
+				r->devcfg = a;
+		}
+		cap = pci_rd8(dev, cap + 1) & 0xfc;
+	}
+	if (!r->common || !r->notify)
+		return -1;
+	pci_wr16(dev, PCI_COMMAND, pci_rd16(dev, PCI_COMMAND) | PCI_CMD_MEM | PCI_CMD_MASTER);
+	return 0;
+}
+
+/* Reset the device and run the initialization sequence up to FEATURES_OK
+ * (§3.1.1 steps 1-6) with the offered features in want, which must
+ * include VERSION_1.  *offered gets what the device offered.  The
+ * negotiated features, or 0 if the device refused them. */
+static inline u64 virtio_negotiate(u64 common, u64 want, u64 *offered)
+{
+	mmio_wr8(common + CC_STATUS, 0);
+	for (int i = 0; i < 1000 && mmio_rd8(common + CC_STATUS); i++)
+		;
+	mmio_wr8(common + CC_STATUS, S_ACK);
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER);
+	mmio_wr32(common + CC_DFSELECT, 0);
+	u64 dev = mmio_rd32(common + CC_DF);
+	mmio_wr32(common + CC_DFSELECT, 1);
+	dev |= (u64)mmio_rd32(common + CC_DF) << 32;
+	*offered = dev;
+	u64 features = dev & want;
+	mmio_wr32(common + CC_GFSELECT, 0);
+	mmio_wr32(common + CC_GF, (u32)features);
+	mmio_wr32(common + CC_GFSELECT, 1);
+	mmio_wr32(common + CC_GF, (u32)(features >> 32));
+	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	if (!(features & VIRTIO_F_VERSION_1) || !(mmio_rd8(common + CC_STATUS) & S_FEATURES_OK))
+		return 0;
+	return features;
+}
 
 #endif

@@ -23,27 +23,6 @@
  */
 #include "testguest.h"
 
-static inline void out32(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void out16(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u32 in32(u16 port)
-{
-	u32 v;
-	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static u8 mmio_rd8(u64 a) { return *(volatile u8 *)a; }
-static u16 mmio_rd16(u64 a) { return *(volatile u16 *)a; }
-static u32 mmio_rd32(u64 a) { return *(volatile u32 *)a; }
-static void mmio_wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
-static void mmio_wr16(u64 a, u16 v) { *(volatile u16 *)a = v; }
-static void mmio_wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
-static void mmio_wr64(u64 a, u64 v)
-{
-	mmio_wr32(a, (u32)v);
-	mmio_wr32(a + 4, (u32)(v >> 32));
-}
-
 #include "virtio_pci.h"
 
 #define VIRTIO_VSOCK_DEVICE 0x1053 /* 0x1040 + device type 19 */

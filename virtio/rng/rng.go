@@ -1,0 +1,156 @@
+// Package rng is a virtio entropy device (OASIS virtio 1.2 §5.4): the
+// driver posts device-writable buffers on the device's one request queue
+// and the device fills them with random bytes from the host kernel's
+// getrandom(2), through crypto/rand. It has no configuration space and no
+// feature bits.
+//
+// Files: rng.go holds the device, its configuration and its state;
+// queue.go the request queue's worker.
+package rng
+
+import (
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/govmm/vmm/virtio"
+)
+
+// TypeEntropy is the entropy device's virtio device ID (§5, "Device
+// Types": 4, entropy source).
+const TypeEntropy = 4
+
+// Virtqueues (§5.4.2): one request queue.
+const (
+	queueRequest = 0
+	numQueues    = 1
+)
+
+// Limits and defaults.
+const (
+	// DefaultQueueSize is the request queue's maximum size.
+	DefaultQueueSize = 256
+	// MaxRequestBytes bounds the random bytes one request gets. The device
+	// may fill less than the whole buffer (§5.4.6.1), and a guest that
+	// wants more asks again.
+	MaxRequestBytes = 64 << 10
+	// maxWakeBytes bounds the bytes the worker hands out before it looks
+	// whether the device is being reset, so a guest that keeps the queue
+	// full can't keep a reset waiting.
+	maxWakeBytes = 1 << 20
+)
+
+// Config describes the device.
+type Config struct {
+	ID        string // for logs
+	QueueSize uint16 // DefaultQueueSize when zero
+	// Source is where random bytes come from: crypto/rand.Reader
+	// (getrandom) when nil. Tests substitute predictable or failing ones.
+	Source io.Reader
+}
+
+// State is the device's own state apart from its queue (which the
+// transport keeps): what it has handed out, kept across resets so a saved
+// and restored device reports the same totals.
+type State struct {
+	// Requests is the number of requests completed, Bytes the random
+	// bytes written into them, SourceErrors the requests completed empty
+	// because the source failed.
+	Requests, Bytes, SourceErrors uint64
+}
+
+// Device is a virtio entropy device. It implements virtio.Device.
+type Device struct {
+	cfg Config
+	log *slog.Logger
+
+	requests, bytes, sourceErrors atomic.Uint64
+
+	mu  sync.Mutex
+	run *worker // non-nil while activated
+}
+
+// New checks cfg and returns a device that has handed out nothing yet.
+func New(cfg Config, log *slog.Logger) (*Device, error) {
+	return NewFromState(cfg, State{}, log)
+}
+
+// NewFromState is New for a device that continues from a saved State.
+func NewFromState(cfg Config, st State, log *slog.Logger) (*Device, error) {
+	if cfg.QueueSize == 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.QueueSize&(cfg.QueueSize-1) != 0 || cfg.QueueSize > virtio.MaxQueueSize {
+		return nil, fmt.Errorf("virtio-rng %s: queue size %d is not a power of two up to %d", cfg.ID, cfg.QueueSize, virtio.MaxQueueSize)
+	}
+	if cfg.Source == nil {
+		cfg.Source = rand.Reader
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Device{cfg: cfg, log: log.With("device", "virtio-rng", "id", cfg.ID)}
+	d.requests.Store(st.Requests)
+	d.bytes.Store(st.Bytes)
+	d.sourceErrors.Store(st.SourceErrors)
+	return d, nil
+}
+
+// State returns the device's state; taken while the device runs it is a
+// snapshot of counters that keep moving.
+func (d *Device) State() State {
+	return State{Requests: d.requests.Load(), Bytes: d.bytes.Load(), SourceErrors: d.sourceErrors.Load()}
+}
+
+// Type implements virtio.Device.
+func (d *Device) Type() uint16 { return TypeEntropy }
+
+// Features implements virtio.Device: there are no device feature bits
+// (§5.4.3).
+func (d *Device) Features() uint64 { return 0 }
+
+// QueueSizes implements virtio.Device.
+func (d *Device) QueueSizes() []uint16 { return []uint16{d.cfg.QueueSize} }
+
+// ReadConfig implements virtio.Device: there is no configuration space
+// (§5.4.4), so every byte reads as zero.
+func (d *Device) ReadConfig(_ uint64, data []byte) { clear(data) }
+
+// WriteConfig implements virtio.Device: writes are ignored.
+func (d *Device) WriteConfig(uint64, []byte) {}
+
+// Activate implements virtio.Device.
+func (d *Device) Activate(a *virtio.Activation) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.run != nil {
+		return fmt.Errorf("virtio-rng %s: already active", d.cfg.ID)
+	}
+	if len(a.Queues) != numQueues || a.Queues[queueRequest] == nil || len(a.Kicks) != numQueues {
+		return fmt.Errorf("virtio-rng %s: the driver did not enable the request queue", d.cfg.ID)
+	}
+	log := a.Log
+	if log == nil {
+		log = d.log
+	}
+	w := newWorker(d, a.Queues[queueRequest], a.Kicks[queueRequest], a.Fail, log)
+	d.run = w
+	go w.loop()
+	return nil
+}
+
+// Reset implements virtio.Device: when it returns the worker has stopped
+// and nothing touches guest memory any more.
+func (d *Device) Reset() {
+	d.mu.Lock()
+	w := d.run
+	d.run = nil
+	d.mu.Unlock()
+	if w != nil {
+		close(w.quit)
+		<-w.done
+	}
+}
