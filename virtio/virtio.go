@@ -94,4 +94,8 @@ type Activation struct {
 	// the queue. Safe to call from any goroutine.
 	Fail func(reason error)
 	Log  *slog.Logger
+	// Resumed is set when the device continues from saved state (PCI.Resume,
+	// PCI.Restore): the queues go on from the indices they had, and a
+	// Suspender takes up the run-time state it kept.
+	Resumed bool
 }
