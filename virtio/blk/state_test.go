@@ -129,4 +129,3 @@ func TestRestoreRefused(t *testing.T) {
 	}
 	b.Close()
 }
-
