@@ -138,6 +138,8 @@ type Net struct {
 
 	mu  sync.Mutex
 	run *runState // non-nil while activated
+	// resume is the run-time state a resumed Activate takes up (state.go).
+	resume *RunState
 }
 
 // pair is one receive/transmit queue pair and its backend.
