@@ -1,7 +1,6 @@
 package virtio_test
 
 import (
-	"encoding/json"
 	"strings"
 	"sync"
 	"testing"
@@ -11,20 +10,6 @@ import (
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
-
-// jsonCopy sends v through encoding/json, as a snapshot file would.
-func jsonCopy[T any](t *testing.T, v T) T {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out T
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // wantUsed pops the next used entry and checks it.
 func wantUsed(t *testing.T, d *virtiotest.Driver, id, n uint32) {
@@ -76,7 +61,7 @@ func TestPCIStateRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st = jsonCopy(t, st)
+	st = virtiotest.JSONCopy(t, st)
 	q := st.Queues[0]
 	if q.NextAvail != 3 || q.NextUsed != 3 || q.SignalledUsed != 3 || !q.Enabled || q.DescAddr != drv.Desc || q.Vector != 0 {
 		t.Fatalf("queue state %+v", q)
@@ -299,7 +284,7 @@ func TestPCIRestoreRefused(t *testing.T) {
 		{"driver ok alone", func(s *virtio.PCIState) { s.Status = virtio.StatusDriverOK }, "FEATURES_OK"},
 		{"function", func(s *virtio.PCIState) { s.Function.Config = s.Function.Config[:10] }, "configuration bytes"},
 	} {
-		s := jsonCopy(t, good)
+		s := virtiotest.JSONCopy(t, good)
 		tt.edit(&s)
 		p2 := virtiotest.NewPCI(t, &echoDevice{idle: make(chan struct{}, 16)}, drv.Mem)
 		if err := p2.Transport.Restore(s); err == nil || !strings.Contains(err.Error(), tt.want) {

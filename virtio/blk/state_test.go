@@ -2,7 +2,6 @@ package blk
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"strings"
 	"testing"
@@ -10,20 +9,6 @@ import (
 
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
-
-// jsonCopy sends v through encoding/json, as a snapshot file would.
-func jsonCopy[T any](t *testing.T, v T) T {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out T
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // complete notifies the queue and waits for r's used entry.
 func complete(t *testing.T, h *harness, p *virtiotest.PCI, r req) {
@@ -61,8 +46,8 @@ func TestStateRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ts = jsonCopy(t, ts)
-		st := jsonCopy(t, h.b.State())
+		ts = virtiotest.JSONCopy(t, ts)
+		st := virtiotest.JSONCopy(t, h.b.State())
 		want := State{Version: StateVersion, ID: "disk0", Path: h.b.Path(), Engine: e, NumQueues: 1, QueueSize: testQueue, Workers: DefaultWorkers, Sectors: testSectors}
 		if st != want {
 			t.Fatalf("state %+v, want %+v", st, want)

@@ -2,7 +2,6 @@ package net
 
 import (
 	"bytes"
-	"encoding/json"
 	stdnet "net"
 	"os"
 	"reflect"
@@ -13,20 +12,6 @@ import (
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
-
-// jsonCopy sends v through encoding/json, as a snapshot file would.
-func jsonCopy[T any](t *testing.T, v T) T {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out T
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // pciGuest drives every queue of a Net through a virtio-PCI transport;
 // the queues share one guest RAM.
@@ -169,8 +154,8 @@ func TestStateRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts = jsonCopy(t, ts)
-	st := jsonCopy(t, n.State())
+	ts = virtiotest.JSONCopy(t, ts)
+	st := virtiotest.JSONCopy(t, n.State())
 	want := &RunState{
 		ActivePairs: 2, MAC: stdnet.HardwareAddr(newMAC).String(), Promisc: false, AllMulti: true,
 		UnicastMACs: []string{"06:00:00:00:00:00"}, MulticastMACs: []string{"01:00:5e:00:00:00", "01:00:5e:00:00:01"},

@@ -1,6 +1,7 @@
 package virtiotest
 
 import (
+	"encoding/json"
 	"sync"
 	"testing"
 	"time"
@@ -281,4 +282,19 @@ func (m *MSI) WaitSent(vec, n int, timeout time.Duration) bool {
 		time.Sleep(100 * time.Microsecond)
 	}
 	return true
+}
+
+// JSONCopy sends v through encoding/json and back, as a snapshot file
+// would: a state that comes through equal is plain data.
+func JSONCopy[T any](tb testing.TB, v T) T {
+	tb.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out T
+	if err := json.Unmarshal(b, &out); err != nil {
+		tb.Fatal(err)
+	}
+	return out
 }
