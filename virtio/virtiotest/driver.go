@@ -1,7 +1,8 @@
 // Package virtiotest is a fake virtio driver for in-process device tests:
 // it lays out a split virtqueue in guest memory built from plain Go
 // buffers, posts descriptor chains and collects used entries, the way a
-// guest driver would (virtio 1.2 §2.7).
+// guest driver would (virtio 1.2 §2.7); PCI drives a device's virtio-PCI
+// transport through a PCI bus of its own (§4.1).
 package virtiotest
 
 import (
