@@ -139,6 +139,7 @@ type PCI struct {
 	queues         []*Queue
 	enabled        []bool
 	active         bool
+	paused         bool   // active, but the device stopped for a state save (Pause)
 	ioeAt          uint64 // where ioeventfds are registered, 0 if not
 }
 
@@ -345,6 +346,7 @@ func (t *PCI) resetLocked() {
 		t.dev.Reset()
 		t.active = false
 	}
+	t.paused = false
 	t.status = 0
 	t.needsReset.Store(false)
 	t.driverFeatures = 0
@@ -428,7 +430,7 @@ func (t *PCI) setStatusLocked(v uint8) {
 			t.fail(errors.New("driver set DRIVER_OK without FEATURES_OK"))
 			return
 		}
-		if err := t.activateLocked(); err != nil {
+		if err := t.activateLocked(false); err != nil {
 			t.fail(err)
 		}
 	}
@@ -448,9 +450,10 @@ func (t *PCI) checkFeaturesLocked() error {
 	return nil
 }
 
-// activateLocked hands the enabled queues to the device.
-func (t *PCI) activateLocked() error {
-	a := &Activation{Mem: t.mem, Features: t.driverFeatures, Fail: t.fail, Log: t.log.With("device", t.name)}
+// activateLocked hands the enabled queues to the device; resumed, they go
+// on from the ring indices they hold.
+func (t *PCI) activateLocked(resumed bool) error {
+	a := &Activation{Mem: t.mem, Features: t.driverFeatures, Fail: t.fail, Log: t.log.With("device", t.name), Resumed: resumed}
 	a.Queues = make([]*Queue, t.numQueues)
 	a.Kicks = make([]<-chan struct{}, t.numQueues)
 	for i, q := range t.queues {
@@ -459,8 +462,12 @@ func (t *PCI) activateLocked() error {
 			continue
 		}
 		q := q
+		at := q.state()
 		if err := q.prepare(t.mem, t.driverFeatures, func() { t.signalQueue(q) }); err != nil {
 			return err
+		}
+		if resumed {
+			q.setPosition(at)
 		}
 		a.Queues[i] = q
 	}

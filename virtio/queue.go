@@ -55,6 +55,9 @@ type Queue struct {
 	notify            func()
 
 	nextAvail uint16
+	// inFlight has a bit per descriptor head popped and not yet pushed,
+	// so a paused queue can hand back what its device dropped (settle).
+	inFlight []atomic.Uint64
 
 	mu            sync.Mutex
 	nextUsed      uint16
@@ -101,6 +104,7 @@ func (q *Queue) prepare(mem *memory.Guest, features uint64, notify func()) error
 	q.indirect = features&FeatureIndirectDesc != 0
 	q.notify = notify
 	q.nextAvail, q.nextUsed, q.signalledUsed = 0, 0, 0
+	q.inFlight = make([]atomic.Uint64, (n+63)/64)
 	return nil
 }
 
@@ -142,6 +146,8 @@ func (q *Queue) PopAppend(buf []Buffer) (c Chain, ok bool, err error) {
 	if err != nil {
 		return c, false, fmt.Errorf("queue %d: %w", q.Index, err)
 	}
+	// appendChain checked head < Size.
+	q.inFlight[head/64].Or(1 << (head % 64))
 	return c, true, nil
 }
 
@@ -163,6 +169,7 @@ func (q *Queue) Arm() (more bool, err error) {
 // unless the driver suppressed it (§2.7.7, §2.7.10).
 func (q *Queue) Push(head uint16, written uint32) error {
 	le := binary.LittleEndian
+	q.landed(head)
 	q.mu.Lock()
 	elem := q.used[usedRingOff+usedElemSize*int(q.nextUsed%q.Size):]
 	le.PutUint32(elem, uint32(head))
@@ -197,6 +204,9 @@ func (q *Queue) PushAll(used []Used) error {
 		return nil
 	}
 	le := binary.LittleEndian
+	for _, u := range used {
+		q.landed(u.Head)
+	}
 	q.mu.Lock()
 	for i, u := range used {
 		elem := q.used[usedRingOff+usedElemSize*int((q.nextUsed+uint16(i))%q.Size):]
@@ -230,6 +240,13 @@ func (q *Queue) needNotifyLocked() bool {
 	// vring_need_event (§2.7.10): notify when used_event lies in
 	// [old, cur), i.e. the driver asked to hear about one of these.
 	return uint16(cur-usedEvent-1) < uint16(cur-old)
+}
+
+// landed clears head's in-flight bit as it goes back to the driver.
+func (q *Queue) landed(head uint16) {
+	if int(head/64) < len(q.inFlight) {
+		q.inFlight[head/64].And(^(1 << (head % 64)))
+	}
 }
 
 // Mem returns the guest memory the queue's buffers live in.

@@ -1,8 +1,10 @@
 // Package virtio is the device-independent core of the VMM's virtio 1.x
 // devices (OASIS virtio 1.2): split virtqueues with indirect descriptors and
 // EVENT_IDX, feature negotiation, the device status state machine with
-// reset, and the modern PCI transport (§4.1). Device types (virtio/blk, ...)
-// implement Device and see only queues of descriptor chains.
+// reset, and the modern PCI transport (§4.1), whose state can be saved and
+// restored with the queues going on where they were (state.go). Device
+// types (virtio/blk, ...) implement Device and see only queues of
+// descriptor chains.
 package virtio
 
 import (
@@ -94,4 +96,8 @@ type Activation struct {
 	// the queue. Safe to call from any goroutine.
 	Fail func(reason error)
 	Log  *slog.Logger
+	// Resumed is set when the device continues from saved state (PCI.Resume,
+	// PCI.Restore): the queues go on from the indices they had, and a
+	// Suspender takes up the run-time state it kept.
+	Resumed bool
 }

@@ -127,6 +127,7 @@ type ConfigSpace struct {
 	rhooks  []writeHook
 	mapper  Mapper
 	intx    *INTx       // the INTx pin, nil if the function has none
+	msix    *MSIX       // the MSI-X capability, nil if the function has none
 	msixOn  atomic.Bool // MSI-X Enable: INTx# must not be asserted
 }
 

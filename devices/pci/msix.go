@@ -94,6 +94,7 @@ func AddMSIX(cfg *ConfigSpace, bar int, tableOff, pbaOff uint64, n int, alloc MS
 		m.routes = append(m.routes, r)
 	}
 	cfg.OnWrite(off+msixControl, 2, m.controlWritten)
+	cfg.msix = m
 	return m, nil
 }
 

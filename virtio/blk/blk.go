@@ -5,7 +5,8 @@
 //
 // Files: blk.go holds the device's state and configuration space,
 // request.go parses and executes requests, event.go runs the queues,
-// direct.go does direct I/O (Config.Direct).
+// direct.go does direct I/O (Config.Direct), state.go saves and restores
+// the device (State, Restore).
 package blk
 
 import (

@@ -74,6 +74,9 @@ func (n *Net) Activate(a *virtio.Activation) error {
 	if a.Features&FeatureMQ != 0 {
 		rs.pairs = len(n.pairs)
 	}
+	if err := n.takeUpLocked(rs); err != nil {
+		return err
+	}
 	for _, p := range n.pairs[:rs.pairs] {
 		if q := a.Queues[rxQueueOf(p.index)]; q != nil {
 			rs.wg.Add(1)

@@ -6,7 +6,8 @@
 //
 // Files: net.go holds the device's state and configuration space, tap.go
 // opens the tap, rx.go and tx.go move frames, ctrl.go answers the control
-// queue, event.go runs the queues.
+// queue, event.go runs the queues, state.go saves and restores the device
+// (State, Restore).
 //
 // With one backend the device has one receive/transmit queue pair and no
 // control queue, as a plain tap. With N > 1 backends (the queues of a
@@ -138,6 +139,8 @@ type Net struct {
 
 	mu  sync.Mutex
 	run *runState // non-nil while activated
+	// resume is the run-time state a resumed Activate takes up (state.go).
+	resume *RunState
 }
 
 // pair is one receive/transmit queue pair and its backend.

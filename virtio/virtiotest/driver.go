@@ -1,7 +1,8 @@
 // Package virtiotest is a fake virtio driver for in-process device tests:
 // it lays out a split virtqueue in guest memory built from plain Go
 // buffers, posts descriptor chains and collects used entries, the way a
-// guest driver would (virtio 1.2 §2.7).
+// guest driver would (virtio 1.2 §2.7); PCI drives a device's virtio-PCI
+// transport through a PCI bus of its own (§4.1).
 package virtiotest
 
 import (
@@ -38,6 +39,7 @@ type Driver struct {
 	ram      []byte
 	mu       sync.Mutex
 	next     uint64 // bump allocator for buffers
+	end      uint64 // where the allocator's RAM ends
 	nextDesc uint16
 	availIdx uint16
 	lastUsed uint16
@@ -61,7 +63,7 @@ func NewDriverOn(ram []byte, size uint16) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{Mem: mem, Size: size, ram: ram, next: Base}
+	d := &Driver{Mem: mem, Size: size, ram: ram, next: Base, end: Base + uint64(len(ram))}
 	d.Desc = d.Alloc(16*uint64(size), 16)
 	d.Avail = d.Alloc(6+2*uint64(size), 2)
 	d.Used = d.Alloc(6+8*uint64(size), 4)
@@ -74,7 +76,7 @@ func (d *Driver) Alloc(n, align uint64) uint64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	a := (d.next + align - 1) &^ (align - 1)
-	if a+n > Base+uint64(len(d.ram)) {
+	if a+n > d.end {
 		panic(fmt.Sprintf("virtiotest: fake RAM exhausted allocating %d bytes", n))
 	}
 	d.next = a + n

@@ -155,7 +155,11 @@ func (g *fakeGuest) newRing(bufSize uint32, write bool) *ring {
 
 // newFakeGuest makes a device on a fresh socket and a fake guest driving
 // it; the guest accepts on listening ports and echoes unless told not to.
-func newFakeGuest(t testing.TB) *fakeGuest {
+func newFakeGuest(t testing.TB) *fakeGuest { return newFakeGuestWith(t, nil) }
+
+// newFakeGuestWith is newFakeGuest with attach, if not nil, connecting
+// the guest's rings to the device instead of activate.
+func newFakeGuestWith(t testing.TB, attach func(g *fakeGuest, features uint64)) *fakeGuest {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "vsk")
 	if err != nil {
@@ -192,6 +196,19 @@ func newFakeGuest(t testing.TB) *fakeGuest {
 	}
 	g.ev.free = nil
 	feat := uint64(virtio.FeatureVersion1 | FeatureStream)
+	if attach == nil {
+		attach = (*fakeGuest).activate
+	}
+	attach(g, feat)
+	go g.run()
+	t.Cleanup(g.close)
+	return g
+}
+
+// activate hands the guest's rings to the device as the transport would
+// at DRIVER_OK.
+func (g *fakeGuest) activate(feat uint64) {
+	t, mem, dev := g.t, g.mem, g.dev
 	var qs []*virtio.Queue
 	var kicks []<-chan struct{}
 	for i, r := range []*ring{g.rx, g.tx, g.ev} {
@@ -213,9 +230,6 @@ func newFakeGuest(t testing.TB) *fakeGuest {
 	if err := dev.Activate(a); err != nil {
 		t.Fatal(err)
 	}
-	go g.run()
-	t.Cleanup(g.close)
-	return g
 }
 
 func (g *fakeGuest) close() {

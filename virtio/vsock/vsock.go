@@ -15,7 +15,8 @@
 // packet.go the packet header, conn.go the per-connection state machine
 // and its Unix-socket pumps, muxer.go the event loop that owns all
 // connections, queues.go the rx/tx/event virtqueues, listener.go the
-// hybrid Unix-socket listener and its handshake.
+// hybrid Unix-socket listener and its handshake, state.go saves and
+// restores the device (State, Restore).
 package vsock
 
 import (
