@@ -77,7 +77,7 @@ func TestLinuxGuest(t *testing.T) {
 	done = step("blk ext4")
 	v.Type("mkdir -p /mnt/data && mount -t ext4 /dev/vdb /mnt/data && cat /mnt/data/hello.txt && " +
 		"echo guest-wrote-$((40+2)) > /mnt/data/guest.txt && umount /mnt/data && echo blk-ok-$((1+1))\r")
-	m, off = v.WaitFor(regexp.MustCompile(`(?s)(hello from the host).*?blk-ok-2`), off, 5*time.Minute)
+	_, off = v.WaitFor(regexp.MustCompile(`(?s)(hello from the host).*?blk-ok-2`), off, 5*time.Minute)
 	if got := debugfsCat(t, g.data, "/guest.txt"); got != "guest-wrote-42\n" {
 		t.Errorf("data disk /guest.txt = %q after the guest unmounted it, want %q", got, "guest-wrote-42\n")
 	}
@@ -88,7 +88,7 @@ func TestLinuxGuest(t *testing.T) {
 	// write-back buffer of its own.
 	done = step("blk flush")
 	v.Type("echo flushed-$((20+22)) > /dev/vdc && sync && echo raw-ok-$((2+1))\r")
-	_, off = v.WaitFor(regexp.MustCompile(`raw-ok-3`), off, 5*time.Minute)
+	v.WaitFor(regexp.MustCompile(`raw-ok-3`), off, 5*time.Minute)
 	if got := readPrefix(t, g.raw, len("flushed-42\n")); got != "flushed-42\n" {
 		t.Errorf("raw disk starts with %q after the guest's sync, want %q", got, "flushed-42\n")
 	}
