@@ -797,12 +797,10 @@ func TestAgentSubprocess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitFor(t, func() bool { _, err := os.Stat(socket); return err == nil })
-
-	nc, err := net.Dial("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Dial until it connects: the socket file appears at bind(2), before
+	// the agent's listen(2), and a connect in between is refused.
+	var nc net.Conn
+	waitFor(t, func() bool { nc, err = net.Dial("unix", socket); return err == nil })
 	ctx := ctxT(t)
 	c, _, err := client.New(ctx, nc)
 	if err != nil {
