@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/govmm/vmm/internal/testenv"
 	"github.com/govmm/vmm/vmm"
 )
 
@@ -528,7 +529,7 @@ func TestMetricsFIFO(t *testing.T) {
 	e := newEnv(t)
 	fifo := filepath.Join(e.dir, "fifo")
 	if err := mkfifo(fifo); err != nil {
-		t.Skip("mkfifo:", err)
+		testenv.Skipf(t, "mkfifo: %v", err)
 	}
 	e.mustDo("PUT", "/metrics", fmt.Sprintf(`{"metrics_path":%q}`, fifo), 204)
 	e.boot()

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 func TestParseLdd(t *testing.T) {
@@ -165,10 +167,7 @@ func TestIOStartScriptParses(t *testing.T) {
 			t.Errorf("start script lacks %q", want)
 		}
 	}
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		t.Skip("no sh for the syntax check")
-	}
+	sh := testenv.RequireCommand(t, "sh", "dash")
 	f := filepath.Join(t.TempDir(), "run.sh")
 	if err := os.WriteFile(f, []byte(script), 0o644); err != nil {
 		t.Fatal(err)
@@ -187,7 +186,7 @@ func TestSupportsDirect(t *testing.T) {
 	}
 	p := filepath.Join("/dev/shm", fmt.Sprintf("vmm-bench-direct-%d", os.Getpid()))
 	if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {
-		t.Skipf("no /dev/shm file for the tmpfs case: %v", err)
+		testenv.Skipf(t, "no /dev/shm file for the tmpfs case: %v", err)
 	}
 	defer os.Remove(p)
 	if supportsDirect(p) {

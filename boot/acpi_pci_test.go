@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 var testPCI = &PCIHostBridge{ConfigPort: 0xcf8, MMIOBase: 0xc000_0000, MMIOSize: 0x2000_0000}
@@ -106,10 +108,7 @@ func TestDSDTPCIHostBridge(t *testing.T) {
 // TestDSDTPCIDisassembles checks the AML with the ACPICA disassembler when
 // it is installed (iasl, from acpica-tools).
 func TestDSDTPCIDisassembles(t *testing.T) {
-	iasl, err := exec.LookPath("iasl")
-	if err != nil {
-		t.Skip("iasl (acpica-tools) not installed")
-	}
+	iasl := testenv.RequireCommand(t, "iasl", "acpica-tools")
 	cfg := testACPIConfig
 	cfg.PCI = testPCI
 	dir := t.TempDir()
@@ -213,10 +212,7 @@ func TestDSDTPCIFull(t *testing.T) {
 // TestACPIPCIFullDisassembles checks the DSDT and MCFG with the ACPICA
 // disassembler when it is installed (iasl, from acpica-tools).
 func TestACPIPCIFullDisassembles(t *testing.T) {
-	iasl, err := exec.LookPath("iasl")
-	if err != nil {
-		t.Skip("iasl (acpica-tools) not installed")
-	}
+	iasl := testenv.RequireCommand(t, "iasl", "acpica-tools")
 	cfg := testACPIConfig
 	cfg.PCI = testPCIFull
 	tables := acpiTables(t, cfg)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 func TestSerialAML(t *testing.T) {
@@ -29,10 +31,7 @@ func TestSerialAML(t *testing.T) {
 	}
 	cfg := testACPIConfig
 	cfg.Serial = []ISASerialPort{com1}
-	iasl, err := exec.LookPath("iasl")
-	if err != nil {
-		t.Skip("iasl (acpica-tools) not installed; AML bytes checked above")
-	}
+	iasl := testenv.RequireCommand(t, "iasl", "acpica-tools")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "dsdt.dat"), dsdtFor(t, cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ package image
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -64,7 +63,7 @@ func BuildFromDir(ctx context.Context, dir, out string, opts Options) error {
 	if len(opts.Label) > 16 {
 		return fmt.Errorf("label %q is longer than ext4's 16 bytes", opts.Label)
 	}
-	mkfs, err := findMkfs(ctx, opts.Logf)
+	mkfs, err := findTool(mkfsTool, mkfsPackage, "/usr/sbin", "/sbin")
 	if err != nil {
 		return err
 	}
@@ -155,35 +154,33 @@ func journalSize(size int64) int64 {
 	return 64 << 20
 }
 
-// findMkfs returns mkfs.ext4, installing e2fsprogs with apt-get if it is
-// missing and we can.
-func findMkfs(ctx context.Context, logf func(string, ...any)) (string, error) {
-	look := func() (string, error) {
-		if p, err := exec.LookPath("mkfs.ext4"); err == nil {
-			return p, nil
-		}
-		for _, p := range []string{"/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"} {
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
-			}
-		}
-		return "", errors.New("mkfs.ext4 not found")
-	}
-	if p, err := look(); err == nil {
+// mkfsTool is the program that makes the filesystem and mkfsPackage the
+// Debian package that installs it (the library never installs anything:
+// scripts/deps.sh does for the project's own builds and tests).
+const (
+	mkfsTool    = "mkfs.ext4"
+	mkfsPackage = "e2fsprogs"
+)
+
+// findTool returns the path of the program name, looked up on PATH and then
+// in dirs (a non-root PATH often lacks the sbin directories). The error
+// names the program and pkg, the package that provides it, and wraps
+// exec.ErrNotFound.
+func findTool(name, pkg string, dirs ...string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	if _, err := exec.LookPath("apt-get"); err != nil || os.Geteuid() != 0 {
-		return "", errors.New("mkfs.ext4 not found: install e2fsprogs")
+	for _, d := range dirs {
+		if p, err := exec.LookPath(filepath.Join(d, name)); err == nil {
+			return p, nil
+		}
 	}
-	logf("mkfs.ext4 missing: apt-get install -y e2fsprogs")
-	cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "e2fsprogs")
-	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("installing e2fsprogs: %w\n%s", err, out)
+	where := "on PATH"
+	if len(dirs) > 0 {
+		where += " and in " + strings.Join(dirs, ", ")
 	}
-	return look()
+	return "", fmt.Errorf("%s is not installed (looked %s): install the %s package: %w", name, where, pkg, exec.ErrNotFound)
 }
-
 func makeFilesystem(ctx context.Context, mkfs, dir, out string, size, inodes int64, label string) error {
 	if size < 1<<20 {
 		return fmt.Errorf("image size %d bytes is too small", size)

@@ -9,30 +9,27 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING: image tests need root (ownership, device nodes); run `go test` as root")
-	}
+	testenv.RequireRoot(t, "ownership, device nodes")
 }
 
 func requireTools(t *testing.T) {
 	t.Helper()
 	requireRoot(t)
-	if _, err := findMkfs(context.Background(), t.Logf); err != nil {
-		t.Skipf("SKIPPING: %v", err)
-	}
-	if _, err := debugfsPath(); err != nil {
-		t.Skipf("SKIPPING: %v", err)
-	}
+	testenv.RequireCommand(t, "mkfs.ext4", "e2fsprogs")
+	testenv.RequireCommand(t, "debugfs", "e2fsprogs")
 }
 
 func debugfsPath() (string, error) {
@@ -428,4 +425,35 @@ func TestBuildFromDirSizes(t *testing.T) {
 		t.Error("a failed build left an image behind")
 	}
 	t.Logf("expected error: %v", err)
+}
+
+// findTool finds a program on PATH or in the extra directories, and
+// otherwise says which program and which package are missing.
+func TestFindTool(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, path string // path: PATH while looking
+		dirs       []string
+		want       string // the path found; "" for an error
+	}{
+		{"sh", os.Getenv("PATH"), nil, sh},
+		{"sh", "", []string{"/nonexistent", filepath.Dir(sh)}, filepath.Join(filepath.Dir(sh), "sh")},
+		{"vmm-image-no-such-tool", os.Getenv("PATH"), []string{filepath.Dir(sh)}, ""},
+		{"sh", "", []string{"/nonexistent"}, ""},
+	} {
+		t.Setenv("PATH", tt.path)
+		got, err := findTool(tt.name, "vmm-test-package", tt.dirs...)
+		if tt.want != "" {
+			if got != tt.want || err != nil {
+				t.Errorf("findTool(%q, PATH=%q, %q) = %q, %v; want %q", tt.name, tt.path, tt.dirs, got, err, tt.want)
+			}
+			continue
+		}
+		if err == nil || !errors.Is(err, exec.ErrNotFound) || !strings.Contains(err.Error(), tt.name) || !strings.Contains(err.Error(), "vmm-test-package") {
+			t.Errorf("findTool(%q, PATH=%q, %q) = %q, %v; want an exec.ErrNotFound naming the tool and the package", tt.name, tt.path, tt.dirs, got, err)
+		}
+	}
 }

@@ -180,7 +180,7 @@ func applyEntry(t *tree, tr *tar.Reader, hdr *tar.Header, opts extractOptions) e
 		return err
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // tar.Reader reports the legacy TypeRegA as TypeReg
 		fd, err := unix.Openat(parent, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return fmt.Errorf("creating /%s: %w", rel, err)

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 // Shared artefacts, built once per test binary by TestMain.
@@ -91,7 +93,7 @@ func build() (artefacts, error) {
 func requireKVM(t *testing.T) {
 	t.Helper()
 	if shared.vmm == "" {
-		t.Skip("SKIPPING: /dev/kvm is absent on this host; this VM test did not run")
+		testenv.Skip(t, "/dev/kvm is absent on this host; this VM test did not run")
 	}
 }
 

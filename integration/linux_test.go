@@ -78,7 +78,7 @@ func TestLinuxGuest(t *testing.T) {
 	done = step("blk ext4")
 	v.Type("mkdir -p /mnt/data && mount -t ext4 /dev/vdb /mnt/data && cat /mnt/data/hello.txt && " +
 		"echo guest-wrote-$((40+2)) > /mnt/data/guest.txt && umount /mnt/data && echo blk-ok-$((1+1))\r")
-	m, off = v.WaitFor(regexp.MustCompile(`(?s)(hello from the host).*?blk-ok-2`), off, 5*time.Minute)
+	_, off = v.WaitFor(regexp.MustCompile(`(?s)(hello from the host).*?blk-ok-2`), off, 5*time.Minute)
 	if got := debugfsCat(t, g.data, "/guest.txt"); got != "guest-wrote-42\n" {
 		t.Errorf("data disk /guest.txt = %q after the guest unmounted it, want %q", got, "guest-wrote-42\n")
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 // netNS is a network namespace the test creates for itself, with one tap
@@ -48,14 +50,10 @@ func newNetNS(t *testing.T, n int) *netNS {
 func newNetNSTap(t *testing.T, n int, multiQueue bool) *netNS {
 	t.Helper()
 	requireKVM(t)
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING: creating network namespaces needs root")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("SKIPPING: ip(8) not installed")
-	}
+	testenv.RequireRoot(t, "creating network namespaces")
+	testenv.RequireCommand(t, "ip", "iproute2")
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("SKIPPING: /dev/net/tun is absent")
+		testenv.Skip(t, "/dev/net/tun is absent")
 	}
 	ns := &netNS{name: fmt.Sprintf("vmmtest-%d-%d", os.Getpid(), n), tap: nsTap}
 	ipCmd(t, "netns", "add", ns.name)

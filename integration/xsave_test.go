@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 // TestGuestXSAVE runs the test guest's xsave=1 checks: in ring 0 it enables
@@ -30,7 +32,7 @@ func TestGuestXSAVE(t *testing.T) {
 			kernel := filepath.Join(shared.testGuest, tt.image)
 			code, out, stderr := runVMM(t, testGuestTimeout, "--kernel", kernel, "--debug-exit", "--cpus", tt.cpus, "--cmdline", "xsave=1 exit=3")
 			if strings.Contains(out, "testguest: xsave unsupported") {
-				t.Skip("SKIPPING: the CPU has no XSAVE")
+				testenv.Skip(t, "the CPU has no XSAVE")
 			}
 			if code != 3 {
 				t.Fatalf("exit status %d, want 3\nconsole:\n%s\nstderr:\n%s", code, out, stderr)

@@ -9,14 +9,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 // openOrSkip opens /dev/kvm; only a host with no KVM device at all skips.
 func openOrSkip(t *testing.T) *System {
 	t.Helper()
-	if !Available() {
-		t.Skip("SKIPPING: " + DevicePath + " is absent on this host; KVM tests did not run")
-	}
+	testenv.RequireKVM(t)
 	s, err := Open()
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,8 @@ package kvm
 import (
 	"encoding/binary"
 	"testing"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 // The ioctl numbers encode the struct sizes: _IOR/_IOW(KVMIO, nr, size).
@@ -30,7 +32,7 @@ func TestXSAVERoundTrip(t *testing.T) {
 	s := openOrSkip(t)
 	for _, c := range []Capability{CapXSAVE, CapXCRS} {
 		if n, err := s.CheckExtension(c); err != nil || n <= 0 {
-			t.Skipf("SKIPPING: host lacks %v", c)
+			testenv.Skipf(t, "host lacks %v", c)
 		}
 	}
 	vm, err := s.CreateVM()

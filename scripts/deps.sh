@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmm's build and tests need, if any is missing.
+# The tests ask for each by name and package through internal/testenv: a
+# missing one skips them, or under VMM_TEST_STRICT=1 (CI) fails them.
 set -euo pipefail
 
 need=()
-have() { command -v "$1" >/dev/null 2>&1; }
+# have looks in the sbin directories too, which a non-root PATH may lack.
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+# static reports whether $1 is an ELF without a program interpreter, as
+# guest/testimage requires of busybox (containers run it with no libc).
+static() { [[ -x $1 ]] && ! grep -aq 'ld-linux' <(head -c 4096 "$1"); }
 have gcc || need+=(gcc)
 have ld || need+=(binutils)
 have make || need+=(make)
 have cpio || need+=(cpio)
-have mkfs.ext4 || need+=(e2fsprogs)
+# mkfs.ext4 and debugfs: the image builder, its tests and the agent's.
+have mkfs.ext4 && have debugfs || need+=(e2fsprogs)
+# ip: network namespaces and taps for the net tests.
 have ip || need+=(iproute2)
-[[ -x /bin/busybox ]] || need+=(busybox-static)
-have debugfs || need+=(e2fsprogs)
+# losetup: the agent's block-device rootfs test.
+have losetup || need+=(mount)
+# iasl: the ACPI tables' disassembly checks in boot.
+have iasl || need+=(acpica-tools)
+# A static busybox: the test image and the agent's containers.
+static /bin/busybox || static /usr/bin/busybox || need+=(busybox-static)
 [[ -f /usr/src/linux-source-6.12.tar.xz ]] || need+=(linux-source-6.12)
 
 if ! have go; then

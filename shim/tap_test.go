@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 func TestMissingTaps(t *testing.T) {
@@ -26,7 +28,7 @@ func TestDeleteTap(t *testing.T) {
 	name := fmt.Sprintf("vmmshim%d", os.Getpid()%100000)
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		t.Skipf("no /dev/net/tun: %v", err)
+		testenv.Skipf(t, "no /dev/net/tun: %v", err)
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
@@ -35,11 +37,11 @@ func TestDeleteTap(t *testing.T) {
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		t.Skipf("cannot create a tap (needs CAP_NET_ADMIN): %v", err)
+		testenv.Skipf(t, "cannot create a tap (needs CAP_NET_ADMIN): %v", err)
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
 		unix.Close(fd)
-		t.Skipf("cannot make the tap persistent: %v", err)
+		testenv.Skipf(t, "cannot make the tap persistent: %v", err)
 	}
 	unix.Close(fd)
 	if _, err := net.InterfaceByName(name); err != nil {

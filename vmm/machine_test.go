@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/govmm/vmm/internal/testenv"
 	"github.com/govmm/vmm/kvm"
 )
 
@@ -24,7 +25,7 @@ import (
 func buildTestGuest(t *testing.T) string {
 	t.Helper()
 	if !kvm.Available() {
-		t.Skip("SKIPPING: /dev/kvm is absent on this host; VM tests did not run")
+		testenv.Skip(t, "/dev/kvm is absent on this host; VM tests did not run")
 	}
 	dir := t.TempDir()
 	out, err := exec.Command("bash", "../guest/testguest/build.sh", dir).CombinedOutput()
@@ -147,7 +148,7 @@ func TestStopFromHost(t *testing.T) {
 
 func TestNewRejectsBadKernel(t *testing.T) {
 	if !kvm.Available() {
-		t.Skip("SKIPPING: /dev/kvm is absent on this host")
+		testenv.Skip(t, "/dev/kvm is absent on this host")
 	}
 	f := filepath.Join(t.TempDir(), "k")
 	os.WriteFile(f, bytes.Repeat([]byte{0x90}, 8192), 0o644)

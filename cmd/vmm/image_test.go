@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 func TestImageMainUsage(t *testing.T) {
@@ -31,9 +33,8 @@ func TestImageMainUsage(t *testing.T) {
 }
 
 func TestImageMainBuild(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING: building images needs root (mkfs.ext4 -d copies ownership); run as root")
-	}
+	testenv.RequireRoot(t, "mkfs.ext4 -d copies ownership")
+	testenv.RequireCommand(t, "mkfs.ext4", "e2fsprogs")
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "hello"), []byte("hi\n"), 0o644)
 	out := filepath.Join(t.TempDir(), "img.ext4")

@@ -17,6 +17,10 @@
 // Command-line flags given explicitly (--kernel, --mem, ...) are the
 // starting configuration that the file and the API override. The process
 // exits when the machine ends, with the machine's exit status.
+//
+// Its subcommands (`vmm --help` lists them, from commands): `vmm run` runs
+// a command in a container in a microVM of its own, on an ext4 image that
+// `vmm image build` makes.
 package main
 
 import (
@@ -49,14 +53,54 @@ const shutdownTimeout = 2 * time.Second
 const exitUsage = 2
 
 func main() {
-	args := os.Args[1:]
-	if len(args) > 0 && args[0] == "image" {
-		os.Exit(imageMain(args[1:], os.Stdout, os.Stderr))
+	os.Exit(dispatch(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// command is a subcommand: `vmm NAME ...`.
+type command struct {
+	name     string // the first argument, which selects it
+	synopsis string // how `vmm --help` names it (after "vmm ")
+	summary  string // what it does, in one line of `vmm --help`
+	// main runs it with the arguments after name and returns the exit
+	// status.
+	main func(args []string, stdin io.Reader, stdout, stderr io.Writer) int
+}
+
+// commands are the subcommands, in the order `vmm --help` lists them.
+func commands() []command {
+	return []command{
+		{"run", "run", "run a command in a container on an ext4 image, in a microVM of its own", runMain},
+		{"image", "image build", "build an ext4 container image from a directory, an OCI image or a tarball",
+			func(args []string, _ io.Reader, stdout, stderr io.Writer) int { return imageMain(args, stdout, stderr) }},
 	}
-	if len(args) > 0 && args[0] == "run" {
-		os.Exit(runMain(args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// dispatch runs the subcommand args name, or without one boots a VM from
+// the flags, and returns the exit status.
+func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		for _, c := range commands() {
+			if args[0] == c.name {
+				return c.main(args[1:], stdin, stdout, stderr)
+			}
+		}
 	}
-	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
+	return run(args, stdin, stdout, stderr)
+}
+
+// printUsage writes `vmm --help` up to the flags: the subcommands, one line
+// each, then what vmm does without one.
+func printUsage(w io.Writer) {
+	cmds := commands()
+	width := 0
+	for _, c := range cmds {
+		width = max(width, len(c.synopsis))
+	}
+	fmt.Fprintln(w, "usage: vmm COMMAND [ARG...]\n       vmm [flags]\n\ncommands (`vmm COMMAND --help` for each one's flags):")
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  vmm %-*s  %s\n", width, c.synopsis, c.summary)
+	}
+	fmt.Fprintln(w, "\nWithout a command, vmm boots a Linux kernel in a KVM virtual machine on a\nserial console. On a terminal, Ctrl-A x ends the VM.\n\nflags:")
 }
 
 type options struct {
@@ -88,7 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.cfg.SystemMap, "system-map", "", "System.map for symbolizing guest addresses (default: beside the kernel)")
 	fs.BoolVar(&o.cfg.DebugExit, "debug-exit", false, "map the test exit device at port 0xf4 (guest-chosen exit status)")
 	fs.DurationVar(&o.cfg.SampleRIP, "sample-rip", 0, "sample vCPU instruction pointers at this interval and log the hottest guest symbols every 10 s (at --log-level info or debug)")
-	fs.Var(diskFlag{&o.cfg.Drives}, "disk", "virtio-blk disk: path=FILE[,ro][,id=NAME][,root][,direct] (repeatable); direct (or direct=on) opens the image with O_DIRECT, bypassing the host page cache")
+	fs.Var(diskFlag{&o.cfg.Drives}, "disk", "virtio-blk disk: path=FILE[,ro][,id=NAME][,root][,direct][,io_engine=sync|async] (repeatable); direct (or direct=on) opens the image with O_DIRECT, bypassing the host page cache; io_engine=async submits requests through io_uring (the default where the host allows it), io_engine=sync through a pool of threads")
 	fs.Var(netFlag{&o.cfg.Nets}, "net", "virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=NAME][,queues=N] (repeatable)")
 	fs.Var(entropyFlag{&o.cfg.Entropy}, "entropy", "virtio-rng device: the guest reads random bytes from the host's getrandom (Linux: /dev/hwrng)")
 	fs.Var(vsockFlag{&o.cfg.Vsock}, "vsock", "virtio-vsock device with a Firecracker-style hybrid Unix socket: cid=N,uds=PATH")
@@ -105,7 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if *help {
 		fs.SetOutput(stderr)
-		fmt.Fprintln(stderr, "usage: vmm [flags]\n\nBoots a Linux kernel in a KVM virtual machine on a serial console.\nOn a terminal, Ctrl-A x ends the VM.\n\nflags:")
+		printUsage(stderr)
 		fs.PrintDefaults()
 		return nil, flag.ErrHelp
 	}

@@ -79,3 +79,50 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		}
 	}
 }
+
+// `vmm --help` names every subcommand, one line each, before the flags (a
+// newcomer must find `vmm run` there), and each one it names answers its
+// own --help through the same dispatch as main.
+func TestHelpNamesCommands(t *testing.T) {
+	for _, arg := range []string{"--help", "-h"} {
+		var stdout, stderr bytes.Buffer
+		if code := dispatch([]string{arg}, nil, &stdout, &stderr); code != 0 {
+			t.Fatalf("vmm %s: status %d, stderr %q", arg, code, stderr.String())
+		}
+		help := stderr.String()
+		flags := strings.Index(help, "\nflags:")
+		if flags < 0 {
+			t.Fatalf("vmm %s lists no flags:\n%s", arg, help)
+		}
+		// The issue's names, not only the table's, so a dropped row fails.
+		for _, want := range []string{"vmm run ", "vmm image build "} {
+			if i := strings.Index(help, want); i < 0 || i > flags {
+				t.Errorf("vmm %s does not name %q before the flags:\n%s", arg, want, help)
+			}
+		}
+		for _, c := range commands() {
+			line := ""
+			for _, l := range strings.Split(help[:flags], "\n") {
+				if strings.HasPrefix(strings.TrimSpace(l), "vmm "+c.synopsis+" ") {
+					line = l
+				}
+			}
+			if !strings.Contains(line, c.summary) {
+				t.Errorf("vmm %s: no line naming %q with its summary %q:\n%s", arg, c.synopsis, c.summary, help)
+			}
+		}
+		if !strings.Contains(help[flags:], "io_engine=sync|async") {
+			t.Errorf("vmm %s: --disk's help does not name io_engine:\n%s", arg, help)
+		}
+	}
+	for _, c := range commands() {
+		args := append(strings.Fields(c.synopsis), "--help")
+		var stdout, stderr bytes.Buffer
+		if code := dispatch(args, nil, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "usage:") || !strings.Contains(stderr.String(), "vmm "+c.synopsis) {
+			t.Errorf("vmm %s: status %d, stderr %q; want 0 and its usage", strings.Join(args, " "), code, stderr.String())
+		}
+		if strings.Contains(stderr.String(), "\ncommands") {
+			t.Errorf("vmm %s printed vmm's own help, not the command's", strings.Join(args, " "))
+		}
+	}
+}

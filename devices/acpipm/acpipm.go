@@ -4,8 +4,6 @@
 // FADT.
 package acpipm
 
-import "sync"
-
 // Register offsets within the device's range.
 const (
 	SleepControl = 0 // FADT SLEEP_CONTROL_REG
@@ -33,7 +31,6 @@ const ResetValue = 1
 
 // PM is the device.
 type PM struct {
-	mu         sync.Mutex
 	onPowerOff func()
 	onReset    func()
 }

@@ -591,11 +591,10 @@ func (a *fakeLines) NewLevelIRQ(gsi uint32, asserted func() bool) (LevelIRQ, err
 	return l, nil
 }
 
-// intxFunc raises its interrupt when cond is set.
+// intxFunc is a function with an INTx pin.
 type intxFunc struct {
 	cfg  *ConfigSpace
 	intx *INTx
-	cond bool
 }
 
 func (f *intxFunc) Config() *ConfigSpace { return f.cfg }

@@ -21,6 +21,7 @@ import (
 	"github.com/govmm/vmm/guest/agent/protocol"
 	"github.com/govmm/vmm/guest/testimage"
 	"github.com/govmm/vmm/image"
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 // TestMain lets the test binary double as the init helper: the agent
@@ -48,9 +49,7 @@ type harness struct {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING: the agent tests need root (namespaces, mounts, cgroups); run `go test` as root")
-	}
+	testenv.RequireRoot(t, "namespaces, mounts, cgroups")
 }
 
 func newHarness(t *testing.T) *harness {
@@ -64,7 +63,7 @@ func newHarnessAt(t *testing.T, cgroupRoot string) *harness {
 	requireRoot(t)
 	busybox, err := testimage.FindBusybox()
 	if err != nil {
-		t.Skipf("SKIPPING: %v", err)
+		testenv.Skipf(t, "%v (package busybox-static; `make deps` installs it)", err)
 	}
 	cgroups, err := newCgroupManager(cgroupRoot, fmt.Sprintf("vmm-agent-test-%d-%s", os.Getpid(), sanitize(t.Name())))
 	if err != nil {
@@ -742,16 +741,14 @@ func TestReconnect(t *testing.T) {
 // loop device, as the guest gets one as /dev/vda.
 func TestBlockDeviceRootfs(t *testing.T) {
 	h := newHarness(t)
-	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("SKIPPING: no losetup")
-	}
+	testenv.RequireCommand(t, "losetup", "mount")
 	img := filepath.Join(t.TempDir(), "rootfs.ext4")
 	if err := image.BuildFromDir(ctxT(t), h.rootfs(), img, image.Options{}); err != nil {
-		t.Skipf("SKIPPING: cannot build an ext4 image: %v", err)
+		testenv.Skipf(t, "cannot build an ext4 image: %v", err)
 	}
 	out, err := exec.Command("losetup", "--find", "--show", img).Output()
 	if err != nil {
-		t.Skipf("SKIPPING: no loop device: %v", err)
+		testenv.Skipf(t, "no loop device: %v", err)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() {
@@ -787,7 +784,7 @@ func TestAgentSubprocess(t *testing.T) {
 	requireRoot(t)
 	busybox, err := testimage.FindBusybox()
 	if err != nil {
-		t.Skipf("SKIPPING: %v", err)
+		testenv.Skipf(t, "%v (package busybox-static; `make deps` installs it)", err)
 	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "agent.sock")
@@ -800,12 +797,10 @@ func TestAgentSubprocess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitFor(t, func() bool { _, err := os.Stat(socket); return err == nil })
-
-	nc, err := net.Dial("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Dial until it connects: the socket file appears at bind(2), before
+	// the agent's listen(2), and a connect in between is refused.
+	var nc net.Conn
+	waitFor(t, func() bool { nc, err = net.Dial("unix", socket); return err == nil })
 	ctx := ctxT(t)
 	c, _, err := client.New(ctx, nc)
 	if err != nil {
@@ -859,7 +854,7 @@ func TestCgroupV2(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err != nil {
 		root = "/sys/fs/cgroup/unified"
 		if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err != nil {
-			t.Skip("SKIPPING: no cgroup v2 hierarchy on this host")
+			testenv.Skip(t, "no cgroup v2 hierarchy on this host")
 		}
 	}
 	h := newHarnessAt(t, root)

@@ -28,7 +28,7 @@ var v1Controllers = [...]string{"memory", "cpu"}
 
 func newCgroupManager(root, parent string) (*cgroupManager, error) {
 	if parent == "" || filepath.IsAbs(parent) || strings.Contains(parent, "..") {
-		return nil, fmt.Errorf("cgroup parent %q: want a relative path without ..", parent)
+		return nil, fmt.Errorf("cgroup parent %q: want a relative path with no \"..\" in it", parent)
 	}
 	m := &cgroupManager{root: root, parent: parent}
 	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {

@@ -4,12 +4,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/govmm/vmm/internal/testenv"
 )
 
 func TestPopulate(t *testing.T) {
 	busybox, err := FindBusybox()
 	if err != nil {
-		t.Skipf("SKIPPING: %v", err)
+		testenv.Skipf(t, "%v (package busybox-static; `make deps` installs it)", err)
 	}
 	dir := t.TempDir()
 	if err := Populate(dir, busybox); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/govmm/vmm/internal/testenv"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
 
@@ -44,7 +45,7 @@ func directDir(t *testing.T) string {
 			return dir
 		}
 	}
-	t.Skip("SKIPPED: neither TMPDIR nor /var/tmp supports O_DIRECT; direct I/O is untested")
+	testenv.Skip(t, "neither TMPDIR nor /var/tmp supports O_DIRECT; direct I/O is untested")
 	return ""
 }
 
@@ -79,7 +80,7 @@ func forcedAlign(t *testing.T, a *dioAlign) func(*os.File) (dioAlign, error) {
 			return host, err
 		}
 		if a.off%host.off != 0 || a.mem%host.mem != 0 {
-			t.Skipf("host alignment %+v does not divide the forced %+v", host, *a)
+			testenv.Skipf(t, "host alignment %+v does not divide the forced %+v", host, *a)
 		}
 		return *a, nil
 	}
@@ -465,7 +466,7 @@ func tmpfsDir(t *testing.T) string {
 func TestDirectOpenErrors(t *testing.T) {
 	dir := tmpfsDir(t)
 	if dir == "" {
-		t.Skip("no tmpfs")
+		testenv.Skip(t, "no tmpfs")
 	}
 	p := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/govmm/vmm/internal/testenv"
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
@@ -144,7 +145,7 @@ func newDPEnv(b *testing.B) *dpEnv {
 		if _, err := os.Stat(tunDevice); err == nil {
 			probe := fmt.Sprintf("vmmbench-%d-probe", os.Getpid())
 			if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
-				b.Skipf("SKIPPED: the net data-path benchmarks need a network namespace of their own: ip netns add: %v: %s", err, out)
+				testenv.Skipf(b, "the net data-path benchmarks need a network namespace of their own: ip netns add: %v: %s", err, out)
 			}
 			_ = exec.Command("ip", "netns", "del", probe).Run()
 		}

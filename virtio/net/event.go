@@ -217,14 +217,6 @@ func appendGuestBuffers(v iovec, q *virtio.Queue, c virtio.Chain, writable bool)
 // iovec is a list of guest-memory slices.
 type iovec [][]byte
 
-func (v iovec) size() uint64 {
-	var n uint64
-	for _, b := range v {
-		n += uint64(len(b))
-	}
-	return n
-}
-
 // copyIn copies p into v from byte off on and returns how much fitted.
 func (v iovec) copyIn(off uint64, p []byte) int {
 	done := 0

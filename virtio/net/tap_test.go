@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/govmm/vmm/internal/testenv"
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
@@ -48,14 +49,10 @@ func ipOut(t *testing.T, args ...string) string {
 // 10.201.0.1/24 (multi-queue if multi); both go away with the test.
 func newTapNetNS(t testing.TB, suffix string, multi bool) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("ip(8) not installed")
-	}
+	testenv.RequireRoot(t, "to create a network namespace")
+	testenv.RequireCommand(t, "ip", "iproute2")
 	if _, err := os.Stat(tunDevice); err != nil {
-		t.Skip("no " + tunDevice)
+		testenv.Skip(t, "no "+tunDevice)
 	}
 	ns := fmt.Sprintf("vmmtest-%d-%s", os.Getpid(), suffix)
 	ipCmd(t, "netns", "add", ns)
