@@ -4,10 +4,6 @@
 // segmentation offloads included) and frames move between the tap and guest
 // memory with readv/writev and no intermediate copy.
 //
-// Files: net.go holds the device's state and configuration space, tap.go
-// opens the tap, rx.go and tx.go move frames, ctrl.go answers the control
-// queue, event.go runs the queues.
-//
 // With one backend the device has one receive/transmit queue pair and no
 // control queue, as a plain tap. With N > 1 backends (the queues of a
 // multi-queue tap, OpenTapQueues) it offers VIRTIO_NET_F_MQ with
@@ -136,8 +132,10 @@ type Net struct {
 	// goroutine, and Reset once that goroutine has stopped).
 	pairsMu sync.Mutex
 
-	mu  sync.Mutex
-	run *runState // non-nil while activated
+	// life runs the receive, transmit and control loops between
+	// Activate and Reset; run is their state, set and cleared under it.
+	life virtio.Lifecycle
+	run  *runState
 }
 
 // pair is one receive/transmit queue pair and its backend.
@@ -328,14 +326,7 @@ func (n *Net) setMAC(mac []byte, notify bool) {
 func (n *Net) ReadConfig(off uint64, data []byte) {
 	n.cfgMu.Lock()
 	defer n.cfgMu.Unlock()
-	for i := range data {
-		o := off + uint64(i)
-		if o < cfgLen {
-			data[i] = n.config[o]
-		} else {
-			data[i] = 0
-		}
-	}
+	virtio.ReadConfig(n.config[:], off, data)
 }
 
 // WriteConfig implements virtio.Device. The configuration is read-only for
