@@ -106,9 +106,6 @@ type Run struct {
 	cleanups []func()
 }
 
-// Activation returns what the run was started with.
-func (r *Run) Activation() *Activation { return r.a }
-
 // Log returns the activation's logger, or one that discards.
 func (r *Run) Log() *slog.Logger { return r.log }
 

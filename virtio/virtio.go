@@ -3,6 +3,11 @@
 // EVENT_IDX, feature negotiation, the device status state machine with
 // reset, and the modern PCI transport (§4.1). Device types (virtio/blk, ...)
 // implement Device and see only queues of descriptor chains.
+//
+// What every device type needs besides comes with it: Iovec and Chain's
+// copy helpers for the bytes of a chain, ReadConfig for a configuration
+// space, and Lifecycle for the goroutines that serve the queues between
+// Activate and Reset (its example is a whole one-queue device).
 package virtio
 
 import (
