@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
@@ -269,17 +267,8 @@ func TestLifecycleDeadline(t *testing.T) {
 // TestServe: a Serve worker hands every chain to its handler and returns
 // it with the length the handler gives; a handler error fails the device.
 func TestServe(t *testing.T) {
-	// mmap'd RAM, which the race detector does not track: the fake driver
-	// posts while the device pops, as a guest does.
-	ram, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Munmap(ram) })
-	d, err := virtiotest.NewDriverOn(ram, qsize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The fake driver posts while the device pops, as a guest does.
+	d := virtiotest.NewMappedDriver(t, 1<<20, qsize)
 	irq := make(chan struct{}, 16)
 	q, err := d.Queue(0, func() { irq <- struct{}{} })
 	if err != nil {
