@@ -257,10 +257,12 @@ func TestLifecycleDeadline(t *testing.T) {
 	if !returned.Load() || took < 200*time.Millisecond {
 		t.Errorf("Stop returned after %v, before the stubborn worker (returned: %v)", took, returned.Load())
 	}
+	// The warning names the first stage's workers still running (the
+	// prompt one too, on a machine slow enough), not the later stage's.
 	recs := logs.all()
 	if len(recs) != 1 || !strings.HasPrefix(recs[0], "WARN ") || !strings.Contains(recs[0], "virtio-test dev0") ||
-		!strings.Contains(recs[0], "[stubborn]") {
-		t.Errorf("logged %q, want one warning naming only the stubborn worker", recs)
+		!strings.Contains(recs[0], "stubborn") || strings.Contains(recs[0], "pool") {
+		t.Errorf("logged %q, want one warning naming the stubborn worker", recs)
 	}
 }
 
