@@ -2,9 +2,14 @@
 // devices (OASIS virtio 1.2): split virtqueues with indirect descriptors and
 // EVENT_IDX, feature negotiation, the device status state machine with
 // reset, and the modern PCI transport (§4.1), whose state can be saved and
-// restored with the queues going on where they were (state.go). Device
+// restored with the queues going on where they were (PCIState). Device
 // types (virtio/blk, ...) implement Device and see only queues of
 // descriptor chains.
+//
+// What every device type needs besides comes with it: Iovec and Chain's
+// copy helpers for the bytes of a chain, ReadConfig for a configuration
+// space, and Lifecycle for the goroutines that serve the queues between
+// Activate and Reset (its example is a whole one-queue device).
 package virtio
 
 import (

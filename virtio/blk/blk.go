@@ -2,11 +2,6 @@
 // raw image file. Requests are served by a small pool of goroutines doing
 // positional reads and writes straight into guest memory, so several
 // requests are in flight at once and no device work runs on vCPU threads.
-//
-// Files: blk.go holds the device's state and configuration space,
-// request.go parses and executes requests, event.go runs the queues,
-// direct.go does direct I/O (Config.Direct), state.go saves and restores
-// the device (State, Restore).
 package blk
 
 import (
@@ -132,8 +127,9 @@ type Block struct {
 	swapMu sync.Mutex
 	path   string
 
-	mu  sync.Mutex
-	run *runState // non-nil while activated
+	// life runs the queue goroutines and the worker pool between
+	// Activate and Reset.
+	life virtio.Lifecycle
 }
 
 // openImage opens and locks a disk image: exclusively for a writable disk,
@@ -404,14 +400,7 @@ func (b *Block) QueueSizes() []uint16 {
 func (b *Block) ReadConfig(off uint64, data []byte) {
 	b.cfgMu.Lock()
 	defer b.cfgMu.Unlock()
-	for i := range data {
-		o := off + uint64(i)
-		if o < cfgLen {
-			data[i] = b.config[o]
-		} else {
-			data[i] = 0
-		}
-	}
+	virtio.ReadConfig(b.config[:], off, data)
 }
 
 // WriteConfig implements virtio.Device. Only the writeback field is

@@ -60,15 +60,7 @@ func newHarness(t testing.TB, cfg Config) *harness {
 	// mmap'd RAM, as the benchmarks use: run reads the used index while
 	// the device writes it, ordered by the ring protocol as with a real
 	// guest (the race detector tracks the Go heap, not such mappings).
-	ram, err := unix.Mmap(-1, 0, 4<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Munmap(ram) })
-	d, err := virtiotest.NewDriverOn(ram, testQueue)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := virtiotest.NewMappedDriver(t, 4<<20, testQueue)
 	h := &harness{t: t, b: b, d: d, kick: make(chan struct{}, 1), notes: make(chan struct{}, 4096), fails: make(chan error, 16)}
 	h.features = b.Features() | virtio.FeatureVersion1 | virtio.FeatureIndirectDesc
 	if h.q, err = d.Queue(h.features, func() { h.notes <- struct{}{} }); err != nil {

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
@@ -123,15 +121,7 @@ func newDPRig(b *testing.B, img string, c dpCase) *dpRig {
 	b.Cleanup(func() { blk.Close() })
 	// mmap'd RAM: the device reads and writes it while the fake guest
 	// runs, ordered by the ring protocol as with a real guest.
-	ram, err := unix.Mmap(-1, 0, dpRAM, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { unix.Munmap(ram) })
-	d, err := virtiotest.NewDriverOn(ram, dpQueue)
-	if err != nil {
-		b.Fatal(err)
-	}
+	d := virtiotest.NewMappedDriver(b, dpRAM, dpQueue)
 	r := &dpRig{b: blk, d: d, kick: make(chan struct{}, 1), irq: make(chan struct{}, 1), fails: make(chan error, 4), reap: virtiotest.UsedReader{Driver: d}}
 	typ := uint32(typeIn)
 	if c.write {

@@ -8,6 +8,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/govmm/vmm/virtio"
 )
 
 // Direct I/O (Config.Direct): the image is opened with O_DIRECT, so guest
@@ -122,8 +124,8 @@ func (d *directIO) close() {
 
 // inPlace reports whether v can be transferred at off with O_DIRECT as it
 // is: offset, length, every segment's address and length aligned.
-func (d *directIO) inPlace(v iovec, off int64) bool {
-	if off%d.align.off != 0 || int64(v.size())%d.align.off != 0 {
+func (d *directIO) inPlace(v virtio.Iovec, off int64) bool {
+	if off%d.align.off != 0 || int64(v.Len())%d.align.off != 0 {
 		return false
 	}
 	for _, s := range v {
@@ -158,10 +160,10 @@ func (d *directIO) bounce() ([]byte, func()) {
 }
 
 // readDirect fills v from the image at off through O_DIRECT.
-func (b *Block) readDirect(v iovec, off int64) error {
+func (b *Block) readDirect(v virtio.Iovec, off int64) error {
 	d := b.dio
 	fd := int(b.file.Fd())
-	rest := int64(v.size())
+	rest := int64(v.Len())
 	if rest == 0 {
 		return nil
 	}
@@ -172,6 +174,7 @@ func (b *Block) readDirect(v iovec, off int64) error {
 	buf, put := d.bounce()
 	defer put()
 	al := d.align.off
+	var done uint64 // bytes of v filled
 	for rest > 0 {
 		start := off - off%al
 		skip := off - start
@@ -182,8 +185,8 @@ func (b *Block) readDirect(v iovec, off int64) error {
 		if err := preadAtLeast(fd, buf[:end-start], start, skip+k); err != nil {
 			return err
 		}
-		v.copyIn(buf[skip : skip+k])
-		v = v.skip(uint64(k))
+		v.CopyIn(buf[skip:skip+k], done)
+		done += uint64(k)
 		off += k
 		rest -= k
 	}
@@ -191,10 +194,10 @@ func (b *Block) readDirect(v iovec, off int64) error {
 }
 
 // writeDirect writes v to the image at off through O_DIRECT.
-func (b *Block) writeDirect(v iovec, off int64) error {
+func (b *Block) writeDirect(v virtio.Iovec, off int64) error {
 	d := b.dio
 	al := d.align.off
-	n := int64(v.size())
+	n := int64(v.Len())
 	if n == 0 {
 		return nil
 	}
@@ -223,6 +226,7 @@ func (b *Block) writeDirect(v iovec, off int64) error {
 	b.bounced.Add(1)
 	buf, put := d.bounce()
 	defer put()
+	var done uint64 // bytes of v written
 	for rest := n; rest > 0; {
 		start := off - off%al
 		skip := off - start
@@ -239,9 +243,9 @@ func (b *Block) writeDirect(v iovec, off int64) error {
 				return fmt.Errorf("read-modify-write: %w", err)
 			}
 		}
-		v.copyOut(blk[skip : skip+k])
-		v = v.skip(uint64(k))
-		if err := pwritevFull(fd, iovec{blk}, start); err != nil {
+		v.CopyOut(blk[skip:skip+k], done)
+		done += uint64(k)
+		if err := pwritevFull(fd, virtio.Iovec{blk}, start); err != nil {
 			return err
 		}
 		off += k

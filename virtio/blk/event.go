@@ -9,15 +9,13 @@ import (
 )
 
 // runState is the device while activated: one goroutine per queue turns
-// the driver's notifications into jobs, a pool of workers executes them.
+// the driver's notifications into jobs, a pool of workers executes them
+// (Block.life runs both).
 type runState struct {
 	a     *virtio.Activation
 	log   *slog.Logger
-	stop  chan struct{}
 	work  workList
 	rings []*ringQueue // per queue, with EngineAsync (nil entries: none)
-	loops sync.WaitGroup
-	pool  sync.WaitGroup
 }
 
 // job is one request popped from a queue. Jobs are recycled: chain's
@@ -112,81 +110,67 @@ func (w *workList) close() {
 	w.more.Broadcast()
 }
 
-// Activate implements virtio.Device.
+// Activate implements virtio.Device. At Reset the queue goroutines stop
+// taking requests first; then the pool, in a later stage, finishes the
+// ones in flight (they write guest memory) once the rings have completed
+// theirs.
 func (b *Block) Activate(a *virtio.Activation) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.run != nil {
-		return fmt.Errorf("virtio-blk %s: already active", b.cfg.ID)
-	}
-	log := a.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	rs := &runState{a: a, log: log, stop: make(chan struct{})}
-	rs.work.more.L = &rs.work.mu
-	for range b.cfg.Workers {
-		rs.pool.Add(1)
-		go b.worker(rs)
-	}
-	rs.rings = make([]*ringQueue, len(a.Queues))
-	for i, q := range a.Queues {
-		if q == nil || b.cfg.Engine != EngineAsync {
-			continue
+	return b.life.Start(a, "virtio-blk "+b.cfg.ID, func(run *virtio.Run) error {
+		rs := &runState{a: a, log: run.Log()}
+		rs.work.more.L = &rs.work.mu
+		pool := run.Later()
+		for range b.cfg.Workers {
+			pool.Go("I/O worker", func(<-chan struct{}) { b.worker(rs) })
 		}
-		rq, err := newRingQueue(b, rs, q)
-		if err != nil {
-			// Checked at Open; the pool serves this queue.
-			log.Warn("virtio-blk: no io_uring for a queue; using the worker pool", "id", b.cfg.ID, "queue", i, "err", err)
-			continue
+		rs.rings = make([]*ringQueue, len(a.Queues))
+		for i, q := range a.Queues {
+			if q == nil || b.cfg.Engine != EngineAsync {
+				continue
+			}
+			rq, err := newRingQueue(b, rs, q)
+			if err != nil {
+				// Checked at Open; the pool serves this queue.
+				rs.log.Warn("virtio-blk: no io_uring for a queue; using the worker pool", "id", b.cfg.ID, "queue", i, "err", err)
+				continue
+			}
+			rs.rings[i] = rq
 		}
-		rs.rings[i] = rq
-	}
-	for i, q := range a.Queues {
-		if q == nil {
-			continue
+		pool.OnStop(func() {
+			for _, rq := range rs.rings {
+				if rq != nil {
+					rq.close()
+				}
+			}
+			rs.work.close()
+		})
+		for i, q := range a.Queues {
+			if q == nil {
+				continue
+			}
+			run.Go(fmt.Sprintf("queue %d", i), func(stop <-chan struct{}) {
+				b.queueLoop(rs, q, rs.rings[i], a.Kicks[i], stop)
+			})
 		}
-		rs.loops.Add(1)
-		go b.queueLoop(rs, q, rs.rings[i], a.Kicks[i])
-	}
-	b.run = rs
-	return nil
+		return nil
+	})
 }
 
 // Reset implements virtio.Device: stop taking requests, let the ones in
-// flight finish (they write guest memory), then forget the queues.
-func (b *Block) Reset() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	rs := b.run
-	if rs == nil {
-		return
-	}
-	close(rs.stop)
-	rs.loops.Wait()
-	for _, rq := range rs.rings {
-		if rq != nil {
-			rq.close()
-		}
-	}
-	rs.work.close()
-	rs.pool.Wait()
-	b.run = nil
-}
+// flight finish, then forget the queues.
+func (b *Block) Reset() { b.life.Stop() }
 
 // queueLoop drains q whenever the driver notifies it, until stopped or the
 // driver breaks the queue.
-func (b *Block) queueLoop(rs *runState, q *virtio.Queue, rq *ringQueue, kick <-chan struct{}) {
-	defer rs.loops.Done()
+func (b *Block) queueLoop(rs *runState, q *virtio.Queue, rq *ringQueue, kick, stop <-chan struct{}) {
 	var batch, spare []*job
 	for {
 		// Buffers may already be there (a kick before activation).
 		var ok bool
-		if batch, spare, ok = b.drain(rs, q, rq, batch, spare); !ok {
+		if batch, spare, ok = b.drain(rs, q, rq, stop, batch, spare); !ok {
 			return
 		}
 		select {
-		case <-rs.stop:
+		case <-stop:
 			return
 		case <-kick:
 		}
@@ -197,7 +181,7 @@ func (b *Block) queueLoop(rs *runState, q *virtio.Queue, rq *ringQueue, kick <-c
 // not nil) or the workers, then re-arms notifications; ok=false means
 // stop. batch and spare are the caller's, kept from call to call: popped
 // jobs not yet published, and free jobs to pop into.
-func (b *Block) drain(rs *runState, q *virtio.Queue, rq *ringQueue, batch, spare []*job) (_, _ []*job, ok bool) {
+func (b *Block) drain(rs *runState, q *virtio.Queue, rq *ringQueue, stop <-chan struct{}, batch, spare []*job) (_, _ []*job, ok bool) {
 	// flush submits to the ring, publishes batch and takes the free jobs
 	// back into spare.
 	publish := func() {
@@ -255,7 +239,7 @@ func (b *Block) drain(rs *runState, q *virtio.Queue, rq *ringQueue, batch, spare
 		}
 		flush()
 		select {
-		case <-rs.stop:
+		case <-stop:
 			return batch, spare, false
 		default:
 		}
@@ -282,7 +266,6 @@ const ioRun = 16
 // reading across a run of up to ioRun jobs that are there without waiting,
 // and never while it waits.
 func (b *Block) worker(rs *runState) {
-	defer rs.pool.Done()
 	var r request // parsed into again for every job
 	var done *job
 	held := 0 // jobs served under the current hold of b.io; 0: not held

@@ -8,25 +8,6 @@ import (
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
 
-// TestIovecSkip: skip drops whole and partial segments and never changes
-// the iovec it was given.
-func TestIovecSkip(t *testing.T) {
-	v := iovec{[]byte("abc"), []byte("de"), []byte("fghi")}
-	want := map[uint64]string{0: "abcdefghi", 2: "cdefghi", 3: "defghi", 4: "efghi", 5: "fghi", 7: "hi", 9: ""}
-	for n, w := range want {
-		var got []byte
-		for _, s := range v.skip(n) {
-			got = append(got, s...)
-		}
-		if string(got) != w {
-			t.Errorf("skip(%d) = %q, want %q", n, got, w)
-		}
-	}
-	if string(v[0]) != "abc" || string(v[1]) != "de" || string(v[2]) != "fghi" {
-		t.Errorf("skip changed its iovec: %q", v)
-	}
-}
-
 // TestParseLayouts parses requests framed in unusual ways into one reused
 // request: the header split over descriptors and sharing one with data,
 // the status byte at the end of a data buffer; nothing of an earlier
@@ -74,14 +55,14 @@ func TestParseLayouts(t *testing.T) {
 		if r.typ != typeOut || r.sector != 77 {
 			t.Errorf("%s: type %d sector %d", l.name, r.typ, r.sector)
 		}
-		got := make([]byte, r.out.size())
-		r.out.copyOut(got)
+		got := make([]byte, r.out.Len())
+		r.out.CopyOut(got, 0)
 		want := d.Read(out+headerLen, l.out)
 		if !bytes.Equal(got, want) {
 			t.Errorf("%s: out data differs (%d bytes, want %d)", l.name, len(got), l.out)
 		}
-		if r.in.size() != uint64(l.in) {
-			t.Errorf("%s: %d writable data bytes, want %d", l.name, r.in.size(), l.in)
+		if r.in.Len() != uint64(l.in) {
+			t.Errorf("%s: %d writable data bytes, want %d", l.name, r.in.Len(), l.in)
 		}
 		s, _ := d.Mem.Slice(l.statusAt, 1)
 		if &r.status[0] != &s[0] {

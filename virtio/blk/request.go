@@ -44,63 +44,13 @@ const (
 // no status byte); the driver broke the protocol.
 var errMalformed = errors.New("malformed virtio-blk request")
 
-// iovec is a list of guest-memory slices, the scatter-gather view of one
-// direction of a chain.
-type iovec [][]byte
-
-func (v iovec) size() uint64 {
-	var n uint64
-	for _, b := range v {
-		n += uint64(len(b))
-	}
-	return n
-}
-
-// skip returns v without its first n bytes (n <= v.size()), in a new
-// array when a segment is cut, so v itself is left as it is.
-func (v iovec) skip(n uint64) iovec {
-	for len(v) > 0 && n >= uint64(len(v[0])) {
-		n -= uint64(len(v[0]))
-		v = v[1:]
-	}
-	if n == 0 || len(v) == 0 {
-		return v
-	}
-	rest := make(iovec, len(v))
-	copy(rest, v)
-	rest[0] = rest[0][n:]
-	return rest
-}
-
-// copyOut copies the first len(p) bytes of v into p.
-func (v iovec) copyOut(p []byte) {
-	for _, b := range v {
-		if len(p) == 0 {
-			return
-		}
-		n := copy(p, b)
-		p = p[n:]
-	}
-}
-
-// copyIn copies p into v from its start.
-func (v iovec) copyIn(p []byte) {
-	for _, b := range v {
-		if len(p) == 0 {
-			return
-		}
-		n := copy(b, p)
-		p = p[n:]
-	}
-}
-
 // request is one parsed block request. A worker keeps one and parses
 // request after request into it: out and in reuse their arrays.
 type request struct {
 	typ    uint32
 	sector uint64
-	out    iovec // device-readable data after the header
-	in     iovec // device-writable data before the status byte
+	out    virtio.Iovec // device-readable data after the header
+	in     virtio.Iovec // device-writable data before the status byte
 	status []byte
 }
 
@@ -115,26 +65,16 @@ func parse(mem *memory.Guest, c *virtio.Chain, r *request) error {
 	if c.WriteLen < 1 {
 		return fmt.Errorf("%w: no writable status byte", errMalformed)
 	}
-	r.out, r.in = r.out[:0], r.in[:0]
 	var hdr [headerLen]byte
-	got := 0 // header bytes copied so far
-	for _, b := range c.Buffers {
-		s, err := mem.Slice(b.Addr, uint64(b.Len))
-		if err != nil {
-			return err
-		}
-		switch {
-		case b.Write:
-			r.in = append(r.in, s)
-		case got < headerLen:
-			n := copy(hdr[got:], s)
-			got += n
-			if n < len(s) {
-				r.out = append(r.out, s[n:])
-			}
-		default:
-			r.out = append(r.out, s)
-		}
+	if _, err := c.CopyOut(mem, hdr[:], 0); err != nil {
+		return err
+	}
+	var err error
+	if r.out, err = c.AppendReadable(r.out[:0], mem, headerLen); err != nil {
+		return err
+	}
+	if r.in, err = c.AppendWritable(r.in[:0], mem, 0); err != nil {
+		return err
 	}
 	// The status byte is the last writable one.
 	last := len(r.in) - 1
@@ -163,7 +103,7 @@ func (r *request) release() {
 func (b *Block) execute(r *request, features uint64, log *slog.Logger) (status byte, written uint32) {
 	switch r.typ {
 	case typeIn:
-		n := r.in.size()
+		n := r.in.Len()
 		if err := b.checkRange(r.sector, n); err != nil {
 			b.logIOError(log, r, err)
 			return StatusIOErr, 1
@@ -177,7 +117,7 @@ func (b *Block) execute(r *request, features uint64, log *slog.Logger) (status b
 		if b.cfg.ReadOnly {
 			return StatusIOErr, 1
 		}
-		if err := b.checkRange(r.sector, r.out.size()); err != nil {
+		if err := b.checkRange(r.sector, r.out.Len()); err != nil {
 			b.logIOError(log, r, err)
 			return StatusIOErr, 1
 		}
@@ -198,8 +138,8 @@ func (b *Block) execute(r *request, features uint64, log *slog.Logger) (status b
 	case typeGetID:
 		var id [IDLen]byte
 		copy(id[:], b.cfg.ID)
-		n := min(r.in.size(), IDLen)
-		r.in.copyIn(id[:n])
+		n := min(r.in.Len(), IDLen)
+		r.in.CopyIn(id[:n], 0)
 		return StatusOK, uint32(n) + 1
 	case typeDiscard, typeWriteZeroes:
 		feat := uint64(FeatureDiscard)
@@ -230,11 +170,11 @@ func (b *Block) checkRange(sector, n uint64) error {
 
 // discard executes one DISCARD or WRITE_ZEROES segment (max_*_seg is 1).
 func (b *Block) discard(r *request, log *slog.Logger) byte {
-	if r.out.size() != segmentLen {
+	if r.out.Len() != segmentLen {
 		return StatusIOErr
 	}
 	var seg [segmentLen]byte
-	r.out.copyOut(seg[:])
+	r.out.CopyOut(seg[:], 0)
 	sector := binary.LittleEndian.Uint64(seg[0:])
 	count := binary.LittleEndian.Uint32(seg[8:])
 	flags := binary.LittleEndian.Uint32(seg[12:])
@@ -290,7 +230,7 @@ func (b *Block) writeZeroes(off, n int64) error {
 	zero := alignedBuffer(min(n, 1<<20), bouncePoolAlign)
 	for done := int64(0); done < n; {
 		k := min(int64(len(zero)), n-done)
-		if err := b.pwritev(iovec{zero[:k]}, off+done); err != nil {
+		if err := b.pwritev(virtio.Iovec{zero[:k]}, off+done); err != nil {
 			return err
 		}
 		done += k
@@ -299,7 +239,7 @@ func (b *Block) writeZeroes(off, n int64) error {
 }
 
 // preadv fills v from the image at off.
-func (b *Block) preadv(v iovec, off int64) error {
+func (b *Block) preadv(v virtio.Iovec, off int64) error {
 	if b.dio != nil {
 		return b.readDirect(v, off)
 	}
@@ -307,7 +247,7 @@ func (b *Block) preadv(v iovec, off int64) error {
 }
 
 // pwritev writes v to the image at off.
-func (b *Block) pwritev(v iovec, off int64) error {
+func (b *Block) pwritev(v virtio.Iovec, off int64) error {
 	if b.dio != nil {
 		return b.writeDirect(v, off)
 	}
@@ -315,8 +255,8 @@ func (b *Block) pwritev(v iovec, off int64) error {
 }
 
 // preadvFull fills v from fd at off, retrying short reads.
-func preadvFull(fd int, v iovec, off int64) error {
-	rest := v.size()
+func preadvFull(fd int, v virtio.Iovec, off int64) error {
+	rest := v.Len()
 	for rest > 0 {
 		var n int
 		var err error
@@ -338,7 +278,7 @@ func preadvFull(fd int, v iovec, off int64) error {
 		}
 		if rest -= uint64(n); rest > 0 {
 			// A short read, rare: go on with the rest.
-			v = v.skip(uint64(n))
+			v = v.Skip(uint64(n))
 		}
 		off += int64(n)
 	}
@@ -346,8 +286,8 @@ func preadvFull(fd int, v iovec, off int64) error {
 }
 
 // pwritevFull writes v to fd at off, retrying short writes.
-func pwritevFull(fd int, v iovec, off int64) error {
-	rest := v.size()
+func pwritevFull(fd int, v virtio.Iovec, off int64) error {
+	rest := v.Len()
 	for rest > 0 {
 		var n int
 		var err error
@@ -363,7 +303,7 @@ func pwritevFull(fd int, v iovec, off int64) error {
 			return fmt.Errorf("write at byte %d: %w", off, err)
 		}
 		if rest -= uint64(n); rest > 0 {
-			v = v.skip(uint64(n))
+			v = v.Skip(uint64(n))
 		}
 		off += int64(n)
 	}

@@ -117,9 +117,9 @@ func (rq *ringQueue) start(j *job) (taken bool, spare *job) {
 	}
 	switch s.r.typ {
 	case typeIn:
-		s.want = s.r.in.size()
+		s.want = s.r.in.Len()
 	case typeOut:
-		s.want = s.r.out.size()
+		s.want = s.r.out.Len()
 	case typeFlush:
 		s.want = 0
 	default:
@@ -327,11 +327,11 @@ func (rq *ringQueue) finish(s *ringSlot, res int32) error {
 		return nil
 	case typeIn:
 		if done < s.want {
-			return preadvFull(fd, s.r.in.skip(done), s.off+int64(done))
+			return preadvFull(fd, s.r.in.Skip(done), s.off+int64(done))
 		}
 	case typeOut:
 		if done < s.want {
-			return pwritevFull(fd, s.r.out.skip(done), s.off+int64(done))
+			return pwritevFull(fd, s.r.out.Skip(done), s.off+int64(done))
 		}
 	}
 	return nil

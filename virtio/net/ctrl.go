@@ -95,39 +95,11 @@ func readCtrl(mem *memory.Guest, c virtio.Chain) (ctrlRequest, error) {
 		n, r.tooLong = ctrlHdrLen, true
 	}
 	b := make([]byte, n)
-	done := uint64(0)
-	for _, buf := range c.Buffers {
-		if buf.Write || done == n {
-			break
-		}
-		k := min(uint64(buf.Len), n-done)
-		if err := mem.ReadAt(b[done:done+k], buf.Addr); err != nil {
-			return r, fmt.Errorf("%w: control chain head %d: %v", errMalformed, c.Head, err)
-		}
-		done += k
+	if _, err := c.CopyOut(mem, b, 0); err != nil {
+		return r, fmt.Errorf("%w: control chain head %d: %v", errMalformed, c.Head, err)
 	}
 	r.class, r.cmd, r.data = b[0], b[1], b[ctrlHdrLen:]
 	return r, nil
-}
-
-// ctrlLoop answers the driver's control commands until stopped or the
-// driver breaks the queue.
-func (n *Net) ctrlLoop(rs *runState, q *virtio.Queue, kick <-chan struct{}) {
-	defer rs.wg.Done()
-	for {
-		c, ok := n.nextChain(rs, q, kick)
-		if !ok {
-			return
-		}
-		if err := n.ctrlChain(rs, q.Mem(), c); err != nil {
-			n.fail(rs, err)
-			return
-		}
-		if err := q.Push(c.Head, 1); err != nil {
-			n.fail(rs, err)
-			return
-		}
-	}
 }
 
 // ctrlChain executes the command in c and writes its ack; an error means

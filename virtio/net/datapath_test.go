@@ -261,16 +261,7 @@ type dpRig struct {
 }
 
 func dpRAMDriver(b *testing.B) *virtiotest.Driver {
-	ram, err := unix.Mmap(-1, 0, dpRAM, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { unix.Munmap(ram) })
-	d, err := virtiotest.NewDriverOn(ram, dpQueue)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return d
+	return virtiotest.NewMappedDriver(b, dpRAM, dpQueue)
 }
 
 // newRig makes the device with the offloads a Linux guest negotiates and

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/govmm/vmm/virtio"
@@ -21,9 +20,8 @@ type runState struct {
 	// pairs is the number of queue pairs in the negotiated queue layout:
 	// max_virtqueue_pairs with VIRTIO_NET_F_MQ, else 1.
 	pairs int
-	ctrl  ctrlState // the control queue goroutine's
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	ctrl  ctrlState       // the control queue goroutine's
+	stop  <-chan struct{} // closes when Reset begins (Net.life)
 }
 
 // stopped reports whether Reset began.
@@ -43,78 +41,78 @@ func (n *Net) fail(rs *runState, err error) {
 
 // Activate implements virtio.Device: tell the tap which offloads the
 // guest accepts, then start the receive, transmit and control loops.
+//
+// Reset stops them: it interrupts the loops (a deadline in the past wakes
+// a goroutine parked in the poller), waits until none touches guest
+// memory, withdraws the offloads, and returns to one queue pair and the
+// configured MAC.
 func (n *Net) Activate(a *virtio.Activation) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.run != nil {
-		return fmt.Errorf("virtio-net %s: already active", n.cfg.ID)
-	}
-	log := a.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if want := len(n.QueueSizes()); len(a.Queues) != want || len(a.Kicks) != want {
-		return fmt.Errorf("virtio-net %s: %d queues, want %d", n.cfg.ID, len(a.Queues), want)
-	}
-	if err := n.CheckFeatures(a.Features); err != nil {
-		return err
-	}
-	// Offloads belong to the interface; the first queue is always on.
-	if err := n.pairs[0].be.SetOffload(tunOffloads(a.Features)); err != nil {
-		return fmt.Errorf("virtio-net %s: %w", n.cfg.ID, err)
-	}
-	// Clear the deadline an earlier Reset used to stop the loops.
-	for _, p := range n.pairs {
-		if err := p.be.SetDeadline(time.Time{}); err != nil {
-			return fmt.Errorf("virtio-net %s: backend %d: %w", n.cfg.ID, p.index, err)
+	return n.life.Start(a, "virtio-net "+n.cfg.ID, func(run *virtio.Run) error {
+		if want := len(n.QueueSizes()); len(a.Queues) != want || len(a.Kicks) != want {
+			return fmt.Errorf("virtio-net %s: %d queues, want %d", n.cfg.ID, len(a.Queues), want)
 		}
-	}
-	rs := &runState{a: a, log: log, features: a.Features, mrg: a.Features&FeatureMrgRxbuf != 0, pairs: 1, stop: make(chan struct{})}
-	rs.ctrl.reset(a.Features)
-	if a.Features&FeatureMQ != 0 {
-		rs.pairs = len(n.pairs)
-	}
-	if err := n.takeUpLocked(rs); err != nil {
-		return err
-	}
-	for _, p := range n.pairs[:rs.pairs] {
-		if q := a.Queues[rxQueueOf(p.index)]; q != nil {
-			rs.wg.Add(1)
-			go n.rxLoop(rs, p, q, a.Kicks[rxQueueOf(p.index)])
+		if err := n.CheckFeatures(a.Features); err != nil {
+			return err
 		}
-		if q := a.Queues[txQueueOf(p.index)]; q != nil {
-			rs.wg.Add(1)
-			go n.txLoop(rs, p, q, a.Kicks[txQueueOf(p.index)])
+		// Offloads belong to the interface; the first queue is always on.
+		if err := n.pairs[0].be.SetOffload(tunOffloads(a.Features)); err != nil {
+			return fmt.Errorf("virtio-net %s: %w", n.cfg.ID, err)
 		}
-	}
-	if a.Features&FeatureCtrlVQ != 0 {
-		if i := 2 * rs.pairs; a.Queues[i] != nil {
-			rs.wg.Add(1)
-			go n.ctrlLoop(rs, a.Queues[i], a.Kicks[i])
+		// Clear the deadline an earlier Reset used to stop the loops.
+		for _, p := range n.pairs {
+			if err := p.be.SetDeadline(time.Time{}); err != nil {
+				return fmt.Errorf("virtio-net %s: backend %d: %w", n.cfg.ID, p.index, err)
+			}
 		}
-	}
-	n.run = rs
-	return nil
+		rs := &runState{a: a, log: run.Log(), features: a.Features, mrg: a.Features&FeatureMrgRxbuf != 0, pairs: 1, stop: run.Stopping()}
+		rs.ctrl.reset(a.Features)
+		if a.Features&FeatureMQ != 0 {
+			rs.pairs = len(n.pairs)
+		}
+		n.mu.Lock()
+		err := n.takeUpLocked(rs)
+		n.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		run.OnStop(func() { n.interrupt(rs) })
+		run.Cleanup(func() { n.restore(rs) })
+		for _, p := range n.pairs[:rs.pairs] {
+			if i := rxQueueOf(p.index); a.Queues[i] != nil {
+				run.Go(fmt.Sprintf("receive %d", p.index), func(<-chan struct{}) { n.rxLoop(rs, p, a.Queues[i], a.Kicks[i]) })
+			}
+			if i := txQueueOf(p.index); a.Queues[i] != nil {
+				run.Go(fmt.Sprintf("transmit %d", p.index), func(<-chan struct{}) { n.txLoop(rs, p, a.Queues[i], a.Kicks[i]) })
+			}
+		}
+		if a.Features&FeatureCtrlVQ != 0 {
+			run.Serve(2*rs.pairs, func(q *virtio.Queue, c virtio.Chain) (uint32, error) {
+				// The ack byte is all the device writes.
+				return 1, n.ctrlChain(rs, q.Mem(), c)
+			})
+		}
+		n.mu.Lock()
+		n.run = rs
+		n.mu.Unlock()
+		return nil
+	})
 }
 
-// Reset implements virtio.Device: interrupt the loops (a deadline in the
-// past wakes a goroutine parked in the poller), wait until none touches
-// guest memory, withdraw the offloads, and return to one queue pair and
-// the configured MAC.
-func (n *Net) Reset() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	rs := n.run
-	if rs == nil {
-		return
-	}
-	close(rs.stop)
+// Reset implements virtio.Device (see Activate).
+func (n *Net) Reset() { n.life.Stop() }
+
+// interrupt wakes the loops waiting in the poller for their backends.
+func (n *Net) interrupt(rs *runState) {
 	for _, p := range n.pairs {
 		if err := p.be.SetDeadline(time.Unix(1, 0)); err != nil {
 			rs.log.Warn("virtio-net: interrupting the backend", "id", n.cfg.ID, "queue", p.index, "err", err)
 		}
 	}
-	rs.wg.Wait()
+}
+
+// restore returns the device, once its loops stopped, to the state after
+// a reset: no offloads, one queue pair, the configured MAC.
+func (n *Net) restore(rs *runState) {
 	if err := n.pairs[0].be.SetOffload(0); err != nil {
 		rs.log.Warn("virtio-net: clearing offloads", "id", n.cfg.ID, "err", err)
 	}
@@ -124,7 +122,9 @@ func (n *Net) Reset() {
 	// The driver reads the MAC again after a reset; nothing compares
 	// config_generation across one.
 	n.setMAC(n.cfg.MAC, false)
+	n.mu.Lock()
 	n.run = nil
+	n.mu.Unlock()
 }
 
 // setPairs turns queue pairs [0, k) on and the rest off: an off pair's
@@ -164,84 +164,4 @@ func (n *Net) waitOn(rs *runState, p *pair) bool {
 		}
 	}
 	return true
-}
-
-// nextChain pops the next chain of q, waiting for the driver to post one
-// (re-arming notifications first); ok=false means stop.
-func (n *Net) nextChain(rs *runState, q *virtio.Queue, kick <-chan struct{}) (virtio.Chain, bool) {
-	for {
-		c, ok, err := q.Pop()
-		if err != nil {
-			n.fail(rs, err)
-			return c, false
-		}
-		if ok {
-			return c, true
-		}
-		more, err := q.Arm()
-		if err != nil {
-			n.fail(rs, err)
-			return c, false
-		}
-		if more {
-			continue
-		}
-		select {
-		case <-rs.stop:
-			return c, false
-		case <-kick:
-		}
-	}
-}
-
-// guestBuffers maps a chain's readable or writable buffers.
-func guestBuffers(q *virtio.Queue, c virtio.Chain, writable bool) (iovec, error) {
-	return appendGuestBuffers(nil, q, c, writable)
-}
-
-// appendGuestBuffers is guestBuffers appending to v.
-func appendGuestBuffers(v iovec, q *virtio.Queue, c virtio.Chain, writable bool) (iovec, error) {
-	for _, b := range c.Buffers {
-		if b.Write != writable {
-			continue
-		}
-		s, err := q.Mem().Slice(b.Addr, uint64(b.Len))
-		if err != nil {
-			return nil, fmt.Errorf("queue %d head %d: %w", q.Index, c.Head, err)
-		}
-		v = append(v, s)
-	}
-	return v, nil
-}
-
-// iovec is a list of guest-memory slices.
-type iovec [][]byte
-
-// copyIn copies p into v from byte off on and returns how much fitted.
-func (v iovec) copyIn(off uint64, p []byte) int {
-	done := 0
-	for _, b := range v {
-		if done == len(p) {
-			break
-		}
-		if off >= uint64(len(b)) {
-			off -= uint64(len(b))
-			continue
-		}
-		done += copy(b[off:], p[done:])
-		off = 0
-	}
-	return done
-}
-
-// copyOut copies v into p and returns how much it copied.
-func (v iovec) copyOut(p []byte) int {
-	done := 0
-	for _, b := range v {
-		if done == len(p) {
-			break
-		}
-		done += copy(p[done:], b)
-	}
-	return done
 }

@@ -4,11 +4,6 @@
 // segmentation offloads included) and frames move between the tap and guest
 // memory with readv/writev and no intermediate copy.
 //
-// Files: net.go holds the device's state and configuration space, tap.go
-// opens the tap, rx.go and tx.go move frames, ctrl.go answers the control
-// queue, event.go runs the queues, state.go saves and restores the device
-// (State, Restore).
-//
 // With one backend the device has one receive/transmit queue pair and no
 // control queue, as a plain tap. With N > 1 backends (the queues of a
 // multi-queue tap, OpenTapQueues) it offers VIRTIO_NET_F_MQ with
@@ -137,9 +132,14 @@ type Net struct {
 	// goroutine, and Reset once that goroutine has stopped).
 	pairsMu sync.Mutex
 
-	mu  sync.Mutex
-	run *runState // non-nil while activated
-	// resume is the run-time state a resumed Activate takes up (state.go).
+	// life runs the receive, transmit and control loops between
+	// Activate and Reset.
+	life virtio.Lifecycle
+	// mu guards run, the running loops' state (set by Activate, cleared
+	// once they stopped), and resume, the run-time state a resumed
+	// Activate takes up (state.go).
+	mu     sync.Mutex
+	run    *runState
 	resume *RunState
 }
 
@@ -331,14 +331,7 @@ func (n *Net) setMAC(mac []byte, notify bool) {
 func (n *Net) ReadConfig(off uint64, data []byte) {
 	n.cfgMu.Lock()
 	defer n.cfgMu.Unlock()
-	for i := range data {
-		o := off + uint64(i)
-		if o < cfgLen {
-			data[i] = n.config[o]
-		} else {
-			data[i] = 0
-		}
-	}
+	virtio.ReadConfig(n.config[:], off, data)
 }
 
 // WriteConfig implements virtio.Device. The configuration is read-only for

@@ -56,16 +56,7 @@ func newPair(t testing.TB) (*pairBackend, *os.File) {
 // guest does, and the ring protocol (not Go's memory model) orders it.
 func newDriver(t testing.TB) *virtiotest.Driver {
 	t.Helper()
-	ram, err := unix.Mmap(-1, 0, testRAM, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Munmap(ram) })
-	d, err := virtiotest.NewDriverOn(ram, testQueue)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return virtiotest.NewMappedDriver(t, testRAM, testQueue)
 }
 
 // harness is a fake guest driving a Net's two queues; each queue has its

@@ -18,7 +18,7 @@ var errMalformed = errors.New("malformed virtio-net buffer")
 // rxChain is one receive chain mapped to guest memory.
 type rxChain struct {
 	head uint16
-	buf  iovec
+	buf  virtio.Iovec
 	size uint64
 }
 
@@ -27,7 +27,11 @@ type rxChain struct {
 // (and, past the tap's queue length, are dropped and counted) in the host
 // kernel, never silently in the VMM (back-pressure).
 func (n *Net) takeRx(rs *runState, q *virtio.Queue, kick <-chan struct{}) (rxChain, bool) {
-	c, ok := n.nextChain(rs, q, kick)
+	c, ok, err := virtio.NextChain(q, kick, rs.stop)
+	if err != nil {
+		n.fail(rs, err)
+		return rxChain{}, false
+	}
 	if !ok {
 		return rxChain{}, false
 	}
@@ -44,7 +48,7 @@ func (n *Net) mapRx(rs *runState, q *virtio.Queue, c virtio.Chain) (rxChain, boo
 			errMalformed, c.Head, c.ReadLen, c.WriteLen, HeaderLen))
 		return rxChain{}, false
 	}
-	v, err := guestBuffers(q, c, true)
+	v, err := c.AppendWritable(nil, q.Mem(), 0)
 	if err != nil {
 		n.fail(rs, err)
 		return rxChain{}, false
@@ -166,7 +170,7 @@ func (f *rxFrames) frame(first rxChain, got uint64, overflow []byte) (used, ok b
 			if c, start, ok = f.next(start); !ok {
 				return true, false
 			}
-			k := c.buf.copyIn(0, tail)
+			k := c.buf.CopyIn(tail, 0)
 			tail = tail[k:]
 			f.used = append(f.used, virtio.Used{Head: c.head, Written: uint32(k)})
 			f.chains = append(f.chains, c)
@@ -176,7 +180,7 @@ func (f *rxFrames) frame(first rxChain, got uint64, overflow []byte) (used, ok b
 	// chains the frame uses. The tap leaves the field alone.
 	var nb [2]byte
 	binary.LittleEndian.PutUint16(nb[:], uint16(len(f.used)-start))
-	first.buf.copyIn(hdrNumBuffersOff, nb[:])
+	first.buf.CopyIn(nb[:], hdrNumBuffersOff)
 	f.frames++
 	f.bytes += got - HeaderLen
 	return true, true
@@ -241,7 +245,6 @@ func (f *rxFrames) publish() bool {
 // read the backend, and frames read just before the pair went off are
 // dropped rather than published.
 func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{}) {
-	defer rs.wg.Done()
 	f := &rxFrames{n: n, rs: rs, p: p, q: q, kick: kick}
 	rr := n.openRxRing(rs, p)
 	defer func() {
@@ -252,7 +255,7 @@ func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 	// overflow takes the part of a frame that doesn't fit the first
 	// chain: spread over further chains with MRG_RXBUF, dropped without.
 	overflow := make([]byte, HeaderLen+maxFrameLen)
-	var iov iovec // the chain's buffers, then overflow; reused across frames
+	var iov virtio.Iovec // the chain's buffers, then overflow; reused across frames
 	fr := newFrameReader()
 	for {
 		if !n.waitOn(rs, p) {
@@ -302,7 +305,7 @@ func (n *Net) rxLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 // frameReader is readv of one frame as the callback of the backend's
 // RawConn.Read, made once per receive loop rather than once per frame.
 type frameReader struct {
-	v   iovec
+	v   virtio.Iovec
 	got int
 	err error
 	fn  func(fd uintptr) bool
@@ -319,7 +322,7 @@ func newFrameReader() *frameReader {
 
 // readFrame reads one frame with its header into v, waiting in the poller
 // for one to arrive; ok=false means stop.
-func (n *Net) readFrame(rs *runState, p *pair, r *frameReader, v iovec) (uint64, bool) {
+func (n *Net) readFrame(rs *runState, p *pair, r *frameReader, v virtio.Iovec) (uint64, bool) {
 	r.v = v
 	defer func() { r.v = nil }()
 	for {

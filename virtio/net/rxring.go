@@ -139,7 +139,7 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 					s.hostBuf = make([]byte, got)
 				}
 				s.host = s.hostBuf[:got]
-				n := s.c.buf.copyOut(s.host)
+				n := s.c.buf.CopyOut(s.host, 0)
 				if uint64(n) < got {
 					copy(s.host[n:], s.ovf)
 				}
@@ -165,7 +165,7 @@ func (r *rxRing) burst(f *rxFrames) (frames int, ok bool) {
 			if first, _, ok = f.next(len(f.used)); !ok {
 				return frames, false
 			}
-			n := first.buf.copyIn(0, s.host)
+			n := first.buf.CopyIn(s.host, 0)
 			ovf = s.host[n:]
 			s.host = nil
 		} else if s.ovf != nil {

@@ -28,10 +28,9 @@ const txBatch = 64
 // on a detached tap queue): frames posted before the driver turned the
 // pair off must complete.
 func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{}) {
-	defer rs.wg.Done()
 	var gather []byte
 	var used []virtio.Used
-	var bufs iovec // the chain's buffers, reused from chain to chain
+	var bufs virtio.Iovec // the chain's buffers, reused from chain to chain
 	w := newFrameWriter()
 	tr := n.openTxRing(rs, p)
 	defer func() {
@@ -45,7 +44,7 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 	// and the frames linked after it: ECANCELED) is written the blocking
 	// way, which waits for room or for Reset; order is kept, since a
 	// burst's writes are linked and stop at the first that fails.
-	sent := func(v iovec, size uint64, res int32) bool {
+	sent := func(v virtio.Iovec, size uint64, res int32) bool {
 		switch {
 		case res >= 0:
 			n.stats.TxFrames.Add(1)
@@ -125,7 +124,7 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 				errMalformed, c.Head, c.ReadLen, c.WriteLen, HeaderLen))
 			return
 		}
-		bufs, err = appendGuestBuffers(bufs[:0], q, c, false)
+		bufs, err = c.AppendReadable(bufs[:0], q.Mem(), 0)
 		if err != nil {
 			n.fail(rs, err)
 			return
@@ -155,7 +154,7 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 				n.stats.TxDropped.Add(1)
 				v = nil
 			} else {
-				v = iovec{gather[:v.copyOut(gather)]}
+				v = virtio.Iovec{gather[:v.CopyOut(gather, 0)]}
 			}
 		}
 		if v != nil {
@@ -174,7 +173,7 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 // frameWriter is writev of one frame as the callback of the backend's
 // RawConn.Write, made once per transmit loop rather than once per frame.
 type frameWriter struct {
-	v   iovec
+	v   virtio.Iovec
 	err error
 	fn  func(fd uintptr) bool
 }
@@ -191,7 +190,7 @@ func newFrameWriter() *frameWriter {
 // writeFrame writes one header+frame to the backend; ok=false means stop.
 // A frame the host refuses (a bad GSO header, an oversized frame, a link
 // that is down) is dropped and counted, as a NIC would.
-func (n *Net) writeFrame(rs *runState, p *pair, w *frameWriter, v iovec, size uint64) bool {
+func (n *Net) writeFrame(rs *runState, p *pair, w *frameWriter, v virtio.Iovec, size uint64) bool {
 	w.v = v
 	defer func() { w.v = nil }()
 	for {

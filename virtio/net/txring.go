@@ -27,8 +27,8 @@ type txRing struct {
 // txSlot is one frame of a burst.
 type txSlot struct {
 	head uint16
-	size uint64 // header+frame bytes
-	v    iovec  // the guest buffers, for a write the kernel refused with EAGAIN
+	size uint64       // header+frame bytes
+	v    virtio.Iovec // the guest buffers, for a write the kernel refused with EAGAIN
 	iov  []unix.Iovec
 }
 
@@ -52,7 +52,7 @@ func (t *txRing) full() bool { return t.n == len(t.slots) }
 
 // add queues frame v (header and frame, at most iovMax buffers) of chain
 // head.
-func (t *txRing) add(head uint16, v iovec, size uint64) error {
+func (t *txRing) add(head uint16, v virtio.Iovec, size uint64) error {
 	s := &t.slots[t.n]
 	s.head, s.size = head, size
 	s.v = append(s.v[:0], v...)
@@ -72,7 +72,7 @@ func (t *txRing) add(head uint16, v iovec, size uint64) error {
 // buffers and the kernel's result (bytes written or a negative errno);
 // done returns false to stop. send returns the used entries appended to
 // used.
-func (t *txRing) send(used []virtio.Used, done func(v iovec, size uint64, res int32) bool) ([]virtio.Used, error) {
+func (t *txRing) send(used []virtio.Used, done func(v virtio.Iovec, size uint64, res int32) bool) ([]virtio.Used, error) {
 	if t.n == 0 {
 		return used, nil
 	}

@@ -152,7 +152,6 @@ func (q *writeQueue) take() []writeItem {
 // reads the next chunk only after the muxer sent the previous one to the
 // guest, so a guest that doesn't take data stops the host's writes.
 func (m *muxer) reader(c *conn) {
-	defer m.wg.Done()
 	buf := make([]byte, hostChunk)
 	for {
 		n, err := c.uc.Read(buf)
@@ -177,7 +176,6 @@ func (m *muxer) reader(c *conn) {
 
 // writer forwards the guest's bytes to the Unix socket.
 func (m *muxer) writer(c *conn) {
-	defer m.wg.Done()
 	for {
 		select {
 		case <-c.wq.sig:

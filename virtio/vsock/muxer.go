@@ -45,18 +45,19 @@ const maxOrphanRSTs = 256
 
 // muxer is the device while activated: one goroutine owns every
 // connection and both data queues; the listener and per-connection pumps
-// talk to it through events.
+// talk to it through events. The loop, the pumps and the dials are the
+// run's workers (Device.life).
 type muxer struct {
 	dev  *Device
 	a    *virtio.Activation
+	run  *virtio.Run
 	log  *slog.Logger
 	cid  uint64
 	rx   *virtio.Queue
 	tx   *virtio.Queue
 	evq  *virtio.Queue // nil if the driver didn't enable it
 	ev   chan event
-	quit chan struct{}
-	wg   sync.WaitGroup // the loop and every pump
+	quit <-chan struct{} // closes when Reset begins
 
 	// postMu orders post against stop, so no event carrying a socket is
 	// left behind unclosed.
@@ -71,30 +72,38 @@ type muxer struct {
 	nextPort uint32
 	broken   bool
 	hdrBuf   [HeaderSize]byte
+	// The chain being handled, mapped: its device-readable buffers (tx)
+	// or device-writable ones (rx), arrays kept from chain to chain.
+	txBufs, rxBufs virtio.Iovec
 }
 
-func newMuxer(d *Device, a *virtio.Activation, log *slog.Logger) *muxer {
+func newMuxer(d *Device, a *virtio.Activation, run *virtio.Run, log *slog.Logger) *muxer {
 	return &muxer{
-		dev: d, a: a, log: log, cid: d.cfg.GuestCID,
+		dev: d, a: a, run: run, log: log, cid: d.cfg.GuestCID,
 		rx: a.Queues[queueRx], tx: a.Queues[queueTx], evq: a.Queues[queueEvent],
-		ev: make(chan event, 64), quit: make(chan struct{}),
+		ev: make(chan event, 64), quit: run.Stopping(),
 		conns: map[connKey]*conn{}, draining: map[*conn]struct{}{}, nextPort: firstHostPort,
 	}
 }
 
+// start runs the loop; Reset then ends it and every pump, which closes
+// every host socket.
 func (m *muxer) start() {
-	m.wg.Add(1)
-	go m.loop()
+	m.run.OnStop(m.stopPosting)
+	m.run.Cleanup(m.drainEvents)
+	m.run.Go("event loop", func(<-chan struct{}) { m.loop() })
 }
 
-// stop ends the loop and every pump and closes every host socket.
-func (m *muxer) stop() {
-	close(m.quit)
+// stopPosting makes post refuse events from now on.
+func (m *muxer) stopPosting() {
 	m.postMu.Lock()
 	m.stopped = true
 	m.postMu.Unlock()
-	m.wg.Wait()
-	// Sockets still in flight to the loop.
+}
+
+// drainEvents closes the sockets still in flight to the loop, which has
+// returned, and fails the transport resets waiting for it.
+func (m *muxer) drainEvents() {
 	for {
 		select {
 		case e := <-m.ev:
@@ -132,7 +141,6 @@ func (m *muxer) hostConnect(uc net.Conn, port uint32) bool {
 }
 
 func (m *muxer) loop() {
-	defer m.wg.Done()
 	defer m.closeAll()
 	kicks := m.a.Kicks
 	var evKick <-chan struct{}
@@ -270,9 +278,8 @@ func (m *muxer) newConn(key connKey, uc net.Conn, hostInit bool) *conn {
 // attach gives c its Unix socket and starts the pumps.
 func (m *muxer) attach(c *conn, uc net.Conn) {
 	c.uc = uc
-	m.wg.Add(2)
-	go m.reader(c)
-	go m.writer(c)
+	m.run.Go("connection reader", func(<-chan struct{}) { m.reader(c) })
+	m.run.Go("connection writer", func(<-chan struct{}) { m.writer(c) })
 }
 
 // allocPort returns a free local port for a host-initiated connection.
@@ -412,17 +419,19 @@ func (m *muxer) processTx() {
 // txPacket handles one packet from the guest. Errors mean the chain can't
 // be a packet at all; packets that make no sense get RST.
 func (m *muxer) txPacket(ch virtio.Chain) error {
-	r, _, err := buffers(m.tx.Mem(), ch)
+	if ch.ReadLen < HeaderSize {
+		return fmt.Errorf("%w: tx chain head %d has %d readable bytes, need a %d-byte header", errMalformed, ch.Head, ch.ReadLen, HeaderSize)
+	}
+	r, err := ch.AppendReadable(m.txBufs[:0], m.tx.Mem(), 0)
+	m.txBufs = r
 	if err != nil {
 		return err
 	}
-	if r.size() < HeaderSize {
-		return fmt.Errorf("%w: tx chain head %d has %d readable bytes, need a %d-byte header", errMalformed, ch.Head, r.size(), HeaderSize)
-	}
+	defer clear(r) // no reference to guest memory kept
 	var hb [HeaderSize]byte
-	r.copyOut(hb[:])
+	r.CopyOut(hb[:], 0)
 	h := DecodeHeader(hb[:])
-	payload := r.skip(HeaderSize)
+	payloadLen := ch.ReadLen - HeaderSize
 	key := connKey{h.DstPort, h.SrcPort}
 	c := m.conns[key]
 	bad := func(why string) {
@@ -445,7 +454,7 @@ func (m *muxer) txPacket(ch virtio.Chain) error {
 	case h.Type != TypeStream:
 		bad("not a stream packet")
 		return nil
-	case uint64(h.Len) > payload.size():
+	case uint64(h.Len) > payloadLen:
 		bad("len passes the end of the chain")
 		return nil
 	}
@@ -510,7 +519,7 @@ func (m *muxer) txPacket(ch virtio.Chain) error {
 		}
 		if h.Len > 0 {
 			data := make([]byte, h.Len)
-			payload.copyOut(data)
+			r.CopyOut(data, HeaderSize)
 			c.rxCnt += h.Len
 			c.wq.put(writeItem{data: data})
 		}
@@ -547,14 +556,12 @@ func (m *muxer) guestConnect(h Header) {
 	c.peerBufAlloc, c.peerFwdCnt = h.BufAlloc, h.FwdCnt
 	// Dial off the loop: a listener with a full backlog must not stall
 	// every other connection.
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
+	m.run.Go("dial", func(<-chan struct{}) {
 		uc, err := m.dev.dialGuestPort(h.DstPort)
 		if !m.post(event{kind: evDialed, c: c, uc: uc, err: err}) && uc != nil {
 			uc.Close()
 		}
-	}()
+	})
 }
 
 // peerShutdown applies a guest SHUTDOWN.
@@ -616,18 +623,18 @@ func (m *muxer) transportReset(done chan error) {
 		done <- errors.New("no event buffer from the driver")
 		return
 	}
-	_, w, err := buffers(m.evq.Mem(), ch)
-	if err == nil && w.size() < eventSize {
-		err = fmt.Errorf("%w: event chain head %d has %d writable bytes, need %d", errMalformed, ch.Head, w.size(), eventSize)
+	var ev [eventSize]byte
+	binary.LittleEndian.PutUint32(ev[:], eventTransportReset)
+	if ch.WriteLen < eventSize {
+		err = fmt.Errorf("%w: event chain head %d has %d writable bytes, need %d", errMalformed, ch.Head, ch.WriteLen, eventSize)
+	} else {
+		_, err = ch.CopyIn(m.evq.Mem(), ev[:], 0)
 	}
 	if err != nil {
 		m.fail(err)
 		done <- err
 		return
 	}
-	var ev [eventSize]byte
-	binary.LittleEndian.PutUint32(ev[:], eventTransportReset)
-	w.copyIn(ev[:])
 	if err := m.evq.Push(ch.Head, eventSize); err != nil {
 		m.fail(err)
 		done <- err
@@ -658,13 +665,14 @@ func (m *muxer) flushRx() {
 			}
 			continue
 		}
-		_, w, err := buffers(m.rx.Mem(), ch)
-		if err != nil {
-			m.fail(err)
+		if ch.WriteLen < HeaderSize {
+			m.fail(fmt.Errorf("%w: rx chain head %d has %d writable bytes, need a %d-byte header", errMalformed, ch.Head, ch.WriteLen, HeaderSize))
 			return
 		}
-		if w.size() < HeaderSize {
-			m.fail(fmt.Errorf("%w: rx chain head %d has %d writable bytes, need a %d-byte header", errMalformed, ch.Head, w.size(), HeaderSize))
+		w, err := ch.AppendWritable(m.rxBufs[:0], m.rx.Mem(), 0)
+		m.rxBufs = w
+		if err != nil {
+			m.fail(err)
 			return
 		}
 		var n uint32
@@ -672,7 +680,7 @@ func (m *muxer) flushRx() {
 			h := m.orphans[0]
 			m.orphans = m.orphans[1:]
 			h.Encode(m.hdrBuf[:])
-			w.copyIn(m.hdrBuf[:])
+			w.CopyIn(m.hdrBuf[:], 0)
 			n = HeaderSize
 		} else {
 			c := m.ready[0]
@@ -684,6 +692,7 @@ func (m *muxer) flushRx() {
 				m.ready = append(m.ready, c) // round robin
 			}
 		}
+		clear(w) // no reference to guest memory kept
 		if err := m.rx.Push(ch.Head, n); err != nil {
 			m.fail(err)
 			return
@@ -707,7 +716,7 @@ func (m *muxer) readyWork() bool {
 
 // buildPacket writes c's next packet into w (at least HeaderSize bytes)
 // and returns its length.
-func (m *muxer) buildPacket(c *conn, w iovec) uint32 {
+func (m *muxer) buildPacket(c *conn, w virtio.Iovec) uint32 {
 	h := Header{
 		SrcCID: HostCID, DstCID: m.cid, SrcPort: c.key.host, DstPort: c.key.guest,
 		Type: TypeStream, BufAlloc: BufAlloc, FwdCnt: c.fwdCnt,
@@ -726,7 +735,7 @@ func (m *muxer) buildPacket(c *conn, w iovec) uint32 {
 		c.needResponse = false
 	case c.canSendData():
 		h.Op = OpRW
-		n := min(uint64(len(c.pending)), uint64(c.peerFree()), w.size()-HeaderSize, maxPacketPayload)
+		n := min(uint64(len(c.pending)), uint64(c.peerFree()), w.Len()-HeaderSize, maxPacketPayload)
 		payload = c.pending[:n]
 		c.pending = c.pending[n:]
 		c.txCnt += uint32(n)
@@ -744,9 +753,9 @@ func (m *muxer) buildPacket(c *conn, w iovec) uint32 {
 	c.needCredit = false
 	c.fwdReported = c.fwdCnt
 	h.Encode(m.hdrBuf[:])
-	w.copyIn(m.hdrBuf[:])
+	w.CopyIn(m.hdrBuf[:], 0)
 	if len(payload) > 0 {
-		w.skip(HeaderSize).copyIn(payload)
+		w.CopyIn(payload, HeaderSize)
 		if len(c.pending) == 0 {
 			// Only now: the reader reuses the chunk's buffer.
 			c.release()

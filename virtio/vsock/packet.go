@@ -4,9 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-
-	"github.com/govmm/vmm/memory"
-	"github.com/govmm/vmm/virtio"
 )
 
 // Packet header (struct virtio_vsock_hdr, §5.10.6): le64 src_cid,
@@ -101,67 +98,3 @@ func (h *Header) String() string {
 // errMalformed marks a chain that can't carry a packet at all (no room for
 // the header): the driver broke the protocol.
 var errMalformed = errors.New("malformed virtio-vsock packet")
-
-// iovec is a list of guest-memory slices, one direction of a chain.
-type iovec [][]byte
-
-func (v iovec) size() uint64 {
-	var n uint64
-	for _, b := range v {
-		n += uint64(len(b))
-	}
-	return n
-}
-
-// copyOut copies up to len(p) bytes from the start of v into p and returns
-// how many it copied.
-func (v iovec) copyOut(p []byte) int {
-	n := 0
-	for _, b := range v {
-		if n == len(p) {
-			break
-		}
-		n += copy(p[n:], b)
-	}
-	return n
-}
-
-// skip returns v without its first n bytes.
-func (v iovec) skip(n uint64) iovec {
-	for len(v) > 0 && n > 0 {
-		if uint64(len(v[0])) > n {
-			return append(iovec{v[0][n:]}, v[1:]...)
-		}
-		n -= uint64(len(v[0]))
-		v = v[1:]
-	}
-	return v
-}
-
-// copyIn copies p into the start of v and returns how many bytes fit.
-func (v iovec) copyIn(p []byte) int {
-	n := 0
-	for _, b := range v {
-		if n == len(p) {
-			break
-		}
-		n += copy(b, p[n:])
-	}
-	return n
-}
-
-// buffers maps a chain's readable and writable buffers.
-func buffers(mem *memory.Guest, c virtio.Chain) (r, w iovec, err error) {
-	for _, b := range c.Buffers {
-		s, err := mem.Slice(b.Addr, uint64(b.Len))
-		if err != nil {
-			return nil, nil, fmt.Errorf("map buffer: %w", err)
-		}
-		if b.Write {
-			w = append(w, s)
-		} else {
-			r = append(r, s)
-		}
-	}
-	return r, w, nil
-}

@@ -10,13 +10,6 @@
 //   - Guest-initiated: a guest connection to host CID 2 port P is bridged
 //     to a listener on the Unix socket "<UDSPath>_P"; without one the guest
 //     gets RST.
-//
-// Files: vsock.go holds the device's state and configuration space,
-// packet.go the packet header, conn.go the per-connection state machine
-// and its Unix-socket pumps, muxer.go the event loop that owns all
-// connections, queues.go the rx/tx/event virtqueues, listener.go the
-// hybrid Unix-socket listener and its handshake, state.go saves and
-// restores the device (State, Restore).
 package vsock
 
 import (
@@ -24,7 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/govmm/vmm/virtio"
@@ -101,8 +94,10 @@ type Device struct {
 	log    *slog.Logger
 	ln     *listener
 
-	mu  sync.Mutex
-	run *muxer // non-nil while activated
+	// life runs the muxer between Activate and Reset; run is the muxer
+	// while it takes events.
+	life virtio.Lifecycle
+	run  atomic.Pointer[muxer]
 }
 
 // New checks cfg and starts listening on cfg.UDSPath. Host processes may
@@ -159,14 +154,7 @@ func (d *Device) QueueSizes() []uint16 {
 
 // ReadConfig implements virtio.Device.
 func (d *Device) ReadConfig(off uint64, data []byte) {
-	for i := range data {
-		o := off + uint64(i)
-		if o < cfgLen {
-			data[i] = d.config[o]
-		} else {
-			data[i] = 0
-		}
-	}
+	virtio.ReadConfig(d.config[:], off, data)
 }
 
 // WriteConfig implements virtio.Device: the configuration is read-only.
@@ -174,42 +162,29 @@ func (d *Device) WriteConfig(uint64, []byte) {}
 
 // Activate implements virtio.Device.
 func (d *Device) Activate(a *virtio.Activation) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.run != nil {
-		return fmt.Errorf("virtio-vsock %s: already active", d.cfg.ID)
-	}
-	if len(a.Queues) != numQueues || a.Queues[queueRx] == nil || a.Queues[queueTx] == nil {
-		return fmt.Errorf("virtio-vsock %s: the driver did not enable the rx and tx queues", d.cfg.ID)
-	}
-	log := a.Log
-	if log == nil {
-		log = d.log
-	}
-	m := newMuxer(d, a, log)
-	d.run = m
-	m.start()
-	return nil
+	return d.life.Start(a, "virtio-vsock "+d.cfg.ID, func(run *virtio.Run) error {
+		if len(a.Queues) != numQueues || a.Queues[queueRx] == nil || a.Queues[queueTx] == nil {
+			return fmt.Errorf("virtio-vsock %s: the driver did not enable the rx and tx queues", d.cfg.ID)
+		}
+		log := a.Log
+		if log == nil {
+			log = d.log
+		}
+		m := newMuxer(d, a, run, log)
+		d.run.Store(m)
+		// First thing at Reset: new host connections are refused.
+		run.OnStop(func() { d.run.Store(nil) })
+		m.start()
+		return nil
+	})
 }
 
 // Reset implements virtio.Device: every connection is dropped (host sockets
 // closed) and nothing touches guest memory any more when it returns.
-func (d *Device) Reset() {
-	d.mu.Lock()
-	m := d.run
-	d.run = nil
-	d.mu.Unlock()
-	if m != nil {
-		m.stop()
-	}
-}
+func (d *Device) Reset() { d.life.Stop() }
 
 // active returns the running muxer, nil when the driver isn't up.
-func (d *Device) active() *muxer {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.run
-}
+func (d *Device) active() *muxer { return d.run.Load() }
 
 // TransportReset drops every connection and sends the guest
 // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (§5.10.6.6), as before a snapshot:
