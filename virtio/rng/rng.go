@@ -3,9 +3,6 @@
 // and the device fills them with random bytes from the host kernel's
 // getrandom(2), through crypto/rand. It has no configuration space and no
 // feature bits.
-//
-// Files: rng.go holds the device, its configuration and its state;
-// queue.go the request queue's worker.
 package rng
 
 import (
@@ -13,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 
 	"github.com/govmm/vmm/virtio"
@@ -35,12 +31,10 @@ const (
 	DefaultQueueSize = 256
 	// MaxRequestBytes bounds the random bytes one request gets. The device
 	// may fill less than the whole buffer (§5.4.6.1), and a guest that
-	// wants more asks again.
+	// wants more asks again. (The kit's Run.Serve looks for a reset
+	// between requests, so a guest that keeps the queue full can't keep
+	// one waiting.)
 	MaxRequestBytes = 64 << 10
-	// maxWakeBytes bounds the bytes the worker hands out before it looks
-	// whether the device is being reset, so a guest that keeps the queue
-	// full can't keep a reset waiting.
-	maxWakeBytes = 1 << 20
 )
 
 // Config describes the device.
@@ -69,8 +63,7 @@ type Device struct {
 
 	requests, bytes, sourceErrors atomic.Uint64
 
-	mu  sync.Mutex
-	run *worker // non-nil while activated
+	life virtio.Lifecycle // the request queue's worker, Activate to Reset
 }
 
 // New checks cfg and returns a device that has handed out nothing yet.
@@ -122,35 +115,18 @@ func (d *Device) ReadConfig(_ uint64, data []byte) { clear(data) }
 // WriteConfig implements virtio.Device: writes are ignored.
 func (d *Device) WriteConfig(uint64, []byte) {}
 
-// Activate implements virtio.Device.
+// Activate implements virtio.Device: one worker serves the request queue.
 func (d *Device) Activate(a *virtio.Activation) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.run != nil {
-		return fmt.Errorf("virtio-rng %s: already active", d.cfg.ID)
-	}
-	if len(a.Queues) != numQueues || a.Queues[queueRequest] == nil || len(a.Kicks) != numQueues {
-		return fmt.Errorf("virtio-rng %s: the driver did not enable the request queue", d.cfg.ID)
-	}
-	log := a.Log
-	if log == nil {
-		log = d.log
-	}
-	w := newWorker(d, a.Queues[queueRequest], a.Kicks[queueRequest], a.Fail, log)
-	d.run = w
-	go w.loop()
-	return nil
+	return d.life.Start(a, "virtio-rng "+d.cfg.ID, func(run *virtio.Run) error {
+		if len(a.Queues) != numQueues || a.Queues[queueRequest] == nil || len(a.Kicks) != numQueues {
+			return fmt.Errorf("virtio-rng %s: the driver did not enable the request queue", d.cfg.ID)
+		}
+		req := &requests{d: d, log: run.Log()}
+		run.Serve(queueRequest, req.fill)
+		return nil
+	})
 }
 
 // Reset implements virtio.Device: when it returns the worker has stopped
 // and nothing touches guest memory any more.
-func (d *Device) Reset() {
-	d.mu.Lock()
-	w := d.run
-	d.run = nil
-	d.mu.Unlock()
-	if w != nil {
-		close(w.quit)
-		<-w.done
-	}
-}
+func (d *Device) Reset() { d.life.Stop() }

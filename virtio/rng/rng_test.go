@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
@@ -60,7 +58,7 @@ func newRig(t *testing.T, cfg Config, ram uint64, features uint64) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv := mmapDriver(t, ram, dev.QueueSizes()[0])
+	drv := virtiotest.NewMappedDriver(t, ram, dev.QueueSizes()[0])
 	q, err := drv.Queue(features, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -79,23 +77,6 @@ func newRig(t *testing.T, cfg Config, ram uint64, features uint64) *rig {
 	}
 	t.Cleanup(dev.Reset)
 	return r
-}
-
-// mmapDriver is a fake driver over mmap'd RAM, which the race detector
-// does not track: the test reads and posts while the device runs, as a
-// guest does.
-func mmapDriver(t *testing.T, ram uint64, size uint16) *virtiotest.Driver {
-	t.Helper()
-	b, err := unix.Mmap(-1, 0, int(ram), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Munmap(b) })
-	drv, err := virtiotest.NewDriverOn(b, size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return drv
 }
 
 func (r *rig) notify() {
@@ -263,14 +244,11 @@ func TestSourceFailure(t *testing.T) {
 	}
 }
 
-// TestFullQueueOneKick: more bytes than one wake-up's budget, posted with
-// one kick, are all served, and the used ring takes every request.
+// TestFullQueueOneKick: a full queue of the largest requests, posted with
+// one kick, is all served, and the used ring takes every request.
 func TestFullQueueOneKick(t *testing.T) {
 	const n = 64
 	r := newRig(t, Config{QueueSize: n, Source: &counterSource{}}, 6<<20, virtio.FeatureVersion1|virtio.FeatureEventIdx)
-	if n*MaxRequestBytes <= maxWakeBytes {
-		t.Fatal("the test must exceed one wake-up's budget")
-	}
 	for range n {
 		r.drv.Post(r.drv.Chain(r.buf(MaxRequestBytes, 0, true)))
 	}
@@ -298,7 +276,7 @@ func TestResetReactivate(t *testing.T) {
 	r.dev.Reset()
 	r.dev.Reset() // idempotent
 
-	drv := mmapDriver(t, 1<<20, DefaultQueueSize)
+	drv := virtiotest.NewMappedDriver(t, 1<<20, DefaultQueueSize)
 	q, err := drv.Queue(virtio.FeatureVersion1, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -331,7 +309,7 @@ func TestResetReactivate(t *testing.T) {
 }
 
 // FuzzRequestQueue feeds arbitrary descriptor tables and available rings
-// to the worker: it must never panic, never write more than a request's
+// to the request handler: it must never panic, never write more than a request's
 // bound, and account for every byte it reports; a bad chain fails the
 // queue (the transport then fails the device), nothing else.
 func FuzzRequestQueue(f *testing.F) {
@@ -375,15 +353,22 @@ func FuzzRequestQueue(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := newWorker(d, q, nil, nil, slog.New(slog.DiscardHandler))
+		// What Run.Serve does with each chain, without its goroutine.
+		req := &requests{d: d, log: slog.New(slog.DiscardHandler)}
 		var serveErr error
 		for range 2 * size {
-			more, err := w.serve(maxWakeBytes)
+			c, ok, err := q.Pop()
+			if err == nil && ok {
+				var n uint32
+				if n, err = req.fill(q, c); err == nil {
+					err = q.Push(c.Head, n)
+				}
+			}
 			if err != nil {
 				serveErr = err
 				break
 			}
-			if !more {
+			if !ok {
 				break
 			}
 		}
