@@ -100,7 +100,7 @@ func TestLinuxGuest(t *testing.T) {
 	done = step("rng")
 	v.Type("cat /sys/class/misc/hw_random/rng_current && head -c 16 /dev/hwrng | hexdump && head -c 16 /dev/hwrng | hexdump && echo rng-ok-$((3+4))\r")
 	hexLine := `00000000  ((?:[0-9a-f]{2} +){16})`
-	m, off = v.WaitFor(regexp.MustCompile(`(?s)(virtio_rng\.\d+).*?`+hexLine+`.*?`+hexLine+`.*?rng-ok-7`), off, 5*time.Minute)
+	m, _ = v.WaitFor(regexp.MustCompile(`(?s)(virtio_rng\.\d+).*?`+hexLine+`.*?`+hexLine+`.*?rng-ok-7`), off, 5*time.Minute)
 	a, b := strings.Join(strings.Fields(m[2]), ""), strings.Join(strings.Fields(m[3]), "")
 	if a == b || a == strings.Repeat("0", 32) || b == strings.Repeat("0", 32) {
 		t.Errorf("/dev/hwrng gave %s then %s: not random", a, b)

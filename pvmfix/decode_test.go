@@ -61,14 +61,14 @@ func FuzzDecodeFixup(f *testing.F) {
 
 func TestDecodeXState(t *testing.T) {
 	type want struct {
-		op           xstateOp
-		length       int
-		rexW         bool
-		seg          int
-		base, index  int
-		scale        uint64
-		disp         int64
-		addr32, long bool
+		op          xstateOp
+		length      int
+		rexW        bool
+		seg         int
+		base, index int
+		scale       uint64
+		disp        int64
+		addr32      bool
 	}
 	tests := []struct {
 		name string
