@@ -160,6 +160,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid --mem: %w", err)
 	}
+	if err := vmm.CheckMemSize(size); err != nil {
+		return nil, fmt.Errorf("invalid --mem: %w", err)
+	}
 	o.cfg.MemSize = size
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, fmt.Errorf("invalid --log-level %q: use debug, info, warn or error", *logLevel)

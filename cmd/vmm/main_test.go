@@ -61,6 +61,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 	}{
 		{"unknown flag", []string{"--bogus"}, "flag provided but not defined"},
 		{"bad mem", []string{"--kernel", kernel, "--mem", "12X"}, "invalid --mem"},
+		{"mem below minimum", []string{"--kernel", kernel, "--mem", "1M"}, "invalid --mem"},
 		{"bad cpus", []string{"--kernel", kernel, "--cpus", "0"}, "invalid --cpus"},
 		{"bad log level", []string{"--kernel", kernel, "--log-level", "loud"}, "invalid --log-level"},
 		{"missing kernel file", []string{"--kernel", filepath.Join(dir, "nope")}, "invalid --kernel"},

@@ -111,8 +111,14 @@ func (n *Net) interrupt(rs *runState) {
 }
 
 // restore returns the device, once its loops stopped, to the state after
-// a reset: no offloads, one queue pair, the configured MAC.
+// a reset: no offloads, one queue pair, the configured MAC. Suspended, it
+// first keeps what the driver had set, to resume with.
 func (n *Net) restore(rs *runState) {
+	n.mu.Lock()
+	if n.suspending {
+		n.resume, n.suspending = n.runStateLocked(), false
+	}
+	n.mu.Unlock()
 	if err := n.pairs[0].be.SetOffload(0); err != nil {
 		rs.log.Warn("virtio-net: clearing offloads", "id", n.cfg.ID, "err", err)
 	}

@@ -141,6 +141,9 @@ type Net struct {
 	mu     sync.Mutex
 	run    *runState
 	resume *RunState
+	// suspending is set by Suspend: the Reset that follows keeps the
+	// run-time state in resume, taken once the loops stopped.
+	suspending bool
 }
 
 // pair is one receive/transmit queue pair and its backend.

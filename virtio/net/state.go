@@ -78,11 +78,15 @@ func (n *Net) runStateLocked() *RunState {
 
 // Suspend implements virtio.Suspender: the control queue's settings
 // survive the Reset that pauses the device, for the Activate that resumes
-// it.
+// it. They are taken in that Reset, once the loops stopped, not now: the
+// control queue may still complete a command the driver posted before its
+// vCPUs stopped, and the driver has been told it took effect.
 func (n *Net) Suspend() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.resume = n.runStateLocked()
+	if n.run != nil {
+		n.suspending = true
+	}
 }
 
 // Restore makes the interface st describes, sending and receiving through

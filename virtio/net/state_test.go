@@ -257,3 +257,29 @@ func TestStateResumeRefused(t *testing.T) {
 		n.Reset()
 	}
 }
+
+// TestSuspendKeepsLateCommand: a control command the device completes
+// after Suspend but before the Reset that pauses it (posted before the
+// vCPUs stopped) is acknowledged to the driver, so it must be in the
+// state the device resumes with.
+func TestSuspendKeepsLateCommand(t *testing.T) {
+	bes, _ := newMQBackends(t, 2)
+	n, err := New(Config{ID: "mq", MAC: stdnet.HardwareAddr{0x06, 0, 0x0a, 0xc8, 0, 2}, QueueSize: testQueue}, asBackends(bes)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	g := newPCIGuest(t, n)
+	g.setup(uint64(allMQ | virtio.FeatureVersion1))
+	ctrl := 4
+	n.Suspend()
+	late := []byte{0x06, 1, 2, 3, 4, 5}
+	if ack := g.command(ctrl, ctrlClassMAC, ctrlMACAddrSet, late); ack != ctrlOK {
+		t.Fatalf("MAC set: ack %d", ack)
+	}
+	n.Reset()
+	st := n.State()
+	if st.Run == nil || st.Run.MAC != stdnet.HardwareAddr(late).String() {
+		t.Fatalf("suspended run state %+v, want MAC %s", st.Run, stdnet.HardwareAddr(late))
+	}
+}
