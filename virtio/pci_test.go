@@ -19,9 +19,25 @@ type echoDevice struct {
 	// idle receives after each drain, so the test knows the device no
 	// longer reads the rings (the race detector sees both sides).
 	idle chan struct{}
+	worker
+}
+
+// worker is a test device's queue goroutine: Activate starts it under mu
+// with a fresh stop, Reset stops it and waits until it is gone.
+type worker struct {
 	mu   sync.Mutex
 	stop chan struct{}
 	done sync.WaitGroup
+}
+
+func (w *worker) Reset() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stop != nil {
+		close(w.stop)
+		w.done.Wait()
+		w.stop = nil
+	}
 }
 
 func (*echoDevice) Type() uint16         { return 42 }
@@ -63,16 +79,6 @@ func (e *echoDevice) Activate(a *virtio.Activation) error {
 		}
 	}()
 	return nil
-}
-
-func (e *echoDevice) Reset() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.stop != nil {
-		close(e.stop)
-		e.done.Wait()
-		e.stop = nil
-	}
 }
 
 // fakeMSI records route programming and signals.

@@ -2,7 +2,6 @@ package virtio_test
 
 import (
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -107,11 +106,9 @@ func TestPCIStateRoundTrip(t *testing.T) {
 // returns only those keep says to; the rest it holds, as a receive queue
 // holds buffers until a frame comes, and drops on Reset.
 type holdDevice struct {
-	mu      sync.Mutex
+	worker
 	keep    func(head uint16) bool
 	resumed []bool
-	stop    chan struct{}
-	done    sync.WaitGroup
 	idle    chan struct{}
 }
 
@@ -157,16 +154,6 @@ func (h *holdDevice) Activate(a *virtio.Activation) error {
 		}
 	}()
 	return nil
-}
-
-func (h *holdDevice) Reset() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.stop != nil {
-		close(h.stop)
-		h.done.Wait()
-		h.stop = nil
-	}
 }
 
 // TestPCIPauseHandsBackChains: chains a device held when paused go back
