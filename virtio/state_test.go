@@ -123,36 +123,14 @@ func (h *holdDevice) Activate(a *virtio.Activation) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.resumed = append(h.resumed, a.Resumed)
-	h.stop = make(chan struct{})
-	q, stop := a.Queues[0], h.stop
-	h.done.Add(1)
-	go func() {
-		defer h.done.Done()
-		for {
-			for {
-				c, ok, err := q.Pop()
-				if err != nil {
-					a.Fail(err)
-					return
-				}
-				if !ok {
-					break
-				}
-				h.mu.Lock()
-				keep := h.keep(c.Head)
-				h.mu.Unlock()
-				if keep {
-					q.Push(c.Head, uint32(c.WriteLen))
-				}
-			}
-			h.idle <- struct{}{}
-			select {
-			case <-stop:
-				return
-			case <-a.Kicks[0]:
-			}
+	h.start(a, true, h.idle, func(q *virtio.Queue, c virtio.Chain) {
+		h.mu.Lock()
+		keep := h.keep(c.Head)
+		h.mu.Unlock()
+		if keep {
+			q.Push(c.Head, uint32(c.WriteLen))
 		}
-	}()
+	})
 	return nil
 }
 
