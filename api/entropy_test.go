@@ -69,15 +69,8 @@ func TestEntropyConfigFile(t *testing.T) {
 			}})
 			defer ctl.Close()
 			js := fmt.Sprintf(`{"boot-source":{"kernel_image_path":%q}%s}`, kernel, tt.entropy)
-			err := LoadConfigFile(ctl, writeFile(t, dir, "config.json", js))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
-				}
+			if wantedErr(t, LoadConfigFile(ctl, writeFile(t, dir, "config.json", js)), tt.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got := ctl.FullConfig().Entropy != nil; got != tt.want {
 				t.Errorf("/vm/config shows entropy: %v, want %v", got, tt.want)

@@ -584,15 +584,8 @@ func TestConfigFile(t *testing.T) {
 				js = fmt.Sprintf(js, kernel, disk, filepath.Join(dir, "log"), filepath.Join(dir, "metrics"))
 			}
 			path := writeFile(t, dir, "config.json", js)
-			err := LoadConfigFile(ctl, path)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
-				}
+			if wantedErr(t, LoadConfigFile(ctl, path), tt.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if err := ctl.Start(); err != nil {
 				t.Fatal(err)
@@ -1029,4 +1022,21 @@ func FuzzRouting(f *testing.F) {
 			t.Fatalf("%s %q: status %d (%q)", method, target, code, w.Body)
 		}
 	})
+}
+
+// wantedErr checks err against want: with want empty, err must be nil;
+// otherwise err must contain want, and wantedErr reports true (the case is
+// done).
+func wantedErr(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one containing %q", err, want)
+	}
+	return true
 }

@@ -1,7 +1,6 @@
 package virtio_test
 
 import (
-	"encoding/binary"
 	"errors"
 	"sync"
 	"testing"
@@ -19,9 +18,58 @@ type echoDevice struct {
 	// idle receives after each drain, so the test knows the device no
 	// longer reads the rings (the race detector sees both sides).
 	idle chan struct{}
+	worker
+}
+
+// worker is a test device's queue goroutine: Activate starts it under mu
+// with a fresh stop, Reset stops it and waits until it is gone.
+type worker struct {
 	mu   sync.Mutex
 	stop chan struct{}
 	done sync.WaitGroup
+}
+
+// start runs the goroutine (with w.mu held): it drains queue 0 through
+// handle, at once if drainFirst and after each kick, and tells idle after
+// each drain; a broken chain fails the device and ends it.
+func (w *worker) start(a *virtio.Activation, drainFirst bool, idle chan<- struct{}, handle func(*virtio.Queue, virtio.Chain)) {
+	w.stop = make(chan struct{})
+	q, stop := a.Queues[0], w.stop
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		for wait := !drainFirst; ; wait = true {
+			if wait {
+				select {
+				case <-stop:
+					return
+				case <-a.Kicks[0]:
+				}
+			}
+			for {
+				c, ok, err := q.Pop()
+				if err != nil {
+					a.Fail(err)
+					return
+				}
+				if !ok {
+					break
+				}
+				handle(q, c)
+			}
+			idle <- struct{}{}
+		}
+	}()
+}
+
+func (w *worker) Reset() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stop != nil {
+		close(w.stop)
+		w.done.Wait()
+		w.stop = nil
+	}
 }
 
 func (*echoDevice) Type() uint16         { return 42 }
@@ -37,42 +85,8 @@ func (*echoDevice) WriteConfig(uint64, []byte) {}
 func (e *echoDevice) Activate(a *virtio.Activation) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.stop = make(chan struct{})
-	q := a.Queues[0]
-	e.done.Add(1)
-	go func() {
-		defer e.done.Done()
-		for {
-			select {
-			case <-e.stop:
-				return
-			case <-a.Kicks[0]:
-			}
-			for {
-				c, ok, err := q.Pop()
-				if err != nil {
-					a.Fail(err)
-					return
-				}
-				if !ok {
-					break
-				}
-				q.Push(c.Head, uint32(c.WriteLen))
-			}
-			e.idle <- struct{}{}
-		}
-	}()
+	e.start(a, false, e.idle, func(q *virtio.Queue, c virtio.Chain) { q.Push(c.Head, uint32(c.WriteLen)) })
 	return nil
-}
-
-func (e *echoDevice) Reset() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.stop != nil {
-		close(e.stop)
-		e.done.Wait()
-		e.stop = nil
-	}
 }
 
 // fakeMSI records route programming and signals.
@@ -163,7 +177,7 @@ type rig struct {
 	intx *fakeINTx
 	tr   *virtio.PCI
 	dev  *echoDevice
-	slot uint32
+	p    *virtiotest.PCI // the guest-side accesses
 	bar  uint64
 	caps map[byte]int // virtio cfg_type -> capability offset
 	msix int
@@ -198,55 +212,14 @@ func newRigFor(t *testing.T, dev virtio.Device) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.slot = uint32(slot)
+	r.p = virtiotest.AttachPCI(t, r.bus, r.mmio, tr, slot)
 	return r
 }
 
-func (r *rig) cfgRead(reg uint32, n int) uint32 {
-	a := make([]byte, 4)
-	binary.LittleEndian.PutUint32(a, 0x8000_0000|r.slot<<11|reg&0xfc)
-	r.bus.AddressPort().Write(0, a)
-	b := make([]byte, n)
-	r.bus.DataPort().Read(uint64(reg&3), b)
-	var v uint32
-	for i := n - 1; i >= 0; i-- {
-		v = v<<8 | uint32(b[i])
-	}
-	return v
-}
-
-func (r *rig) cfgWrite(reg uint32, n int, v uint32) {
-	a := make([]byte, 4)
-	binary.LittleEndian.PutUint32(a, 0x8000_0000|r.slot<<11|reg&0xfc)
-	r.bus.AddressPort().Write(0, a)
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(v >> (8 * i))
-	}
-	r.bus.DataPort().Write(uint64(reg&3), b)
-}
-
-func (r *rig) rd(off uint64, n int) uint64 {
-	b := make([]byte, n)
-	if err := r.mmio.Read(r.bar+off, b); err != nil {
-		r.t.Fatal(err)
-	}
-	var v uint64
-	for i := n - 1; i >= 0; i-- {
-		v = v<<8 | uint64(b[i])
-	}
-	return v
-}
-
-func (r *rig) wr(off uint64, n int, v uint64) {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(v >> (8 * i))
-	}
-	if err := r.mmio.Write(r.bar+off, b); err != nil {
-		r.t.Fatal(err)
-	}
-}
+func (r *rig) cfgRead(reg uint32, n int) uint32     { return r.p.CfgRead(int(reg), n) }
+func (r *rig) cfgWrite(reg uint32, n int, v uint32) { r.p.CfgWrite(int(reg), n, v) }
+func (r *rig) rd(off uint64, n int) uint64          { return r.p.Read(off, n) }
+func (r *rig) wr(off uint64, n int, v uint64)       { r.p.Write(off, n, v) }
 
 // capOff returns where a virtio structure lives inside BAR 0.
 func (r *rig) capOff(typ byte) uint64 {

@@ -2,7 +2,6 @@ package virtio_test
 
 import (
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -107,11 +106,9 @@ func TestPCIStateRoundTrip(t *testing.T) {
 // returns only those keep says to; the rest it holds, as a receive queue
 // holds buffers until a frame comes, and drops on Reset.
 type holdDevice struct {
-	mu      sync.Mutex
+	worker
 	keep    func(head uint16) bool
 	resumed []bool
-	stop    chan struct{}
-	done    sync.WaitGroup
 	idle    chan struct{}
 }
 
@@ -126,47 +123,15 @@ func (h *holdDevice) Activate(a *virtio.Activation) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.resumed = append(h.resumed, a.Resumed)
-	h.stop = make(chan struct{})
-	q, stop := a.Queues[0], h.stop
-	h.done.Add(1)
-	go func() {
-		defer h.done.Done()
-		for {
-			for {
-				c, ok, err := q.Pop()
-				if err != nil {
-					a.Fail(err)
-					return
-				}
-				if !ok {
-					break
-				}
-				h.mu.Lock()
-				keep := h.keep(c.Head)
-				h.mu.Unlock()
-				if keep {
-					q.Push(c.Head, uint32(c.WriteLen))
-				}
-			}
-			h.idle <- struct{}{}
-			select {
-			case <-stop:
-				return
-			case <-a.Kicks[0]:
-			}
+	h.start(a, true, h.idle, func(q *virtio.Queue, c virtio.Chain) {
+		h.mu.Lock()
+		keep := h.keep(c.Head)
+		h.mu.Unlock()
+		if keep {
+			q.Push(c.Head, uint32(c.WriteLen))
 		}
-	}()
+	})
 	return nil
-}
-
-func (h *holdDevice) Reset() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.stop != nil {
-		close(h.stop)
-		h.done.Wait()
-		h.stop = nil
-	}
 }
 
 // TestPCIPauseHandsBackChains: chains a device held when paused go back

@@ -107,6 +107,19 @@ func (c cfgIO) write(dev, reg uint32, n int, v uint32) {
 	c.b.DataPort().Write(uint64(reg&3), b)
 }
 
+// onNewBus puts f alone on a new bus with a 32-bit window at
+// 0xc000_0000-0xe000_0000 (it takes slot 1) and returns the bus's MMIO
+// space and its configuration ports.
+func onNewBus(t *testing.T, f *testFunc) (*devices.Bus, cfgIO) {
+	t.Helper()
+	mmio := devices.NewBus("mmio")
+	b := NewBus(mmio, 0xc000_0000, 0xe000_0000)
+	if _, err := b.Add(f); err != nil {
+		t.Fatal(err)
+	}
+	return mmio, cfgIO{b}
+}
+
 func TestConfigMechanism(t *testing.T) {
 	mmio := devices.NewBus("mmio")
 	b := NewBus(mmio, 0xc000_0000, 0xe000_0000)
@@ -241,12 +254,7 @@ func TestBARs(t *testing.T) {
 func TestMSIX(t *testing.T) {
 	al := &alloc{}
 	f := newTestFunc(t, al)
-	mmio := devices.NewBus("mmio")
-	b := NewBus(mmio, 0xc000_0000, 0xe000_0000)
-	if _, err := b.Add(f); err != nil {
-		t.Fatal(err)
-	}
-	io := cfgIO{b}
+	mmio, io := onNewBus(t, f)
 	io.write(1, 4, 2, CommandMemory)
 	// Find the capability.
 	c := io.read(1, 0x34, 1)

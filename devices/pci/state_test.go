@@ -17,12 +17,7 @@ import (
 func TestFunctionStateRoundTrip(t *testing.T) {
 	al := &alloc{}
 	f := newTestFunc(t, al)
-	mmio := devices.NewBus("mmio")
-	b := NewBus(mmio, 0xc000_0000, 0xe000_0000)
-	if _, err := b.Add(f); err != nil {
-		t.Fatal(err)
-	}
-	io := cfgIO{b}
+	mmio, io := onNewBus(t, f)
 	io.write(1, RegBAR0, 4, 0xd000_0000)
 	io.write(1, RegBAR0+8, 4, 0x2000_0000)
 	io.write(1, RegBAR0+12, 4, 0x3)
@@ -52,15 +47,10 @@ func TestFunctionStateRoundTrip(t *testing.T) {
 
 	al2 := &alloc{}
 	f2 := newTestFunc(t, al2)
-	mmio2 := devices.NewBus("mmio")
-	b2 := NewBus(mmio2, 0xc000_0000, 0xe000_0000)
-	if _, err := b2.Add(f2); err != nil {
-		t.Fatal(err)
-	}
+	mmio2, io2 := onNewBus(t, f2)
 	if err := f2.cfg.Restore(st); err != nil {
 		t.Fatal(err)
 	}
-	io2 := cfgIO{b2}
 	for _, r := range []struct {
 		reg uint32
 		n   int

@@ -313,68 +313,31 @@ static int request(u32 type, u64 sector, u32 len, int device_writes, int indirec
  * it. */
 static int blk_init(int *msix, int *cfg_msix)
 {
-	u32 dev;
-	for (dev = 0; dev < 32; dev++) {
-		u32 id = pci_rd32(dev, 0);
-		if ((id & 0xffff) == VIRTIO_VENDOR && (id >> 16) == VIRTIO_BLK_DEVICE)
-			break;
-	}
-	if (dev == 32) {
+	int found = virtio_pci_find(VIRTIO_BLK_DEVICE);
+	if (found < 0) {
 		fail("no virtio-blk device");
 		return -1;
 	}
-	if (!(pci_rd16(dev, PCI_STATUS) & PCI_STATUS_CAPS)) {
-		fail("no capabilities");
-		return -1;
-	}
-	u32 notify_mult = 0;
-	u64 notify_base = 0, msix_table = 0;
-	u32 msix_cap = 0;
-	u32 cap = pci_rd8(dev, PCI_CAP_PTR) & 0xfc;
-	for (int guard = 0; cap && guard < 48; guard++) {
-		u8 id = pci_rd8(dev, cap);
-		if (id == PCI_CAP_VENDOR) {
-			u8 type = pci_rd8(dev, cap + 3);
-			u64 a = pci_bar(dev, pci_rd8(dev, cap + 4)) + pci_rd32(dev, cap + 8);
-			if (type == VCAP_COMMON && !common)
-				common = a;
-			else if (type == VCAP_NOTIFY && !notify_base) {
-				notify_base = a;
-				notify_mult = pci_rd32(dev, cap + 16);
-			} else if (type == VCAP_ISR && !isr)
-				isr = a;
-			else if (type == VCAP_DEVICE && !devcfg)
-				devcfg = a;
-		} else if (id == PCI_CAP_MSIX) {
-			u32 t = pci_rd32(dev, cap + 4);
-			msix_cap = cap;
-			msix_table = pci_bar(dev, t & 7) + (t & ~7u);
-		}
-		cap = pci_rd8(dev, cap + 1) & 0xfc;
-	}
-	if (!common || !notify_base || !devcfg || !isr) {
+	u32 dev = (u32)found;
+	struct virtio_regs r;
+	if (virtio_pci_regs(dev, &r) || !r.devcfg || !r.isr) {
 		fail("missing virtio capability");
 		return -1;
 	}
-	pci_wr16(dev, PCI_COMMAND, pci_rd16(dev, PCI_COMMAND) | PCI_CMD_MEM | PCI_CMD_MASTER);
-
-	/* Initialization sequence (§3.1.1). */
-	mmio_wr8(common + CC_STATUS, 0);
-	for (int i = 0; i < 1000 && mmio_rd8(common + CC_STATUS); i++)
-		;
-	mmio_wr8(common + CC_STATUS, S_ACK);
-	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER);
-	mmio_wr32(common + CC_DFSELECT, 0);
-	u64 offered = mmio_rd32(common + CC_DF);
-	mmio_wr32(common + CC_DFSELECT, 1);
-	offered |= (u64)mmio_rd32(common + CC_DF) << 32;
-	features = offered & (F_VERSION_1 | F_BLK_RO | F_BLK_BLK_SIZE | F_BLK_FLUSH | F_INDIRECT | F_EVENT_IDX);
-	mmio_wr32(common + CC_GFSELECT, 0);
-	mmio_wr32(common + CC_GF, (u32)features);
-	mmio_wr32(common + CC_GFSELECT, 1);
-	mmio_wr32(common + CC_GF, (u32)(features >> 32));
-	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	if (!(features & F_VERSION_1) || !(mmio_rd8(common + CC_STATUS) & S_FEATURES_OK)) {
+	common = r.common;
+	devcfg = r.devcfg;
+	isr = r.isr;
+	u64 notify_base = r.notify, msix_table = 0;
+	u32 notify_mult = r.notify_mult;
+	/* The MSI-X table: BIR in the low 3 bits of its dword (PCI 3.0 §6.8.2). */
+	u32 msix_cap = pci_find_cap(dev, PCI_CAP_MSIX);
+	if (msix_cap) {
+		u32 t = pci_rd32(dev, msix_cap + 4);
+		msix_table = pci_bar(dev, t & 7) + (t & ~7u);
+	}
+	u64 offered;
+	features = virtio_negotiate(common, F_VERSION_1 | F_BLK_RO | F_BLK_BLK_SIZE | F_BLK_FLUSH | F_INDIRECT | F_EVENT_IDX, &offered);
+	if (!features) {
 		fail("feature negotiation");
 		return -1;
 	}

@@ -85,6 +85,21 @@ static inline u64 pci_bar(u32 dev, u32 bar)
 	return a;
 }
 
+/* The configuration offset of the first capability with the given ID in
+ * dev's capability list (PCI 3.0 §6.7), or 0 if it has none. */
+static inline u32 pci_find_cap(u32 dev, u8 id)
+{
+	if (!(pci_rd16(dev, PCI_STATUS) & PCI_STATUS_CAPS))
+		return 0;
+	u32 cap = pci_rd8(dev, PCI_CAP_PTR) & 0xfc;
+	for (int guard = 0; cap && guard < 48; guard++) {
+		if (pci_rd8(dev, cap) == id)
+			return cap;
+		cap = pci_rd8(dev, cap + 1) & 0xfc;
+	}
+	return 0;
+}
+
 /* Size memory BAR bar as an OS does (PCI 3.0 §6.2.5.1): with memory
  * decoding off, write all ones to its register, and to the upper half of
  * a 64-bit BAR, read the size mask back, then put the address back.

@@ -302,58 +302,22 @@ static int rx_packet(const u8 *p, u32 n)
  * number, or -1. */
 static int vsock_init(void)
 {
-	u32 dev;
-	for (dev = 0; dev < 32; dev++) {
-		u32 id = pci_rd32(dev, 0);
-		if ((id & 0xffff) == VIRTIO_VENDOR && (id >> 16) == VIRTIO_VSOCK_DEVICE)
-			break;
-	}
-	if (dev == 32) {
+	int dev = virtio_pci_find(VIRTIO_VSOCK_DEVICE);
+	if (dev < 0) {
 		fail("no virtio-vsock device");
 		return -1;
 	}
-	if (!(pci_rd16(dev, PCI_STATUS) & PCI_STATUS_CAPS)) {
-		fail("no capabilities");
-		return -1;
-	}
-	u32 cap = pci_rd8(dev, PCI_CAP_PTR) & 0xfc;
-	for (int guard = 0; cap && guard < 48; guard++) {
-		if (pci_rd8(dev, cap) == PCI_CAP_VENDOR) {
-			u8 type = pci_rd8(dev, cap + 3);
-			u64 a = pci_bar(dev, pci_rd8(dev, cap + 4)) + pci_rd32(dev, cap + 8);
-			if (type == VCAP_COMMON && !common)
-				common = a;
-			else if (type == VCAP_NOTIFY && !notify_base) {
-				notify_base = a;
-				notify_mult = pci_rd32(dev, cap + 16);
-			} else if (type == VCAP_DEVICE && !devcfg)
-				devcfg = a;
-		}
-		cap = pci_rd8(dev, cap + 1) & 0xfc;
-	}
-	if (!common || !notify_base || !devcfg) {
+	struct virtio_regs r;
+	if (virtio_pci_regs((u32)dev, &r) || !r.devcfg) {
 		fail("missing virtio capability");
 		return -1;
 	}
-	pci_wr16(dev, PCI_COMMAND, pci_rd16(dev, PCI_COMMAND) | PCI_CMD_MEM | PCI_CMD_MASTER);
-
-	/* Initialization sequence (§3.1.1). */
-	mmio_wr8(common + CC_STATUS, 0);
-	for (int i = 0; i < 1000 && mmio_rd8(common + CC_STATUS); i++)
-		;
-	mmio_wr8(common + CC_STATUS, S_ACK);
-	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER);
-	mmio_wr32(common + CC_DFSELECT, 0);
-	u64 offered = mmio_rd32(common + CC_DF);
-	mmio_wr32(common + CC_DFSELECT, 1);
-	offered |= (u64)mmio_rd32(common + CC_DF) << 32;
-	u64 features = offered & (F_VERSION_1 | F_VSOCK_STREAM);
-	mmio_wr32(common + CC_GFSELECT, 0);
-	mmio_wr32(common + CC_GF, (u32)features);
-	mmio_wr32(common + CC_GFSELECT, 1);
-	mmio_wr32(common + CC_GF, (u32)(features >> 32));
-	mmio_wr8(common + CC_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	if (!(features & F_VERSION_1) || !(mmio_rd8(common + CC_STATUS) & S_FEATURES_OK)) {
+	common = r.common;
+	notify_base = r.notify;
+	notify_mult = r.notify_mult;
+	devcfg = r.devcfg;
+	u64 offered;
+	if (!virtio_negotiate(common, F_VERSION_1 | F_VSOCK_STREAM, &offered)) {
 		fail("feature negotiation");
 		return -1;
 	}

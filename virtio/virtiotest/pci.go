@@ -77,20 +77,27 @@ type PCI struct {
 // transport is closed when the test ends (the device is the caller's).
 func NewPCI(tb testing.TB, dev virtio.Device, mem *memory.Guest) *PCI {
 	tb.Helper()
-	p := &PCI{tb: tb, MMIO: devices.NewBus("mmio"), MSI: &MSI{}}
-	p.Bus = pci.NewBusWith(pci.BusConfig{MMIO: p.MMIO, Mem32Start: 0xc000_0000, Mem32End: 0xe000_0000, Mem64Start: 1 << 32, Mem64End: 1 << 34})
-	t, err := virtio.NewPCI(dev, virtio.PCIOptions{Name: "virtiotest", Mem: mem, MSI: p.MSI})
+	mmio, msi := devices.NewBus("mmio"), &MSI{}
+	bus := pci.NewBusWith(pci.BusConfig{MMIO: mmio, Mem32Start: 0xc000_0000, Mem32End: 0xe000_0000, Mem64Start: 1 << 32, Mem64End: 1 << 34})
+	t, err := virtio.NewPCI(dev, virtio.PCIOptions{Name: "virtiotest", Mem: mem, MSI: msi})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { t.Close() })
-	p.Transport = t
-	slot, err := p.Bus.Add(t)
+	slot, err := bus.Add(t)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p.slot = uint32(slot)
+	p := AttachPCI(tb, bus, mmio, t, slot)
+	p.MSI = msi
 	return p
+}
+
+// AttachPCI drives transport t, which the caller put on bus at slot with
+// its BARs on mmio, for tests that build the bus themselves (their own
+// interrupt fakes); MSI is then nil.
+func AttachPCI(tb testing.TB, bus *pci.Bus, mmio *devices.Bus, t *virtio.PCI, slot int) *PCI {
+	return &PCI{tb: tb, Transport: t, Bus: bus, MMIO: mmio, slot: uint32(slot)}
 }
 
 // CfgRead reads n bytes of the function's configuration space at reg.

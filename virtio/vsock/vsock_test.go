@@ -55,6 +55,39 @@ func echoRoundTrip(c net.Conn, data []byte) error {
 	return nil
 }
 
+// hostDial makes the fake guest listen on port and connects to it from the
+// host; the connection is closed when the test ends.
+func hostDial(t testing.TB, g *fakeGuest, port uint32) net.Conn {
+	t.Helper()
+	g.mu.Lock()
+	g.listening[port] = true
+	g.mu.Unlock()
+	c, err := dial(t, g, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// mustEcho sends n random bytes over c and fails t unless they come back.
+func mustEcho(t testing.TB, c net.Conn, n int) {
+	t.Helper()
+	if err := echoRoundTrip(c, randBytes(t, n)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantGone fails t unless c is closed by the host side (within 5 s) after
+// what happened to the device.
+func wantGone(t testing.TB, c net.Conn, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("connection survived %s", what)
+	}
+}
+
 func TestConfigSpace(t *testing.T) {
 	g := newFakeGuest(t)
 	if g.dev.Type() != 19 || g.dev.Features()&FeatureStream == 0 || len(g.dev.QueueSizes()) != 3 {
@@ -75,17 +108,8 @@ func TestConfigSpace(t *testing.T) {
 
 func TestHostConnectEcho(t *testing.T) {
 	g := newFakeGuest(t)
-	g.mu.Lock()
-	g.listening[1234] = true
-	g.mu.Unlock()
-	c, err := dial(t, g, 1234)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := echoRoundTrip(c, randBytes(t, 3<<20)); err != nil {
-		t.Fatal(err)
-	}
+	c := hostDial(t, g, 1234)
+	mustEcho(t, c, 3<<20)
 	// The guest sees the host port from the allocated range.
 	g.mu.Lock()
 	for k := range g.conns {
@@ -433,14 +457,7 @@ func TestGuestStreamsToHost(t *testing.T) {
 // answers with RST or ignores them, and keeps working.
 func TestHostileHeaders(t *testing.T) {
 	g := newFakeGuest(t)
-	g.mu.Lock()
-	g.listening[1234] = true
-	g.mu.Unlock()
-	c, err := dial(t, g, 1234)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := hostDial(t, g, 1234)
 	mk := func(h Header) []byte {
 		b := make([]byte, HeaderSize)
 		h.Encode(b)
@@ -477,9 +494,7 @@ func TestHostileHeaders(t *testing.T) {
 		}
 	}
 	// The established connection still works.
-	if err := echoRoundTrip(c, randBytes(t, 100<<10)); err != nil {
-		t.Fatal(err)
-	}
+	mustEcho(t, c, 100<<10)
 	// A tx chain too short for a header breaks the device (NEEDS_RESET).
 	g.mu.Lock()
 	g.sendRaw = append(g.sendRaw, rawPacket{hdr: make([]byte, HeaderSize), hdrOnly: 10})
@@ -505,21 +520,11 @@ func TestHostileHeaders(t *testing.T) {
 
 func TestResetClosesConnections(t *testing.T) {
 	g := newFakeGuest(t)
-	g.mu.Lock()
-	g.listening[1] = true
-	g.mu.Unlock()
-	c, err := dial(t, g, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := hostDial(t, g, 1)
 	g.mu.Lock()
 	g.dev.Reset()
 	g.mu.Unlock()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("connection survived a device reset")
-	}
+	wantGone(t, c, "a device reset")
 	// Without a driver, CONNECT is refused.
 	if c, err := dial(t, g, 1); err == nil {
 		c.Close()
@@ -545,39 +550,12 @@ func TestParseConnect(t *testing.T) {
 
 func TestTransportReset(t *testing.T) {
 	g := newFakeGuest(t)
-	g.mu.Lock()
-	g.listening[1] = true
-	g.mu.Unlock()
-	c, err := dial(t, g, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := hostDial(t, g, 1)
 	if err := g.dev.TransportReset(); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("connection survived a transport reset")
-	}
-	g.mu.Lock()
-	id, n, ok := g.ev.popUsed()
-	var ev []byte
-	if ok {
-		ev = make([]byte, 4)
-		g.mem.ReadAt(ev, g.ev.bufs[id])
-	}
-	g.mu.Unlock()
-	if !ok || n != 4 || binary.LittleEndian.Uint32(ev) != 0 {
-		t.Fatalf("event queue: ok=%v len=%d event=%x, want one TRANSPORT_RESET (id 0)", ok, n, ev)
-	}
+	wantGone(t, c, "a transport reset")
+	takeReset(t, g)
 	// New connections work afterwards.
-	c2, err := dial(t, g, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	if err := echoRoundTrip(c2, randBytes(t, 10000)); err != nil {
-		t.Fatal(err)
-	}
+	mustEcho(t, hostDial(t, g, 1), 10000)
 }
