@@ -117,6 +117,11 @@ func (c *ConfigSpace) Restore(s FunctionState) error {
 			m.entries[i] = msixEntry{addrLo: e.AddrLo, addrHi: e.AddrHi, data: e.Data, control: ctl, dirty: true}
 		}
 		copy(m.pending, s.MSIX.Pending)
+		// A saved PBA's bits past the last vector name vectors that don't
+		// exist; the guest must read them as zero.
+		if extra := len(m.pending)*64 - len(m.entries); extra > 0 {
+			m.pending[len(m.pending)-1] &= ^uint64(0) >> extra
+		}
 		m.mu.Unlock()
 		m.controlWritten()
 	}

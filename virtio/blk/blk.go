@@ -57,6 +57,12 @@ const (
 	DefaultQueueSize = 256
 	// DefaultWorkers is the number of goroutines doing I/O.
 	DefaultWorkers = 4
+	// MaxQueues and MaxWorkers bound what a Config (from a flag, the API
+	// or a saved state) can make a device start: every queue has a
+	// goroutine, an MSI-X vector and an io_uring, every worker a
+	// goroutine.
+	MaxQueues  = 64
+	MaxWorkers = 256
 	// maxDiscardSectors bounds one discard/write-zeroes segment (fits the
 	// le32 field and keeps one fallocate call reasonable).
 	maxDiscardSectors = 1 << 22 // 2 GiB
@@ -211,6 +217,12 @@ func imageState(f *os.File, path string, readOnly, direct bool, alignment func(*
 func Open(cfg Config) (*Block, error) {
 	if cfg.NumQueues <= 0 {
 		cfg.NumQueues = 1
+	}
+	if cfg.NumQueues > MaxQueues {
+		return nil, fmt.Errorf("virtio-blk %s: %d queues: at most %d", cfg.ID, cfg.NumQueues, MaxQueues)
+	}
+	if cfg.Workers > MaxWorkers {
+		return nil, fmt.Errorf("virtio-blk %s: %d I/O workers: at most %d", cfg.ID, cfg.Workers, MaxWorkers)
 	}
 	if cfg.QueueSize == 0 {
 		cfg.QueueSize = DefaultQueueSize

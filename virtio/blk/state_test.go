@@ -100,6 +100,19 @@ func TestRestoreRefused(t *testing.T) {
 	if _, err := Restore(bad); err == nil || !strings.Contains(err.Error(), "version") {
 		t.Errorf("other version: %v", err)
 	}
+	for _, edit := range []func(*State){
+		func(s *State) { s.Workers = 1e9 },
+		func(s *State) { s.NumQueues = MaxQueues + 1 },
+	} {
+		bad := st
+		edit(&bad)
+		if b, err := Restore(bad); err == nil || !strings.Contains(err.Error(), "at most") {
+			if b != nil {
+				b.Close()
+			}
+			t.Errorf("state %+v: %v, want a refusal", bad, err)
+		}
+	}
 	if err := os.Truncate(path, (testSectors+8)*SectorSize); err != nil {
 		t.Fatal(err)
 	}
