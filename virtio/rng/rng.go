@@ -46,10 +46,16 @@ type Config struct {
 	Source io.Reader
 }
 
-// State is the device's own state apart from its queue (which the
-// transport keeps): what it has handed out, kept across resets so a saved
-// and restored device reports the same totals.
+// StateVersion is the version of State this code writes and restores.
+const StateVersion = 1
+
+// State is the device as plain data, to save and rebuild it (a snapshot);
+// its queue is the transport's state (virtio.PCIState). The counters are
+// kept across resets, so a restored device reports the same totals.
 type State struct {
+	Version   int
+	ID        string
+	QueueSize uint16
 	// Requests is the number of requests completed, Bytes the random
 	// bytes written into them, SourceErrors the requests completed empty
 	// because the source failed.
@@ -68,11 +74,6 @@ type Device struct {
 
 // New checks cfg and returns a device that has handed out nothing yet.
 func New(cfg Config, log *slog.Logger) (*Device, error) {
-	return NewFromState(cfg, State{}, log)
-}
-
-// NewFromState is New for a device that continues from a saved State.
-func NewFromState(cfg Config, st State, log *slog.Logger) (*Device, error) {
 	if cfg.QueueSize == 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
@@ -85,17 +86,32 @@ func NewFromState(cfg Config, st State, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Device{cfg: cfg, log: log.With("device", "virtio-rng", "id", cfg.ID)}
+	return &Device{cfg: cfg, log: log.With("device", "virtio-rng", "id", cfg.ID)}, nil
+}
+
+// Restore makes the device st describes, continuing its counters, with
+// random bytes from source (crypto/rand when nil) as New does.
+func Restore(st State, source io.Reader, log *slog.Logger) (*Device, error) {
+	if st.Version != StateVersion {
+		return nil, fmt.Errorf("virtio-rng %s: restore: state version %d, this build restores %d", st.ID, st.Version, StateVersion)
+	}
+	d, err := New(Config{ID: st.ID, QueueSize: st.QueueSize, Source: source}, log)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	d.requests.Store(st.Requests)
 	d.bytes.Store(st.Bytes)
 	d.sourceErrors.Store(st.SourceErrors)
 	return d, nil
 }
 
-// State returns the device's state; taken while the device runs it is a
-// snapshot of counters that keep moving.
+// State returns the device's state; taken while the device runs, its
+// counters keep moving.
 func (d *Device) State() State {
-	return State{Requests: d.requests.Load(), Bytes: d.bytes.Load(), SourceErrors: d.sourceErrors.Load()}
+	return State{
+		Version: StateVersion, ID: d.cfg.ID, QueueSize: d.cfg.QueueSize,
+		Requests: d.requests.Load(), Bytes: d.bytes.Load(), SourceErrors: d.sourceErrors.Load(),
+	}
 }
 
 // Type implements virtio.Device.

@@ -3,6 +3,7 @@ package rng
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -183,7 +184,7 @@ func TestRequests(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Errorf("buffers hold the wrong bytes (first difference at %d)", firstDiff(got, want))
 			}
-			if st := r.dev.State(); st != (State{Requests: 1, Bytes: uint64(tt.want)}) {
+			if st := r.dev.State(); counts(st) != [3]uint64{1, uint64(tt.want), 0} {
 				t.Errorf("state %+v after one request of %d bytes", st, tt.want)
 			}
 			select {
@@ -234,7 +235,7 @@ func TestSourceFailure(t *testing.T) {
 	if !ok || e.ID != uint32(head) || e.Len != 0 {
 		t.Fatalf("used %+v %v, want head %d with 0 bytes", e, ok, head)
 	}
-	if st := r.dev.State(); st != (State{Requests: 1, SourceErrors: 1}) {
+	if st := r.dev.State(); counts(st) != [3]uint64{1, 0, 1} {
 		t.Errorf("state %+v", st)
 	}
 	select {
@@ -296,17 +297,33 @@ func TestResetReactivate(t *testing.T) {
 		t.Fatalf("after reactivation: used %+v %v", e, ok)
 	}
 	st := r.dev.State()
-	if st != (State{Requests: 2, Bytes: 48}) {
-		t.Errorf("state %+v", st)
+	if want := (State{Version: StateVersion, QueueSize: DefaultQueueSize, Requests: 2, Bytes: 48}); st != want {
+		t.Errorf("state %+v, want %+v", st, want)
 	}
-	restored, err := NewFromState(Config{}, st, nil)
+	// Saved as plain data, restored with the same totals.
+	raw, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved State
+	if err := json.Unmarshal(raw, &saved); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := Restore(saved, &counterSource{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if restored.State() != st {
 		t.Errorf("restored state %+v, want %+v", restored.State(), st)
 	}
+	saved.Version++
+	if _, err := Restore(saved, nil, nil); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Errorf("restore of another state version: %v", err)
+	}
 }
+
+// counts is a state's counters alone.
+func counts(st State) [3]uint64 { return [3]uint64{st.Requests, st.Bytes, st.SourceErrors} }
 
 // FuzzRequestQueue feeds arbitrary descriptor tables and available rings
 // to the request handler: it must never panic, never write more than a request's
