@@ -21,12 +21,14 @@
 //	PUT   /network-interfaces/{id} PRE
 //	PATCH /network-interfaces/{id} POST (rate limiters: only "no limit")
 //	PUT   /vsock                PRE  guest_cid, uds_path (vsock_id accepted, deprecated)
+//	PUT   /entropy              PRE  virtio-rng (rate_limiter: only "no limit")
 //	PUT   /logger               PRE  log_path, level, show_level, show_log_origin
 //	PUT   /metrics              PRE  metrics_path, emit_id, properties
 //	PUT   /actions                   InstanceStart (PRE), SendCtrlAltDel, FlushMetrics (POST)
 //	PATCH /vm                   POST {"state": "Paused" | "Resumed"}
 //	GET   /vm/config                 the config-file schema
 //
+// The routes are net/http.ServeMux patterns, one line each in routes.go.
 // Success is 204 with no body for PUT and PATCH, 200 with JSON for GET.
 // Errors carry {"fault_message": "..."}: 400 for bad requests and calls in
 // the wrong phase, 404 for unknown paths, 405 for a wrong method (with an
@@ -34,10 +36,10 @@
 //
 // Other deviations: values this VMM does not implement (SMT, CPU
 // templates, dirty page tracking, huge pages, rate limits, Writeback
-// caching, the Async I/O engine, MTU, vhost-user drives, log module
-// filters, and the balloon, MMDS, snapshot, entropy, serial, pmem,
-// cpu-config and memory hot-plug endpoints) are refused with a 400 that
-// says so instead of being ignored; metrics lines have their own schema
-// with cumulative counters; and the state after the guest has ended, in the
-// moment before the process exits, is "Exited".
+// caching, MTU, vhost-user drives, log module filters, and the balloon,
+// MMDS, snapshot, serial, pmem, cpu-config and memory hot-plug endpoints)
+// are refused with a 400 that says so instead of being ignored; metrics
+// lines have their own schema with cumulative counters; and the state
+// after the guest has ended, in the moment before the process exits, is
+// "Exited".
 package api
