@@ -66,6 +66,7 @@ func Check(tb testing.TB, before Snapshot) {
 		runtime.GC() // finalizers close what was dropped unclosed: still a leak, but not one the counts should hide
 		now = Take(tb)
 		if within(now.Goroutines, before.Goroutines) && within(len(now.FDs), len(before.FDs)) {
+			tb.Logf("leakcheck: goroutines %d -> %d, fds %d -> %d", before.Goroutines, now.Goroutines, len(before.FDs), len(now.FDs))
 			return
 		}
 		if time.Now().After(deadline) {
