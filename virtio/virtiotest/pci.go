@@ -220,6 +220,17 @@ func (p *PCI) Setup(features uint64, rings ...Ring) {
 	}
 }
 
+// Reset resets the device the way a driver does (§4.1.4.3.1): it writes 0
+// to device_status and fails the test unless the status then reads 0,
+// which the transport reports only once the device stopped.
+func (p *PCI) Reset() {
+	p.tb.Helper()
+	p.Write(p.region(capCommon)+ccDeviceStatus, 1, 0)
+	if st := p.Status(); st != 0 {
+		p.tb.Fatalf("virtiotest: device status %#x after reset", st)
+	}
+}
+
 // Notify sends queue q's available-buffer notification.
 func (p *PCI) Notify(q int) {
 	cc := p.region(capCommon)

@@ -1,0 +1,82 @@
+package leakcheck
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// recorder is a testing.TB whose Fatal records the message instead of
+// ending the test, so the checker's own failures can be asserted.
+type recorder struct {
+	testing.TB
+	failed string
+}
+
+func (r *recorder) Helper()                           {}
+func (r *recorder) Fatal(args ...any)                 { r.failed = fmt.Sprint(args...) }
+func (r *recorder) Fatalf(format string, args ...any) { r.failed = fmt.Sprintf(format, args...) }
+
+func TestCheck(t *testing.T) {
+	tests := []struct {
+		name string
+		leak func(t *testing.T) (undo func())
+		want []string // in the failure; none: Check passes
+	}{
+		{"nothing", func(*testing.T) func() { return func() {} }, nil},
+		{"within tolerance", func(t *testing.T) func() {
+			stop := make(chan struct{})
+			for range Tolerance {
+				go func() { <-stop }()
+			}
+			return func() { close(stop) }
+		}, nil},
+		{"goroutines", func(t *testing.T) func() {
+			stop := make(chan struct{})
+			for range Tolerance + 1 {
+				go parkedLeak(stop)
+			}
+			return func() { close(stop) }
+		}, []string{"goroutines", "(+3)", "parkedLeak"}},
+		{"fds", func(t *testing.T) func() {
+			var fs []*os.File
+			for range Tolerance + 1 {
+				f, err := os.Open(os.DevNull)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fs = append(fs, f)
+			}
+			return func() {
+				for _, f := range fs {
+					f.Close()
+				}
+			}
+		}, []string{"fds", "(+3)", "-> /dev/null"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &recorder{TB: t}
+			before := Take(t)
+			undo := tc.leak(t)
+			Check(r, before)
+			undo()
+			if tc.want == nil {
+				if r.failed != "" {
+					t.Fatalf("Check failed: %s", r.failed)
+				}
+				return
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.failed, w) {
+					t.Errorf("failure %q lacks %q", r.failed, w)
+				}
+			}
+		})
+	}
+}
+
+// parkedLeak is a goroutine the test leaks on purpose; its name must show
+// in the failure's stacks.
+func parkedLeak(stop chan struct{}) { <-stop }
