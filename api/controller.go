@@ -104,6 +104,7 @@ type Controller struct {
 	done    chan struct{}
 	metrics *metricsSink
 	files   []*nbFile // log and metrics files, closed by Close
+	logFile *nbFile   // the current PUT /logger file (also in files)
 	stopped chan struct{}
 
 	reqMu    sync.Mutex

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,6 +166,7 @@ func (c *Controller) SetLogger(l Logger) error {
 		}
 		// No new destination: keep logging where we were, at the new level.
 		c.logs.set(&levelHandler{h: c.opts.Log, level: level})
+		c.replaceLogFile(nil)
 	} else {
 		f, err := openOutput(*l.LogPath)
 		if err != nil {
@@ -182,12 +184,27 @@ func (c *Controller) SetLogger(l Logger) error {
 				return a
 			},
 		}))
+		c.replaceLogFile(f)
 	}
 	l.Level = ptr(deref(l.Level, "Info"))
 	l.ShowLevel = ptr(deref(l.ShowLevel, false))
 	l.ShowLogOrigin = ptr(deref(l.ShowLogOrigin, false))
 	c.logger = &l
 	return nil
+}
+
+// replaceLogFile makes f the logger's file and closes the one it
+// replaces, so repeated PUT /logger calls hold one descriptor, not one
+// each. Call it after c.logs no longer writes to the old file; a
+// derived logger still holding it gets write errors, which slog drops.
+func (c *Controller) replaceLogFile(f *nbFile) {
+	old := c.logFile
+	c.logFile = f
+	if old == nil || old == f {
+		return
+	}
+	c.files = slices.DeleteFunc(c.files, func(g *nbFile) bool { return g == old })
+	_ = old.Close()
 }
 
 // levelHandler raises or lowers the level of another handler.

@@ -219,7 +219,7 @@ type runner struct {
 	o        Options
 	dir      string
 	logPath  string
-	logFile  *os.File
+	logFile  *consoleLog
 	vm       VMM
 	newTaps  []string
 	agent    *agent.Client
@@ -240,11 +240,12 @@ func (r *runner) run(ctx context.Context) (int, error) {
 	console := o.Console
 	if console == nil {
 		r.logPath = filepath.Join(dir, "console.log")
-		f, err := os.Create(r.logPath)
+		// Not the file itself: the VMM would write it directly, past any cap.
+		l, err := createConsoleLog(r.logPath, consoleLogMax)
 		if err != nil {
 			return -1, fmt.Errorf("creating the console log: %w", err)
 		}
-		r.logFile, console = f, f
+		r.logFile, console = l, l
 	}
 
 	var taps []string

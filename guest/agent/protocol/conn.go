@@ -13,7 +13,8 @@ import (
 
 // Handler serves one request arriving on conn. It runs in its own
 // goroutine, so calls that block (Wait) do not hold up others; ctx ends
-// when the connection closes.
+// when the connection closes. At most maxHandlers run at once per
+// connection; requests beyond that get CodeResourceExhausted.
 // Returning an *Error sends that code; any other error is sent as
 // CodeInternal. A panic is recovered and answered as CodeInternal, so a
 // bad request never takes the connection (or the agent) down.
@@ -26,6 +27,16 @@ var ErrClosed = errors.New("protocol: connection closed")
 // maxStreams bounds the streams one connection may register, so a peer
 // cannot make the agent allocate without bound.
 const maxStreams = 4096
+
+// Bounds on the requests one connection serves at once, so a peer that
+// floods requests (and perhaps never reads the responses) costs this end
+// at most maxHandlers goroutines and maxHandlerBytes of request payloads.
+// A request beyond either bound is answered CodeResourceExhausted by the
+// reader itself; see admit for why it is not queued instead.
+const (
+	maxHandlers     = 256
+	maxHandlerBytes = 16 << 20
+)
 
 // Conn multiplexes calls and streams over one byte stream. Either end may
 // call and either may serve (Handler may be nil for a pure client).
@@ -44,6 +55,9 @@ type Conn struct {
 	streams map[uint32]*Stream
 	err     error // why the connection closed
 	done    chan struct{}
+
+	handlers     int // requests being served (at most maxHandlers)
+	handlerBytes int // their payload bytes (at most maxHandlerBytes)
 }
 
 // NewConn starts reading frames from rwc. Close it when done.
@@ -121,12 +135,21 @@ func (c *Conn) readLoop() {
 func (c *Conn) dispatch(f frame) error {
 	switch f.typ {
 	case FrameRequest:
-		var req Request
-		if err := json.Unmarshal(f.payload, &req); err != nil {
-			go c.reply(f.id, nil, Errorf(CodeInvalidArgument, "malformed request: %v", err))
+		if !c.admit(len(f.payload)) {
+			c.reply(f.id, nil, Errorf(CodeResourceExhausted,
+				"more than %d requests or %d bytes of requests in flight", maxHandlers, maxHandlerBytes))
 			return nil
 		}
-		go c.serve(f.id, req)
+		go func() {
+			defer c.release(len(f.payload))
+			var req Request
+			if err := json.Unmarshal(f.payload, &req); err != nil {
+				c.reply(f.id, nil, Errorf(CodeInvalidArgument, "malformed request: %v", err))
+				return
+			}
+			f.payload = nil // params hold what the handler needs
+			c.serve(f.id, req)
+		}()
 	case FrameResponse:
 		var resp Response
 		if err := json.Unmarshal(f.payload, &resp); err != nil {
@@ -154,6 +177,35 @@ func (c *Conn) dispatch(f frame) error {
 		// frames do not break an older one.
 	}
 	return nil
+}
+
+// admit takes a handler slot for a request of n payload bytes, or
+// reports that the connection is serving as much as it may.
+//
+// A full connection answers the request with an error rather than making
+// the reader wait for a slot: the reader also carries the responses,
+// stream data and window credit that running handlers wait for (a Wait
+// returns only after its process's output was sent, which needs credit
+// from the peer), so a reader parked on a slot could deadlock a
+// well-behaved peer. The error is written by the reader, so a peer that
+// floods requests and never reads is held back by its own full socket.
+func (c *Conn) admit(n int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.handlers >= maxHandlers || c.handlerBytes+n > maxHandlerBytes {
+		return false
+	}
+	c.handlers++
+	c.handlerBytes += n
+	return true
+}
+
+// release returns the handler slot admit took.
+func (c *Conn) release(n int) {
+	c.mu.Lock()
+	c.handlers--
+	c.handlerBytes -= n
+	c.mu.Unlock()
 }
 
 func (c *Conn) serve(id uint32, req Request) {

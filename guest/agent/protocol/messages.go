@@ -29,6 +29,7 @@ const (
 	CodeVersion            = "version_mismatch"    // Hello with an unsupported version
 	CodeInternal           = "internal"            // the agent failed (mount, clone, ...)
 	CodeUnavailable        = "unavailable"         // the connection is gone
+	CodeResourceExhausted  = "resource_exhausted"  // too many requests in flight on the connection; retry later
 )
 
 // Error is a failed call. It is both the wire form and a Go error.
