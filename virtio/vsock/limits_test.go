@@ -163,39 +163,56 @@ func TestDrainDeadline(t *testing.T) {
 	}
 }
 
-// TestResetUnderTxFlood: a driver that refills the tx ring as fast as the
-// device empties it does not delay Reset.
+// descFlagNext is VIRTQ_DESC_F_NEXT (§2.7.5).
+const descFlagNext = 1
+
+// TestResetUnderTxFlood: a driver that makes tx buffers available again
+// as fast as the device uses them does not delay Reset.
 func TestResetUnderTxFlood(t *testing.T) {
 	const bound = 100 * time.Millisecond
+	// floodFor caps the flood, should Reset wait for it to end.
+	const floodFor = 3 * time.Second
 	g := newFakeGuest(t)
-	// Packets from a foreign CID: the device drops them, the cheapest
-	// work it can be handed, so the ring is never empty for long.
+	// One packet from a foreign CID, which the device drops, spread over
+	// chainLen descriptors so that the device takes longer to walk it
+	// than the driver to post it again: the ring is never empty.
+	const chainLen = 128
 	h := Header{SrcCID: testCID + 1, DstCID: HostCID, SrcPort: 1, DstPort: 2, Type: TypeStream, Op: OpRW}
 	pkt := make([]byte, HeaderSize)
 	h.Encode(pkt)
+	g.mu.Lock() // the flood owns the tx ring from now on
+	g.mem.WriteAt(pkt, g.tx.bufs[0])
+	for i := range uint16(chainLen) {
+		n, flags := uint32(1), uint16(descFlagNext)
+		if i == 0 {
+			n = HeaderSize
+		}
+		if i == chainLen-1 {
+			flags = 0
+		}
+		g.tx.putDesc(i, g.tx.bufs[i], n, flags)
+		g.mem.PutUint16(g.tx.desc+16*uint64(i)+14, i+1)
+	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	var posted int
 	go func() {
 		defer close(done)
-		for {
+		defer g.mu.Unlock()
+		end := time.Now().Add(floodFor)
+		for time.Now().Before(end) {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			g.mu.Lock()
-			for {
-				id, _, ok := g.tx.popUsed()
-				if !ok {
-					break
-				}
-				g.tx.free = append(g.tx.free, id)
-			}
-			for len(g.tx.free) > 0 {
-				g.txRaw(rawPacket{hdr: pkt})
+			// Keep the ring full of the same chain, posted again as
+			// soon as the device used it.
+			used, _ := g.tx.mem.Uint16(g.tx.used + 2)
+			for g.tx.availIdx-used < g.tx.size {
+				g.tx.post(0)
 				posted++
 			}
-			g.mu.Unlock()
+			g.kick(queueTx)
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)

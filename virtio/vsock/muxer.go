@@ -163,10 +163,8 @@ func (m *muxer) loop() {
 	for !m.broken {
 		// Checked first: with work left select would pick quit only by
 		// chance.
-		select {
-		case <-m.quit:
+		if m.stopping() {
 			return
-		default:
 		}
 		var soon <-chan struct{}
 		if txMore || rxMore {
@@ -216,6 +214,18 @@ func (m *muxer) loop() {
 				e.done <- errors.New("the device needs a reset")
 			}
 		}
+	}
+}
+
+// stopping reports whether Reset began. The rings are checked between
+// chains too: a chain of a queue's size in descriptors costs the device
+// far more than the driver, so even a batch may take long.
+func (m *muxer) stopping() bool {
+	select {
+	case <-m.quit:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -441,7 +451,7 @@ func (m *muxer) drain(c *conn) {
 // whether more may be waiting (the tx notification is not armed then).
 func (m *muxer) processTx() (more bool) {
 	for range maxBatch {
-		if m.broken {
+		if m.broken || m.stopping() {
 			return false
 		}
 		ch, ok, err := m.tx.Pop()
@@ -697,7 +707,7 @@ func (m *muxer) transportReset(done chan error) {
 // reports whether more may be owed.
 func (m *muxer) flushRx() (more bool) {
 	for range maxBatch {
-		if m.broken {
+		if m.broken || m.stopping() {
 			return false
 		}
 		if len(m.orphans) == 0 && !m.readyWork() {
