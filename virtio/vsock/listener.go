@@ -40,10 +40,13 @@ type listener struct {
 	pending map[net.Conn]struct{} // connections still in the handshake
 }
 
+// socketMode is the hybrid socket's mode, the API socket's: whoever may
+// connect may talk to the guest's vsock services.
+const socketMode = 0o600
+
 // listen binds path, replacing a stale socket nobody listens on.
 func listen(path string, dev *Device) (*listener, error) {
-	addr := &net.UnixAddr{Name: path, Net: "unix"}
-	ln, err := net.ListenUnix("unix", addr)
+	ln, err := listenUnix(path)
 	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
 		if st, serr := os.Lstat(path); serr == nil && st.Mode()&os.ModeSocket != 0 {
 			if c, derr := net.DialTimeout("unix", path, 100*time.Millisecond); derr == nil {
@@ -51,7 +54,7 @@ func listen(path string, dev *Device) (*listener, error) {
 				return nil, fmt.Errorf("listen on %s: another process is serving it", path)
 			}
 			if rerr := os.Remove(path); rerr == nil {
-				ln, err = net.ListenUnix("unix", addr)
+				ln, err = listenUnix(path)
 			}
 		}
 	}
@@ -63,6 +66,41 @@ func listen(path string, dev *Device) (*listener, error) {
 	l.wg.Add(1)
 	go l.acceptLoop()
 	return l, nil
+}
+
+// listenUnix binds a Unix socket at path with mode socketMode whatever the
+// umask. Linux creates the socket file with the socket inode's mode less
+// the umask, so setting that mode before bind means the file is never
+// wider than socketMode; the chmod after bind gives back what a stricter
+// umask took away.
+func listenUnix(path string) (*net.UnixListener, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close() // FileListener holds its own copy
+	if err := syscall.Fchmod(fd, socketMode); err != nil {
+		return nil, os.NewSyscallError("fchmod", err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		return nil, os.NewSyscallError("bind", err)
+	}
+	fail := func(err error) (*net.UnixListener, error) {
+		os.Remove(path)
+		return nil, err
+	}
+	if err := os.Chmod(path, socketMode); err != nil {
+		return fail(err)
+	}
+	if err := syscall.Listen(fd, syscall.SOMAXCONN); err != nil {
+		return fail(os.NewSyscallError("listen", err))
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return fail(err)
+	}
+	return ln.(*net.UnixListener), nil
 }
 
 // close stops accepting, aborts handshakes in progress and removes the

@@ -23,6 +23,7 @@ const (
 	evWriteErr                        // a writer failed
 	evDrained                         // a writer passed its marker
 	evTimeout                         // a host-initiated REQUEST went unanswered
+	evDrainTimeout                    // the host peer took too long to read a drain
 	evDialed                          // a guest-initiated dial finished
 	evTransportReset                  // Device.TransportReset was called
 )
@@ -42,6 +43,12 @@ type event struct {
 // maxOrphanRSTs bounds the RSTs queued for packets that belong to no
 // connection, should the guest stop taking rx buffers.
 const maxOrphanRSTs = 256
+
+// maxBatch bounds the chains the loop takes from one queue before it
+// looks at Reset and the other queue again: a driver that keeps the tx
+// ring full (or refills rx as fast as the device fills it) can't hold
+// the loop.
+const maxBatch = 64
 
 // muxer is the device while activated: one goroutine owns every
 // connection and both data queues; the listener and per-connection pumps
@@ -147,32 +154,50 @@ func (m *muxer) loop() {
 	if len(kicks) > queueEvent {
 		evKick = kicks[queueEvent]
 	}
+	// again is ready while a batch ended with work left, so the loop
+	// comes back to it after looking at quit and the events.
+	again := make(chan struct{})
+	close(again)
 	// Buffers may already be there (a kick before activation).
-	m.processTx()
-	m.flushRx()
+	txMore, rxMore := true, true
 	for !m.broken {
+		// Checked first: with work left select would pick quit only by
+		// chance.
+		if m.stopping() {
+			return
+		}
+		var soon <-chan struct{}
+		if txMore || rxMore {
+			soon = again
+		}
 		select {
 		case <-m.quit:
 			return
 		case <-kicks[queueRx]:
 		case <-kicks[queueTx]:
-			m.processTx()
+			txMore = true
 		case <-evKick:
 			// Event buffers stay with the device until an event (only
 			// TRANSPORT_RESET, for snapshots) needs one.
 		case e := <-m.ev:
 			m.handle(e)
-			// Take what else is queued before touching the rings.
-			for more := true; more; {
+			// Take what else is queued before touching the rings, but
+			// no more than was there: the pumps keep posting.
+			for range cap(m.ev) {
 				select {
 				case e := <-m.ev:
 					m.handle(e)
+					continue
 				default:
-					more = false
 				}
+				break
 			}
+		case <-soon:
 		}
-		m.flushRx()
+		if txMore {
+			txMore = m.processTx()
+		}
+		rxMore = m.flushRx()
 	}
 	// Broken: drop every connection and refuse new ones until the
 	// driver resets the device.
@@ -189,6 +214,18 @@ func (m *muxer) loop() {
 				e.done <- errors.New("the device needs a reset")
 			}
 		}
+	}
+}
+
+// stopping reports whether Reset began. The rings are checked between
+// chains too: a chain of a queue's size in descriptors costs the device
+// far more than the driver, so even a batch may take long.
+func (m *muxer) stopping() bool {
+	select {
+	case <-m.quit:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -313,6 +350,9 @@ func (m *muxer) handle(e event) {
 			c.release()
 		case evDrained, evWriteErr:
 			m.remove(c)
+		case evDrainTimeout:
+			m.log.Debug("vsock: host peer did not take the guest's last bytes in time", "port", c.key.host)
+			m.remove(c)
 		}
 		return
 	}
@@ -320,7 +360,7 @@ func (m *muxer) handle(e event) {
 	case evTransportReset:
 		m.transportReset(e.done)
 	case evHostConnect:
-		if len(m.conns) >= MaxConns {
+		if m.full() {
 			m.log.Warn("vsock: too many connections, refusing CONNECT", "port", e.port)
 			e.uc.Close()
 			return
@@ -381,39 +421,65 @@ func (m *muxer) handle(e event) {
 		// The guest shut down both directions and every byte it sent
 		// reached the host: the connection is done (§5.10.6.5).
 		m.reset(c)
+	case evDrainTimeout:
+		m.log.Debug("vsock: host peer did not take the guest's last bytes in time", "port", c.key.host)
+		m.reset(c)
 	}
 }
 
-// processTx handles every packet the guest queued.
-func (m *muxer) processTx() {
-	for !m.broken {
-		for {
-			ch, ok, err := m.tx.Pop()
-			if err != nil {
-				m.fail(err)
-				return
-			}
-			if !ok {
-				break
-			}
-			if err := m.txPacket(ch); err != nil {
-				m.fail(err)
-				return
-			}
-			if err := m.tx.Push(ch.Head, 0); err != nil {
-				m.fail(err)
-				return
-			}
+// full reports whether the device carries as many connections as it may.
+// Draining connections count: each still holds a host socket.
+func (m *muxer) full() bool {
+	return len(m.conns)+len(m.draining) >= m.dev.maxConns
+}
+
+// drain queues a marker behind c's last bytes for the host (the writer
+// reports it with evDrained) and bounds how long the host peer may take
+// to read them: at drainTimeout (Device.drainWait) the connection goes with whatever is left.
+func (m *muxer) drain(c *conn) {
+	if c.drainQueued {
+		return
+	}
+	c.drainQueued = true
+	c.wq.put(writeItem{marker: true})
+	// Only established connections drain, so the REQUEST timer is done
+	// with; remove stops this one.
+	c.timer = time.AfterFunc(m.dev.drainWait, func() { m.post(event{kind: evDrainTimeout, c: c}) })
+}
+
+// processTx handles up to maxBatch packets the guest queued and reports
+// whether more may be waiting (the tx notification is not armed then).
+func (m *muxer) processTx() (more bool) {
+	for range maxBatch {
+		if m.broken || m.stopping() {
+			return false
 		}
-		more, err := m.tx.Arm()
+		ch, ok, err := m.tx.Pop()
 		if err != nil {
 			m.fail(err)
-			return
+			return false
 		}
-		if !more {
-			return
+		if !ok {
+			arrived, err := m.tx.Arm()
+			if err != nil {
+				m.fail(err)
+				return false
+			}
+			if !arrived {
+				return false
+			}
+			continue
+		}
+		if err := m.txPacket(ch); err != nil {
+			m.fail(err)
+			return false
+		}
+		if err := m.tx.Push(ch.Head, 0); err != nil {
+			m.fail(err)
+			return false
 		}
 	}
+	return !m.broken
 }
 
 // txPacket handles one packet from the guest. Errors mean the chain can't
@@ -493,10 +559,7 @@ func (m *muxer) txPacket(ch virtio.Chain) error {
 			if c.pending != nil {
 				c.release()
 			}
-			if !c.drainQueued {
-				c.drainQueued = true
-				c.wq.put(writeItem{marker: true})
-			}
+			m.drain(c)
 		}
 	case OpShutdown:
 		if c == nil || c.state != stateEstablished {
@@ -546,7 +609,7 @@ func (m *muxer) txPacket(ch virtio.Chain) error {
 
 // guestConnect serves a guest REQUEST for host port h.DstPort.
 func (m *muxer) guestConnect(h Header) {
-	if len(m.conns) >= MaxConns {
+	if m.full() {
 		m.log.Warn("vsock: too many connections, refusing guest REQUEST", "port", h.DstPort)
 		m.orphanRST(h)
 		return
@@ -575,10 +638,7 @@ func (m *muxer) peerShutdown(c *conn, flags uint32) {
 		}
 	}
 	if c.peerShutdown == shutdownBoth {
-		if !c.drainQueued {
-			c.drainQueued = true
-			c.wq.put(writeItem{marker: true})
-		}
+		m.drain(c)
 		return
 	}
 	if newFlags&ShutdownSend != 0 {
@@ -643,37 +703,41 @@ func (m *muxer) transportReset(done chan error) {
 	done <- nil
 }
 
-// flushRx sends the guest everything it can take now.
-func (m *muxer) flushRx() {
-	for !m.broken {
+// flushRx sends the guest up to maxBatch packets it can take now and
+// reports whether more may be owed.
+func (m *muxer) flushRx() (more bool) {
+	for range maxBatch {
+		if m.broken || m.stopping() {
+			return false
+		}
 		if len(m.orphans) == 0 && !m.readyWork() {
-			return
+			return false
 		}
 		ch, ok, err := m.rx.Pop()
 		if err != nil {
 			m.fail(err)
-			return
+			return false
 		}
 		if !ok {
-			more, err := m.rx.Arm()
+			arrived, err := m.rx.Arm()
 			if err != nil {
 				m.fail(err)
-				return
+				return false
 			}
-			if !more {
-				return // wait for the guest's rx kick
+			if !arrived {
+				return false // wait for the guest's rx kick
 			}
 			continue
 		}
 		if ch.WriteLen < HeaderSize {
 			m.fail(fmt.Errorf("%w: rx chain head %d has %d writable bytes, need a %d-byte header", errMalformed, ch.Head, ch.WriteLen, HeaderSize))
-			return
+			return false
 		}
 		w, err := ch.AppendWritable(m.rxBufs[:0], m.rx.Mem(), 0)
 		m.rxBufs = w
 		if err != nil {
 			m.fail(err)
-			return
+			return false
 		}
 		var n uint32
 		if len(m.orphans) > 0 {
@@ -695,9 +759,10 @@ func (m *muxer) flushRx() {
 		clear(w) // no reference to guest memory kept
 		if err := m.rx.Push(ch.Head, n); err != nil {
 			m.fail(err)
-			return
+			return false
 		}
 	}
+	return !m.broken
 }
 
 // readyWork drops ready connections with nothing to send and reports

@@ -61,8 +61,13 @@ const (
 	// connection (buf_alloc, §5.10.6.3): the guest never has more than
 	// this many bytes in flight towards one host socket.
 	BufAlloc = 256 << 10
-	// MaxConns bounds the connections one device carries at a time.
+	// MaxConns bounds the connections one device carries at a time,
+	// those still draining to the host after a guest RST included.
 	MaxConns = 1023
+	// drainTimeout bounds how long the host peer may take to read the
+	// guest's last bytes after the guest reset or shut down a connection;
+	// then the host socket is closed with whatever is left.
+	drainTimeout = 5 * time.Second
 	// hostChunk is the most the device reads from a host socket at once;
 	// a connection holds at most one such chunk while the guest can't
 	// take it (rx back-pressure).
@@ -93,6 +98,9 @@ type Device struct {
 	config [cfgLen]byte
 	log    *slog.Logger
 	ln     *listener
+	// MaxConns and drainTimeout, apart so tests can reach them quickly.
+	maxConns  int
+	drainWait time.Duration
 
 	// life runs the muxer between Activate and Reset; run is the muxer
 	// while it takes events.
@@ -121,7 +129,8 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Device{cfg: cfg, log: log.With("device", "virtio-vsock", "id", cfg.ID)}
+	d := &Device{cfg: cfg, log: log.With("device", "virtio-vsock", "id", cfg.ID),
+		maxConns: MaxConns, drainWait: drainTimeout}
 	binary.LittleEndian.PutUint64(d.config[cfgGuestCID:], cfg.GuestCID)
 	ln, err := listen(cfg.UDSPath, d)
 	if err != nil {
