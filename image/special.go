@@ -117,8 +117,18 @@ func (s *specials) script(dir string) ([]byte, error) {
 			if mode&unix.S_IFMT == unix.S_IFBLK {
 				kind = "b"
 			}
+			// debugfs's mknod takes numbers below 65536 only, so the
+			// number is written into the inode the way Linux encodes it
+			// (old_encode_dev / new_encode_dev in include/linux/kdev_t.h).
 			dev := s.rdev[st.Ino]
-			fmt.Fprintf(&b, "mknod %s %s %d %d\n", bq, kind, unix.Major(dev), unix.Minor(dev))
+			major, minor := unix.Major(dev), unix.Minor(dev)
+			var oldDev, newDev uint32
+			if major < 256 && minor < 256 {
+				oldDev = major<<8 | minor
+			} else {
+				newDev = minor&0xff | major<<8 | (minor&^0xff)<<12
+			}
+			fmt.Fprintf(&b, "mknod %s %s 0 0\nsif %s block[0] %d\nsif %s block[1] %d\n", bq, kind, q, oldDev, q, newDev)
 		default:
 			return fmt.Errorf("%s: no way to make mode 0%o", name, mode)
 		}
