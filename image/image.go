@@ -30,6 +30,17 @@ type Options struct {
 	Label string
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
+	// MaxUnpacked caps the bytes BuildFromOCI unpacks: file sizes,
+	// holes included, summed over all layers, and each layer's
+	// decompressed stream. 0 means DefaultMaxUnpacked.
+	MaxUnpacked int64
+	// MaxEntries caps the tar entries of all layers; 0 means
+	// DefaultMaxEntries.
+	MaxEntries int64
+
+	// staged, when set, is called with the staging directory after
+	// the layers are applied and before mkfs (tests inspect it).
+	staged func(dir string) error
 }
 
 func (o *Options) defaults() {
@@ -45,6 +56,12 @@ func (o *Options) defaults() {
 // out. Ownership and modes are copied as they are on disk.
 func BuildFromDir(ctx context.Context, dir, out string, opts Options) error {
 	opts.defaults()
+	return buildFromDir(ctx, dir, out, opts, nil)
+}
+
+// buildFromDir is BuildFromDir with a last step, fix, run on the new
+// image before it takes out's name.
+func buildFromDir(ctx context.Context, dir, out string, opts Options, fix func(img string) error) error {
 	info, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("image source: %w", err)
@@ -68,28 +85,42 @@ func BuildFromDir(ctx context.Context, dir, out string, opts Options) error {
 		return err
 	}
 	opts.Logf("making %s: %d MiB, %d inodes for %d files (%d MiB of data)", out, size>>20, usage.inodes(), usage.entries, usage.bytes>>20)
-	return makeFilesystem(ctx, mkfs, dir, out, size, usage.inodes(), opts.Label)
+	return makeFilesystem(ctx, mkfs, dir, out, size, usage.inodes(), opts.Label, fix)
 }
 
-// BuildFromOCI unpacks the image at src (see Unpack) into a temporary
-// directory and builds an ext4 image of it at out.
+// BuildFromOCI unpacks the image at src (see Unpack) into a private
+// temporary directory and builds an ext4 image of it at out. Building as
+// root is safe for the host: the staging tree sits in a 0700 directory
+// of its own, and device nodes, FIFOs, set-id bits and the root
+// directory's metadata are written into the image with debugfs, never
+// made on the host. Unpacking stops at opts.MaxUnpacked and
+// opts.MaxEntries with an error wrapping ErrTooLarge.
 func BuildFromOCI(ctx context.Context, src, out string, opts Options) error {
 	opts.defaults()
-	tmp, err := os.MkdirTemp("", "vmm-image-rootfs-")
+	priv, err := os.MkdirTemp("", "vmm-image-")
 	if err != nil {
 		return fmt.Errorf("creating temporary directory: %w", err)
 	}
-	defer os.RemoveAll(tmp)
-	// MkdirTemp makes 0700; the image's root must be an ordinary 0755
-	// unless a layer says otherwise.
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return err
+	defer os.RemoveAll(priv)
+	// MkdirTemp makes priv 0700 whatever the umask; the root inside it
+	// is 0700 too, so nothing staged is reachable by another user.
+	tmp := filepath.Join(priv, "rootfs")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return fmt.Errorf("creating staging directory: %w", err)
 	}
 	opts.Logf("unpacking %s", src)
-	if err := Unpack(ctx, src, tmp); err != nil {
+	special := newSpecials()
+	if err := unpack(ctx, src, tmp, special, opts.MaxUnpacked, opts.MaxEntries); err != nil {
 		return err
 	}
-	return BuildFromDir(ctx, tmp, out, opts)
+	if opts.staged != nil {
+		if err := opts.staged(tmp); err != nil {
+			return err
+		}
+	}
+	return buildFromDir(ctx, tmp, out, opts, func(img string) error {
+		return applySpecials(ctx, special, tmp, img)
+	})
 }
 
 // usage is what a tree needs on ext4.
@@ -181,7 +212,7 @@ func findTool(name, pkg string, dirs ...string) (string, error) {
 	}
 	return "", fmt.Errorf("%s is not installed (looked %s): install the %s package: %w", name, where, pkg, exec.ErrNotFound)
 }
-func makeFilesystem(ctx context.Context, mkfs, dir, out string, size, inodes int64, label string) error {
+func makeFilesystem(ctx context.Context, mkfs, dir, out string, size, inodes int64, label string, fix func(img string) error) error {
 	if size < 1<<20 {
 		return fmt.Errorf("image size %d bytes is too small", size)
 	}
@@ -209,6 +240,12 @@ func makeFilesystem(ctx context.Context, mkfs, dir, out string, size, inodes int
 			msg += " (the image is too small for the content: raise the size)"
 		}
 		return fmt.Errorf("%s: %w: %s", filepath.Base(mkfs), err, msg)
+	}
+	if fix != nil {
+		if err := fix(tmp); err != nil {
+			os.Remove(tmp)
+			return err
+		}
 	}
 	if err := os.Rename(tmp, out); err != nil {
 		os.Remove(tmp)

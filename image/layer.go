@@ -41,10 +41,15 @@ func decompress(r io.Reader) (io.Reader, error) {
 	return br, nil
 }
 
-// extractOptions tune applyTar.
+// extractOptions tune applyEntry.
 type extractOptions struct {
 	whiteouts bool // interpret .wh. entries (image layers, not outer archives)
 	owners    bool // apply the entries' uid/gid (needs root)
+	// special receives device nodes, FIFOs, set-id bits and the root's
+	// metadata, which are never made real on the host; nil drops them
+	// (outer archives, Unpack).
+	special *specials
+	lim     *limits
 }
 
 // applyLayer applies one image layer to t. open is called twice: the
@@ -52,29 +57,31 @@ type extractOptions struct {
 // the second adds its files. Two passes make the result independent of
 // where in the archive a whiteout appears relative to the files of the
 // same layer.
-func applyLayer(t *tree, open func() (io.ReadCloser, error), owners bool) error {
-	if err := readTar(open, func(tr *tar.Reader, hdr *tar.Header) error {
+func applyLayer(t *tree, open func() (io.ReadCloser, error), opts extractOptions) error {
+	if err := readTar(open, opts.lim, func(tr *tar.Reader, hdr *tar.Header) error {
 		return applyWhiteout(t, hdr)
 	}); err != nil {
 		return err
 	}
-	return readTar(open, func(tr *tar.Reader, hdr *tar.Header) error {
-		return applyEntry(t, tr, hdr, extractOptions{whiteouts: true, owners: owners})
+	opts.whiteouts = true
+	return readTar(open, opts.lim, func(tr *tar.Reader, hdr *tar.Header) error {
+		return applyEntry(t, tr, hdr, opts)
 	})
 }
 
 // readTar calls fn for every entry of the (possibly compressed) tar that
-// open returns.
-func readTar(open func() (io.ReadCloser, error), fn func(*tar.Reader, *tar.Header) error) error {
+// open returns, reading at most lim's byte cap of decompressed stream.
+func readTar(open func() (io.ReadCloser, error), lim *limits, fn func(*tar.Reader, *tar.Header) error) error {
 	rc, err := open()
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	r, err := decompress(rc)
+	dr, err := decompress(rc)
 	if err != nil {
 		return err
 	}
+	r := &capReader{r: dr, left: lim.maxBytes, l: lim}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -144,13 +151,24 @@ func applyEntry(t *tree, tr *tar.Reader, hdr *tar.Header, opts extractOptions) e
 	if opts.whiteouts && strings.HasPrefix(path.Base(rel), whiteoutPrefix) {
 		return nil // applied in the first pass
 	}
+	size := int64(0)
+	if hdr.Typeflag == tar.TypeReg {
+		size = hdr.Size
+	}
+	if err := opts.lim.entry(hdr.Name, size); err != nil {
+		return err
+	}
 	if rel == "." {
 		// The root's own entry: its metadata is the image's choice,
-		// but it cannot be replaced.
-		if hdr.Typeflag == tar.TypeDir {
-			return setMetadata(t.rootFd(), ".", hdr, opts, true)
+		// but it cannot be replaced, and the staging directory keeps
+		// its private 0700 on the host.
+		if hdr.Typeflag != tar.TypeDir {
+			return fmt.Errorf("entry %q would replace the root directory", hdr.Name)
 		}
-		return fmt.Errorf("entry %q would replace the root directory", hdr.Name)
+		if opts.special != nil {
+			opts.special.root = rootMeta{mode: uint32(hdr.Mode) & 0o7777, uid: hdr.Uid, gid: hdr.Gid, owners: opts.owners}
+		}
+		return nil
 	}
 	parent, err := t.dir(path.Dir(rel))
 	if err != nil {
@@ -172,27 +190,33 @@ func applyEntry(t *tree, tr *tar.Reader, hdr *tar.Header, opts extractOptions) e
 				return fmt.Errorf("creating directory /%s: %w", rel, err)
 			}
 		}
-		return setMetadata(parent, base, hdr, opts, true)
+		return setMetadata(parent, base, hdr, opts, uint32(hdr.Mode)&0o7777)
 	}
 
 	// Everything else replaces what was there, directories included.
 	if err := removeAt(parent, base); err != nil {
 		return err
 	}
+	// Set-id bits never reach the host: the image gets them from
+	// opts.special.
+	mode := uint32(hdr.Mode) & 0o7777
 	switch hdr.Typeflag {
 	case tar.TypeReg: // tar.Reader reports the legacy TypeRegA as TypeReg
-		fd, err := unix.Openat(parent, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		f, err := createAt(parent, base, rel)
 		if err != nil {
-			return fmt.Errorf("creating /%s: %w", rel, err)
+			return err
 		}
-		f := os.NewFile(uintptr(fd), rel)
-		_, err = io.Copy(f, tr)
+		err = writeSparse(f, tr)
+		if err == nil {
+			err = opts.note(f, unix.S_IFREG|mode, 0, mode&setIDBits != 0)
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
 			return fmt.Errorf("writing /%s: %w", rel, err)
 		}
+		mode &^= setIDBits
 	case tar.TypeSymlink:
 		if strings.IndexByte(hdr.Linkname, 0) >= 0 || hdr.Linkname == "" {
 			return fmt.Errorf("symlink /%s has a bad target %q", rel, hdr.Linkname)
@@ -218,29 +242,120 @@ func applyEntry(t *tree, tr *tar.Reader, hdr *tar.Header, opts extractOptions) e
 		// A hard link shares its target's inode and metadata.
 		return nil
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		// A node on the host would be one any process that reaches the
+		// staging tree could open: an empty placeholder stands in for
+		// it and the image gets the node.
 		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
-		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknodat(parent, base, kind|0o600, int(dev)); err != nil {
-			return fmt.Errorf("creating device /%s: %w", rel, err)
+		if hdr.Devmajor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor < 0 || hdr.Devminor > 0xfffff {
+			return fmt.Errorf("device /%s: bad number %d:%d", rel, hdr.Devmajor, hdr.Devminor)
 		}
+		f, err := createAt(parent, base, rel)
+		if err != nil {
+			return err
+		}
+		err = opts.note(f, kind|mode, unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)), true)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("device /%s: %w", rel, err)
+		}
+		mode = 0o600
 	default:
 		return fmt.Errorf("entry /%s: unsupported tar entry type %q", rel, hdr.Typeflag)
 	}
-	return setMetadata(parent, base, hdr, opts, hdr.Typeflag != tar.TypeSymlink)
+	if hdr.Typeflag == tar.TypeSymlink {
+		return setMetadata(parent, base, hdr, opts, noMode)
+	}
+	return setMetadata(parent, base, hdr, opts, mode)
+}
+
+// setIDBits are the mode bits that make an executable run as its owner
+// or group.
+const setIDBits = unix.S_ISUID | unix.S_ISGID
+
+// noMode tells setMetadata to leave the mode alone.
+const noMode = ^uint32(0)
+
+// createAt creates the regular file base in parent, 0600 and empty.
+func createAt(parent int, base, rel string) (*os.File, error) {
+	fd, err := unix.Openat(parent, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating /%s: %w", rel, err)
+	}
+	return os.NewFile(uintptr(fd), rel), nil
+}
+
+// note records the new regular file f as a placeholder for mode when
+// special is set, and otherwise makes sure no record names its inode.
+func (o extractOptions) note(f *os.File, mode uint32, rdev uint64, special bool) error {
+	if o.special == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	if special {
+		o.special.record(st.Ino, mode, rdev)
+	} else {
+		o.special.forget(st.Ino)
+	}
+	return nil
+}
+
+// holeBlock is the run of zeros writeSparse turns into a hole: the
+// filesystem block size, below which a hole saves nothing.
+const holeBlock = 4096
+
+// writeSparse copies r into the new file f, seeking over zero blocks
+// instead of writing them, so a file of holes (a sparse tar entry, or a
+// stream of zeros) allocates no disk space on the host; mkfs.ext4 -d
+// keeps the holes in the image.
+func writeSparse(f *os.File, r io.Reader) error {
+	buf := make([]byte, 64<<10)
+	zero := make([]byte, holeBlock)
+	var off int64
+	for {
+		// Not io.ReadFull: its io.ErrUnexpectedEOF would hide a
+		// truncated archive's.
+		n, err := 0, error(nil)
+		for n < len(buf) && err == nil {
+			var m int
+			m, err = r.Read(buf[n:])
+			n += m
+		}
+		for i := 0; i < n; i += holeBlock {
+			chunk := buf[i:min(i+holeBlock, n)]
+			if !bytes.Equal(chunk, zero[:len(chunk)]) {
+				if _, werr := f.WriteAt(chunk, off); werr != nil {
+					return werr
+				}
+			}
+			off += int64(len(chunk))
+		}
+		if errors.Is(err, io.EOF) {
+			return f.Truncate(off)
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // setMetadata applies ownership, then mode (chown clears set-id bits),
-// then modification time. Symlinks have no mode of their own on Linux.
-func setMetadata(parent int, base string, hdr *tar.Header, opts extractOptions, hasMode bool) error {
+// then modification time. Symlinks have no mode of their own on Linux:
+// they pass noMode.
+func setMetadata(parent int, base string, hdr *tar.Header, opts extractOptions, mode uint32) error {
 	if opts.owners {
 		if err := unix.Fchownat(parent, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("chown %s: %w", hdr.Name, err)
 		}
 	}
-	if hasMode {
+	if mode != noMode {
 		// base is known not to be a symlink here, so following is
 		// harmless (fchmodat cannot do otherwise).
-		if err := unix.Fchmodat(parent, base, uint32(hdr.Mode)&0o7777, 0); err != nil {
+		if err := unix.Fchmodat(parent, base, mode, 0); err != nil {
 			return fmt.Errorf("chmod %s: %w", hdr.Name, err)
 		}
 	}

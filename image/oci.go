@@ -72,8 +72,19 @@ type layer struct {
 // Unpack applies the layers of the image at src (an OCI image layout
 // directory, or a tar of one, or a `docker save` tarball, optionally
 // gzip'd) into dest, which must be an empty directory. Ownership is
-// applied only when running as root.
+// applied only when running as root. Nothing on the host gains a
+// privilege from it: device nodes and FIFOs become empty 0600 files,
+// set-id bits are dropped and dest's own mode is left alone
+// (BuildFromOCI puts them in the image instead). The default caps
+// (DefaultMaxUnpacked, DefaultMaxEntries) apply.
 func Unpack(ctx context.Context, src, dest string) error {
+	return unpack(ctx, src, dest, nil, 0, 0)
+}
+
+// unpack is Unpack that hands what must not be made real on the host to
+// special (nil drops it), with caps maxBytes and maxEntries (0 for the
+// defaults) on the layers together and on the outer archive.
+func unpack(ctx context.Context, src, dest string, special *specials, maxBytes, maxEntries int64) error {
 	info, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("image source: %w", err)
@@ -85,7 +96,7 @@ func Unpack(ctx context.Context, src, dest string) error {
 			return fmt.Errorf("creating temporary directory: %w", err)
 		}
 		defer os.RemoveAll(tmp)
-		if err := extractArchive(src, tmp); err != nil {
+		if err := extractArchive(src, tmp, newLimits(maxBytes, maxEntries)); err != nil {
 			return fmt.Errorf("extracting %s: %w", src, err)
 		}
 		layoutDir = tmp
@@ -105,7 +116,7 @@ func Unpack(ctx context.Context, src, dest string) error {
 		return err
 	}
 	defer destTree.Close()
-	owners := os.Geteuid() == 0
+	opts := extractOptions{owners: os.Geteuid() == 0, special: special, lim: newLimits(maxBytes, maxEntries)}
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -120,7 +131,7 @@ func Unpack(ctx context.Context, src, dest string) error {
 			}
 			return newVerifier(f, l.digest), nil
 		}
-		if err := applyLayer(destTree, open, owners); err != nil {
+		if err := applyLayer(destTree, open, opts); err != nil {
 			return fmt.Errorf("layer %d (%s): %w", i+1, l.rel, err)
 		}
 	}
@@ -128,16 +139,17 @@ func Unpack(ctx context.Context, src, dest string) error {
 }
 
 // extractArchive unpacks the outer archive (the layout or docker save
-// tarball) with the same containment as layers, without ownership.
-func extractArchive(src, dest string) error {
+// tarball) with the same containment as layers, without ownership,
+// within its own caps lim.
+func extractArchive(src, dest string, lim *limits) error {
 	t, err := openTree(dest)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
 	open := func() (io.ReadCloser, error) { return os.Open(src) }
-	return readTar(open, func(tr *tar.Reader, hdr *tar.Header) error {
-		return applyEntry(t, tr, hdr, extractOptions{})
+	return readTar(open, lim, func(tr *tar.Reader, hdr *tar.Header) error {
+		return applyEntry(t, tr, hdr, extractOptions{lim: lim})
 	})
 }
 

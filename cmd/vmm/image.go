@@ -15,12 +15,13 @@ import (
 
 const imageUsage = `usage:
   vmm image build --from-dir DIR -o FILE [--size N] [--label L]
-  vmm image build --from-oci-tar TAR -o FILE [--size N] [--label L]
+  vmm image build --from-oci-tar TAR -o FILE [--size N] [--label L] [--max-unpacked N]
 
 Builds an ext4 root filesystem image for a container: from a directory, or
 from an OCI image (a layout directory or its tar) or a "docker save"
 tarball, applying the layers in order. --size takes 64M, 1G, ... (default:
-the content plus headroom, at least 64 MiB).
+the content plus headroom, at least 64 MiB). --max-unpacked caps what the
+layers may unpack, holes included (default 16G).
 `
 
 // imageMain implements `vmm image ...`; args exclude "image". It returns
@@ -44,6 +45,7 @@ func imageMain(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("o", "", "image file to write")
 	size := fs.String("size", "", "image size (e.g. 256M, 1G; default automatic)")
 	label := fs.String("label", "rootfs", "filesystem label")
+	maxUnpacked := fs.String("max-unpacked", "", "cap on the bytes the layers unpack (default 16G)")
 	quiet := fs.Bool("q", false, "print nothing on success")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -73,6 +75,13 @@ func imageMain(args []string, stdout, stderr io.Writer) int {
 		}
 		opts.Size = int64(n)
 	}
+	if *maxUnpacked != "" {
+		n, err := parseSize(*maxUnpacked)
+		if err != nil || n == 0 || n > 1<<50 {
+			return usage("invalid --max-unpacked %q", *maxUnpacked)
+		}
+		opts.MaxUnpacked = int64(n)
+	}
 	if !*quiet {
 		opts.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, "vmm image: "+format+"\n", a...) }
 	}
@@ -84,6 +93,9 @@ func imageMain(args []string, stdout, stderr io.Writer) int {
 		err = image.BuildFromDir(ctx, *fromDir, *out, opts)
 	} else {
 		err = image.BuildFromOCI(ctx, *fromOCI, *out, opts)
+	}
+	if errors.Is(err, image.ErrTooLarge) {
+		err = fmt.Errorf("%w (raise --max-unpacked if the image is trusted)", err)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "vmm image build: %v\n", err)

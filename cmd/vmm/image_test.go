@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"os"
 	"path/filepath"
@@ -20,6 +21,8 @@ func TestImageMainUsage(t *testing.T) {
 		{"build", "--from-dir", "a", "-o", "x", "--size", "lots"},
 		{"build", "--bogus"},
 		{"build", "--from-dir", "a", "-o", "x", "extra"},
+		{"build", "--from-oci-tar", "a", "-o", "x", "--max-unpacked", "0"},
+		{"build", "--from-oci-tar", "a", "-o", "x", "--max-unpacked", "much"},
 	}
 	for _, args := range cases {
 		var stdout, stderr bytes.Buffer
@@ -51,5 +54,36 @@ func TestImageMainBuild(t *testing.T) {
 	stderr.Reset()
 	if code := imageMain([]string{"build", "--from-oci-tar", filepath.Join(src, "missing.tar"), "-o", out}, &stdout, &stderr); code != 1 {
 		t.Errorf("missing tar: exit %d", code)
+	}
+}
+
+// TestImageMainMaxUnpacked: a layer larger than --max-unpacked fails the
+// build with an error naming the cap and the flag.
+func TestImageMainMaxUnpacked(t *testing.T) {
+	testenv.RequireRoot(t, "image builds stage as root")
+	testenv.RequireCommand(t, "mkfs.ext4", "e2fsprogs")
+	dir := t.TempDir()
+	// A docker save tarball: manifest.json and one 2 MiB layer.
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	tw.WriteHeader(&tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2 << 20})
+	tw.Write(make([]byte, 2<<20))
+	tw.Close()
+	var outer bytes.Buffer
+	tw = tar.NewWriter(&outer)
+	for _, f := range []struct{ name, body string }{
+		{"manifest.json", `[{"Config":"c.json","Layers":["l.tar"]}]`},
+		{"l.tar", layer.String()},
+	} {
+		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f.body))})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	src := filepath.Join(dir, "image.tar")
+	os.WriteFile(src, outer.Bytes(), 0o644)
+	var stdout, stderr bytes.Buffer
+	code := imageMain([]string{"build", "--from-oci-tar", src, "-o", filepath.Join(dir, "img"), "--max-unpacked", "1M"}, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "more than 1048576 bytes (1 MiB) unpacked") || !strings.Contains(stderr.String(), "--max-unpacked") {
+		t.Errorf("exit %d, stderr %q: want a failure naming the 1 MiB cap and --max-unpacked", code, stderr.String())
 	}
 }
