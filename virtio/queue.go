@@ -123,7 +123,8 @@ func NewTestQueue(mem *memory.Guest, size uint16, desc, driver, device uint64, f
 
 // Pop returns the next available chain, ok=false when the ring is empty. A
 // non-nil error means the driver broke the protocol; the queue must not be
-// used further.
+// used further. Among the errors: a head that was popped and not yet
+// pushed, so the chains a device holds are at most the queue size.
 func (q *Queue) Pop() (c Chain, ok bool, err error) {
 	return q.PopAppend(nil)
 }
@@ -142,6 +143,15 @@ func (q *Queue) PopAppend(buf []Buffer) (c Chain, ok bool, err error) {
 	slot := int(q.nextAvail % q.Size)
 	head := le.Uint16(q.avail[availRingOff+availElemSize*slot:])
 	q.nextAvail++
+	// A head the device holds can't be made available again (§2.7.13:
+	// the driver reuses a chain only once it is used): a driver that
+	// re-posts one would have the device take requests without end,
+	// never more than the queue size with every head counted once.
+	// Only Pop sets bits and Push only clears them, so the check holds
+	// until the Or below.
+	if head < q.Size && q.inFlight[head/64].Load()&(1<<(head%64)) != 0 {
+		return c, false, fmt.Errorf("queue %d: %w: head %d made available again while in flight", q.Index, ErrBadChain, head)
+	}
 	c, err = appendChain(buf, q.mem, descTable{mem: q.mem, addr: q.DescAddr, host: q.desc}, q.Size, head, q.indirect)
 	if err != nil {
 		return c, false, fmt.Errorf("queue %d: %w", q.Index, err)

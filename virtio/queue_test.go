@@ -137,3 +137,46 @@ func TestQueueBadRings(t *testing.T) {
 		}
 	}
 }
+
+// A head is available again only once the device returned it: popping one
+// it still holds is the driver's error, so a queue never has more chains
+// in flight than its size (issue 12 finding 2).
+func TestQueueHeadInFlight(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		pushed  bool // the device returned the head before it is posted again
+		wantErr bool
+	}{
+		{"returned, posted again", true, false},
+		{"held, posted again", false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDriver(t)
+			q, err := d.Queue(0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head := d.Chain(virtiotest.Buf{Addr: d.Alloc(64, 8), Len: 64, Write: true})
+			d.Post(head)
+			if _, ok, err := q.Pop(); !ok || err != nil {
+				t.Fatalf("first pop: ok=%v err=%v", ok, err)
+			}
+			if tt.pushed {
+				if err := q.Push(head, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d.Post(head)
+			c, ok, err := q.Pop()
+			if tt.wantErr {
+				if ok || !errors.Is(err, virtio.ErrBadChain) {
+					t.Fatalf("pop of a head in flight: ok=%v err=%v, want ErrBadChain", ok, err)
+				}
+				return
+			}
+			if !ok || err != nil || c.Head != head {
+				t.Fatalf("pop of a returned head: %+v ok=%v err=%v", c, ok, err)
+			}
+		})
+	}
+}

@@ -93,7 +93,19 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 		}
 		return true
 	}
+	// round counts the chains taken since stop was last looked at: a
+	// driver that keeps posting (re-posting what it got back) never
+	// empties the ring, so stop is also observed between rounds of
+	// txBatch chains, each returned to the driver first (issue 12: stop
+	// within 100 ms whatever the guest does).
+	round := 0
 	for {
+		if round == txBatch {
+			if !flush() || rs.stopped() {
+				return
+			}
+			round = 0
+		}
 		c, ok, err := q.Pop()
 		if err != nil {
 			n.fail(rs, err)
@@ -117,6 +129,7 @@ func (n *Net) txLoop(rs *runState, p *pair, q *virtio.Queue, kick <-chan struct{
 			}
 			continue
 		}
+		round++
 		// §5.1.6.2: a transmit chain is the header then the frame, all
 		// device-readable.
 		if c.WriteLen != 0 || c.ReadLen < HeaderLen {
