@@ -78,7 +78,9 @@ func touchesDevices(t *testing.T, data []byte) bool {
 	return walk(v)
 }
 
-func noMachines(vmm.Config, *slog.Logger) (Machine, error) { return nil, errors.New("no machines here") }
+func noMachines(vmm.Config, *slog.Logger) (Machine, error) {
+	return nil, errors.New("no machines here")
+}
 
 // wantFault fails t unless w is a Firecracker fault: JSON with a message.
 func wantFault(t *testing.T, what string, w *httptest.ResponseRecorder) {
