@@ -144,6 +144,18 @@ func FuzzBodies(f *testing.F) {
 	})
 }
 
+// loadConfigData loads data as a config file into a new controller, which
+// t closes.
+func loadConfigData(t *testing.T, data []byte) (*Controller, error) {
+	path := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctl := NewController(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines})
+	t.Cleanup(func() { ctl.Close() })
+	return ctl, LoadConfigFile(ctl, path)
+}
+
 // FuzzConfigFile loads arbitrary config files (--config-file) into a
 // fresh controller. Loading either fails with an error naming the file or
 // succeeds; a file that loads reads back as a config that loads again
@@ -167,13 +179,8 @@ func FuzzConfigFile(f *testing.F) {
 		if fc, err := decode[FullConfig](data); err == nil && (fc.Logger != nil || fc.Metrics != nil) {
 			return
 		}
-		path := filepath.Join(t.TempDir(), "config.json")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		ctl := NewController(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines})
-		defer ctl.Close()
-		if err := LoadConfigFile(ctl, path); err != nil {
+		ctl, err := loadConfigData(t, data)
+		if err != nil {
 			if !strings.Contains(err.Error(), "config file") {
 				t.Fatalf("error %q does not say it is the config file's", err)
 			}
@@ -183,13 +190,8 @@ func FuzzConfigFile(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		again := filepath.Join(t.TempDir(), "again.json")
-		if err := os.WriteFile(again, first, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		ctl2 := NewController(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines})
-		defer ctl2.Close()
-		if err := LoadConfigFile(ctl2, again); err != nil {
+		ctl2, err := loadConfigData(t, first)
+		if err != nil {
 			t.Fatalf("a loaded config reads back as %s, which does not load: %v", first, err)
 		}
 		if second, _ := json.Marshal(ctl2.FullConfig()); !bytes.Equal(first, second) {
