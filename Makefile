@@ -2,6 +2,7 @@
 #
 #   make run    build vmm and the default guest, boot it to a shell
 #   make test   build everything and run every test (what CI runs)
+#   make fuzz   run every fuzz target for FUZZTIME (30s) each
 #
 # The default guest (kernel, initramfs, test guest) goes to build/guest; the
 # kernel build is cached in $(VMM_CACHE) so it is built once per machine.
@@ -17,7 +18,7 @@ TEST_TIMEOUT ?= 60m
 # caches the build.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all vmm deps guest kernel initramfs testguest testimage run test check unit integration bench clean
+.PHONY: all vmm deps guest kernel initramfs testguest testimage run test check unit integration fuzz bench clean
 
 all: vmm
 
@@ -67,6 +68,14 @@ unit: check
 
 integration: vmm guest
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/
+
+# Every Fuzz target in the tree, one after another, FUZZTIME each, with
+# the executions of each at the end (FUZZ=REGEXP picks targets by name).
+# `make test` runs each target on its seed corpus only.
+FUZZTIME ?= 30s
+FUZZ ?= .
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh '$(FUZZ)'
 
 # vmm vs QEMU side by side (startup, API, boot, containers, iperf3, fio,
 # memory, scaling): raw results in benchmarks/results/<date>/, the report in
