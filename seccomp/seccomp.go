@@ -69,6 +69,10 @@ func Syscalls() []uint32 {
 		unix.SYS_TIMER_DELETE, unix.SYS_GETRANDOM, unix.SYS_PRLIMIT64,
 		unix.SYS_GETRLIMIT, unix.SYS_UNAME, unix.SYS_FCNTL, unix.SYS_GETUID,
 		unix.SYS_GETEUID, unix.SYS_GETGID, unix.SYS_GETEGID,
+		// glibc, in a binary that links it (cgo, the race detector):
+		// pthread_create registers each new thread's rseq area and robust
+		// futex list.
+		unix.SYS_RSEQ, unix.SYS_SET_ROBUST_LIST,
 		// File I/O: images, kernel and initrd loaded over the API, logs and
 		// metrics files, /proc reads (os, virtio/blk incl. discard and
 		// O_DIRECT probing, api).
