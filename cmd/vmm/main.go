@@ -40,6 +40,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/govmm/vmm/api"
+	"github.com/govmm/vmm/seccomp"
 	"github.com/govmm/vmm/vmm"
 )
 
@@ -110,6 +111,7 @@ type options struct {
 	apiSock    string // serve the API here
 	configFile string // boot from this Firecracker config file
 	id         string // instance id reported by the API
+	seccomp    bool   // install the seccomp filter before serving or booting
 }
 
 // apiMode reports whether the VM is configured by the API or a config file
@@ -139,7 +141,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.apiSock, "api-sock", "", "serve the Firecracker-compatible API on this Unix socket (the VM starts on InstanceStart)")
 	fs.StringVar(&o.configFile, "config-file", "", "boot from this Firecracker-style JSON config file")
 	fs.StringVar(&o.id, "id", api.DefaultID, "instance id reported by the API")
-	fs.Bool("no-seccomp", false, "accepted for compatibility with Firecracker's launchers; there is no seccomp filter")
+	fs.BoolVar(&o.seccomp, "seccomp", false, "install the seccomp system-call allow-list (package seccomp) before the API serves or the guest runs; any other system call kills vmm. Opt-in until proven on a KVM host, when it becomes the default and --no-seccomp turns it off")
+	fs.Bool("no-seccomp", false, "accepted for compatibility with Firecracker's launchers; the filter is off unless --seccomp is given")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			*help = true
@@ -263,12 +266,28 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	serveErr := make(chan error, 1)
+	var srv *api.Server
 	if o.apiSock != "" {
-		srv := api.NewServer(ctl)
+		srv = api.NewServer(ctl)
 		if err := srv.Listen(o.apiSock); err != nil {
 			fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
 			return 1
 		}
+	}
+	// The filter goes on once the flags are read, the console is set up
+	// and the API socket is bound, and before any request is served or
+	// guest code runs: from here on, what a compromised device model or
+	// API handler can ask of the kernel is the allow-list.
+	if o.seccomp {
+		if err := seccomp.Install(); err != nil {
+			fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
+			return 1
+		}
+		log.Info("seccomp filter installed", "mode", "allow-list, kill process")
+	} else {
+		log.Debug("seccomp filter off (--seccomp enables it)")
+	}
+	if srv != nil {
 		go func() { serveErr <- srv.Serve() }()
 		defer func() {
 			sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)

@@ -127,3 +127,22 @@ func TestHelpNamesCommands(t *testing.T) {
 		}
 	}
 }
+
+func TestSeccompFlag(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--seccomp"}, true},
+		{[]string{"--no-seccomp"}, false},
+	} {
+		o, err := parseFlags(append([]string{"--api-sock", "/nonexistent/s"}, tt.args...), io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", tt.args, err)
+		}
+		if o.seccomp != tt.want {
+			t.Errorf("%v: seccomp %v, want %v", tt.args, o.seccomp, tt.want)
+		}
+	}
+}
