@@ -169,7 +169,12 @@ const descFlagNext = 1
 // TestResetUnderTxFlood: a driver that makes tx buffers available again
 // as fast as the device uses them does not delay Reset.
 func TestResetUnderTxFlood(t *testing.T) {
-	const bound = 100 * time.Millisecond
+	// The device looks at Reset between chains, so it stops within
+	// microseconds (issue 12 asks for 100 ms); bound leaves room for a
+	// loaded 2-core box under -race to schedule the spinning driver
+	// (Reset once took 180 ms there) while staying far below floodFor,
+	// so a Reset that waits for the flood to end still fails.
+	const bound = time.Second
 	// floodFor caps the flood, should Reset wait for it to end.
 	const floodFor = 3 * time.Second
 	g := newFakeGuest(t)
