@@ -20,7 +20,8 @@
 //
 // Its subcommands (`vmm --help` lists them, from commands): `vmm run` runs
 // a command in a container in a microVM of its own, on an ext4 image that
-// `vmm image build` makes.
+// `vmm image build` makes; `vmm jailer` starts a VMM in a cage, with
+// Firecracker's jailer command line.
 package main
 
 import (
@@ -40,6 +41,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/govmm/vmm/api"
+	"github.com/govmm/vmm/jailer"
 	"github.com/govmm/vmm/seccomp"
 	"github.com/govmm/vmm/vmm"
 )
@@ -73,6 +75,12 @@ func commands() []command {
 		{"run", "run", "run a command in a container on an ext4 image, in a microVM of its own", runMain},
 		{"image", "image build", "build an ext4 container image from a directory, an OCI image or a tarball",
 			func(args []string, _ io.Reader, stdout, stderr io.Writer) int { return imageMain(args, stdout, stderr) }},
+		// The jailer's stage 2 re-executes `vmm jailer`, so this row is
+		// also how that child finds its way back into package jailer.
+		{"jailer", "jailer", "run a VMM binary in a chroot, namespaces and cgroup as an unprivileged uid (Firecracker's jailer command line)",
+			func(args []string, _ io.Reader, _, stderr io.Writer) int {
+				return jailer.Main(args, stderr, []string{"jailer"})
+			}},
 	}
 }
 
