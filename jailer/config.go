@@ -96,27 +96,48 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
-// Parse parses and validates the jailer's arguments (after `jailer`).
-func Parse(args []string) (*Config, error) {
+// rawFlags are the flags as given, before validation.
+type rawFlags struct {
+	uid, gid         string
+	cgroups, rlimits listFlag
+}
+
+// flagSet declares the jailer's flags, bound to c and raw.
+func flagSet(c *Config, raw *rawFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet("jailer", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	var (
-		c                Config
-		uid, gid         string
-		cgroups, rlimits listFlag
-	)
 	fs.StringVar(&c.ID, "id", "", "unique VM id: letters, digits and '-', at most 64")
 	fs.StringVar(&c.ExecFile, "exec-file", "", "the VMM binary to copy into the jail and exec")
-	fs.StringVar(&uid, "uid", "", "uid the VMM runs as")
-	fs.StringVar(&gid, "gid", "", "gid the VMM runs as")
-	fs.StringVar(&c.ChrootBase, "chroot-base-dir", DefaultChrootBase, "where jails are built")
+	fs.StringVar(&raw.uid, "uid", "", "uid the VMM runs as")
+	fs.StringVar(&raw.gid, "gid", "", "gid the VMM runs as")
+	fs.StringVar(&c.ChrootBase, "chroot-base-dir", DefaultChrootBase, "where jails are built: <dir>/<exec name>/<id>/root")
 	fs.StringVar(&c.NetNS, "netns", "", "network namespace file to join (e.g. /var/run/netns/NAME)")
-	fs.StringVar(&c.CgroupVersion, "cgroup-version", "", "cgroup hierarchy version: only 2")
-	fs.Var(&cgroups, "cgroup", "cgroup file to write, FILE=VALUE (e.g. cpu.max=50000), repeatable")
-	fs.StringVar(&c.ParentCgroup, "parent-cgroup", "", "cgroup under which the VM's cgroup ID is made (default: the exec file's name)")
-	fs.Var(&rlimits, "resource-limit", "fsize=N or no-file=N, repeatable")
-	fs.BoolVar(&c.Daemonize, "daemonize", false, "setsid and redirect stdio to /dev/null")
-	fs.BoolVar(&c.NewPIDNS, "new-pid-ns", false, "exec the VMM as pid 1 of a new pid namespace")
+	fs.StringVar(&c.CgroupVersion, "cgroup-version", "", "cgroup hierarchy version: only 2; with it, --cgroup or --parent-cgroup the VMM gets a cgroup")
+	fs.Var(&raw.cgroups, "cgroup", "cgroup file to write, FILE=VALUE (e.g. pids.max=100), repeatable")
+	fs.StringVar(&c.ParentCgroup, "parent-cgroup", "", "cgroup under which the VM's cgroup <id> is made (default: the exec file's name)")
+	fs.Var(&raw.rlimits, "resource-limit", "fsize=N or no-file=N (default no-file=2048), repeatable")
+	fs.BoolVar(&c.Daemonize, "daemonize", false, "setsid and redirect stdio to /dev/null; the jailer returns at once")
+	fs.BoolVar(&c.NewPIDNS, "new-pid-ns", false, "exec the VMM as pid 1 of a new pid namespace (its host pid goes to <root>/<exec name>.pid)")
+	return fs
+}
+
+// PrintUsage writes the jailer's synopsis and flags to w.
+func PrintUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: vmm jailer --id ID --exec-file PATH --uid UID --gid GID [flags] [-- VMM-ARGS...]\n\n"+
+		"Runs the VMM in a chroot of its own, in a new mount namespace, as UID:GID,\n"+
+		"with `--id ID` before VMM-ARGS (as Firecracker's jailer does).\n\nflags:")
+	fs := flagSet(&Config{}, &rawFlags{})
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+// Parse parses and validates the jailer's arguments (after `jailer`).
+func Parse(args []string) (*Config, error) {
+	var (
+		c   Config
+		raw rawFlags
+	)
+	fs := flagSet(&c, &raw)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -129,10 +150,10 @@ func Parse(args []string) (*Config, error) {
 		return nil, errors.New("--exec-file is required")
 	}
 	var err error
-	if c.UID, err = parseID("uid", uid); err != nil {
+	if c.UID, err = parseID("uid", raw.uid); err != nil {
 		return nil, err
 	}
-	if c.GID, err = parseID("gid", gid); err != nil {
+	if c.GID, err = parseID("gid", raw.gid); err != nil {
 		return nil, err
 	}
 	if !filepath.IsAbs(c.ChrootBase) {
@@ -145,7 +166,7 @@ func Parse(args []string) (*Config, error) {
 	default:
 		return nil, fmt.Errorf("--cgroup-version %q: only 2 is supported", c.CgroupVersion)
 	}
-	for _, kv := range cgroups {
+	for _, kv := range raw.cgroups {
 		f, err := parseCgroupFile(kv)
 		if err != nil {
 			return nil, err
@@ -155,7 +176,7 @@ func Parse(args []string) (*Config, error) {
 	if p := c.ParentCgroup; p != "" && (filepath.IsAbs(p) || !filepath.IsLocal(p)) {
 		return nil, fmt.Errorf("--parent-cgroup %q: must be a relative path inside the cgroup root", p)
 	}
-	for _, kv := range rlimits {
+	for _, kv := range raw.rlimits {
 		if err := c.parseLimit(kv); err != nil {
 			return nil, err
 		}

@@ -76,7 +76,7 @@ func Main(args []string, stderr io.Writer, reexec []string) int {
 	c, err := Parse(args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: vmm jailer --id ID --exec-file PATH --uid UID --gid GID [--chroot-base-dir DIR] [--netns PATH] [--cgroup-version 2] [--cgroup FILE=VALUE]... [--parent-cgroup PATH] [--resource-limit fsize=N|no-file=N]... [--daemonize] [--new-pid-ns] [-- VMM-ARGS...]")
+			PrintUsage(stderr)
 			return 0
 		}
 		fmt.Fprintf(stderr, "jailer: %v\n", err)

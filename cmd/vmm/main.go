@@ -21,7 +21,8 @@
 // Its subcommands (`vmm --help` lists them, from commands): `vmm run` runs
 // a command in a container in a microVM of its own, on an ext4 image that
 // `vmm image build` makes; `vmm jailer` starts a VMM in a cage, with
-// Firecracker's jailer command line.
+// Firecracker's jailer command line, which vmm also runs when started as
+// `jailer` (a link named jailer to vmm).
 package main
 
 import (
@@ -55,7 +56,16 @@ const shutdownTimeout = 2 * time.Second
 // exitUsage is the status for bad flags, as flag.ExitOnError uses.
 const exitUsage = 2
 
+// jailerName is the name under which vmm is the jailer, as launchers of
+// Firecracker (its Go SDK, Kata) start a binary called jailer.
+const jailerName = "jailer"
+
 func main() {
+	if filepath.Base(os.Args[0]) == jailerName {
+		// No reexec prefix: stage 2 is started with this same argv[0], so
+		// it lands here again.
+		os.Exit(jailer.Main(os.Args[1:], os.Stderr, nil))
+	}
 	os.Exit(dispatch(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
