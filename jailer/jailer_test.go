@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,6 +81,10 @@ func TestJail(t *testing.T) {
 			os.Remove(filepath.Join(CgroupRoot, parentCgroup, id))
 			os.Remove(filepath.Join(CgroupRoot, parentCgroup))
 		})
+	}
+	netns, netnsErr := makeNetNS(t)
+	if netnsErr == nil {
+		args = append(args, "--netns", netns)
 	}
 	args = append(args, "--", "--extra", "arg")
 
@@ -201,6 +206,19 @@ func TestJail(t *testing.T) {
 	if !strings.Contains(string(status), fmt.Sprintf("NSpid:\t%d\t1\n", pid)) {
 		t.Errorf("/proc/%d/status has no NSpid %d 1:\n%s", pid, pid, status)
 	}
+	t.Run("netns", func(t *testing.T) {
+		if netnsErr != nil {
+			testenv.Skipf(t, "the netns part needs `ip netns add`: %v", netnsErr)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(netns, &st); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.Readlink(proc("ns/net"))
+		if want := fmt.Sprintf("net:[%d]", st.Ino); err != nil || got != want {
+			t.Errorf("/proc/%d/ns/net = %q, %v; want %q (%s)", pid, got, err, want, netns)
+		}
+	})
 	t.Run("cgroup", func(t *testing.T) {
 		if cgroupErr != nil {
 			testenv.Skipf(t, "the cgroup part needs a cgroup v2 hierarchy: %v", cgroupErr)
@@ -336,4 +354,20 @@ func TestJailRefusesNonDirectory(t *testing.T) {
 	if err := makeJail(c, c.Root()); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Fatalf("makeJail over a file: %v, want a not-a-directory error", err)
 	}
+}
+
+// makeNetNS creates a named network namespace for the test with `ip netns
+// add` and returns its file, or why it can't.
+func makeNetNS(t *testing.T) (string, error) {
+	t.Helper()
+	ip, err := testenv.LookCommand("ip")
+	if err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("vmm-jailer-test-%d", os.Getpid())
+	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("ip netns add: %w: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command(ip, "netns", "del", name).Run() })
+	return filepath.Join("/run/netns", name), nil
 }
