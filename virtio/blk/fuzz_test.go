@@ -74,14 +74,7 @@ func FuzzRequest(f *testing.F) {
 		if feat&2 != 0 {
 			features |= FeatureWriteZeroes
 		}
-		d, err := virtiotest.NewDriver(1<<20, 16)
-		if err != nil {
-			t.Fatal(err)
-		}
-		q, err := d.Queue(0, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d, q := newParseQueue(t)
 		// The readable buffers cut one contiguous area (header, then
 		// payload), the writable ones another, so the header lands in
 		// whatever the layout makes of it.

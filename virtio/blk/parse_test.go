@@ -5,22 +5,31 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/virtiotest"
 )
+
+// newParseQueue returns a fake driver and the device side of its queue,
+// popped by hand to feed parse.
+func newParseQueue(tb testing.TB) (*virtiotest.Driver, *virtio.Queue) {
+	tb.Helper()
+	d, err := virtiotest.NewDriver(1<<20, 16)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	q, err := d.Queue(0, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d, q
+}
 
 // TestParseLayouts parses requests framed in unusual ways into one reused
 // request: the header split over descriptors and sharing one with data,
 // the status byte at the end of a data buffer; nothing of an earlier
 // request is left behind.
 func TestParseLayouts(t *testing.T) {
-	d, err := virtiotest.NewDriver(1<<20, 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := d.Queue(0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, q := newParseQueue(t)
 	hdr := make([]byte, headerLen)
 	binary.LittleEndian.PutUint32(hdr[0:], typeOut)
 	binary.LittleEndian.PutUint64(hdr[8:], 77)
