@@ -32,22 +32,10 @@ func requireTools(t *testing.T) {
 	testenv.RequireCommand(t, "debugfs", "e2fsprogs")
 }
 
-func debugfsPath() (string, error) {
-	if p, err := exec.LookPath("debugfs"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/sbin/debugfs", "/usr/sbin/debugfs"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", os.ErrNotExist
-}
-
 // debugfs runs a read-only debugfs request against img.
 func debugfs(t *testing.T, img, request string) string {
 	t.Helper()
-	p, _ := debugfsPath()
+	p, _ := testenv.LookCommand("debugfs")
 	var stderr bytes.Buffer
 	cmd := exec.Command(p, "-R", request, img)
 	cmd.Stderr = &stderr
