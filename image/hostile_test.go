@@ -104,10 +104,7 @@ func TestSpecialFilesOnlyInImage(t *testing.T) {
 	base := t.TempDir()
 	outside := filepath.Join(base, "outside")
 	os.Mkdir(outside, 0o755)
-	src := filepath.Join(base, "image.tar")
-	if err := os.WriteFile(src, ociTar(t, specialLayers(t, outside)...), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	src := writeOCITar(t, base, specialLayers(t, outside)...)
 	img := filepath.Join(base, "rootfs.ext4")
 	var staged string
 	opts := Options{staged: func(dir string) error {
@@ -163,8 +160,7 @@ func TestUnpackDropsSpecials(t *testing.T) {
 	base := t.TempDir()
 	dest := filepath.Join(base, "root")
 	os.Mkdir(dest, 0o700)
-	src := filepath.Join(base, "image.tar")
-	os.WriteFile(src, ociTar(t, specialLayers(t, filepath.Join(base, "outside"))...), 0o644)
+	src := writeOCITar(t, base, specialLayers(t, filepath.Join(base, "outside"))...)
 	if err := Unpack(context.Background(), src, dest); err != nil {
 		t.Fatal(err)
 	}
@@ -182,8 +178,7 @@ func TestDotDotDeviceRefused(t *testing.T) {
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: "../sda", Typeflag: tar.TypeBlock, Mode: 0o666, Devmajor: 8})
 	tw.Close()
-	src := filepath.Join(base, "image.tar")
-	os.WriteFile(src, ociTar(t, buf.Bytes()), 0o644)
+	src := writeOCITar(t, base, buf.Bytes())
 	err := Unpack(context.Background(), src, dest)
 	if err == nil || !strings.Contains(err.Error(), "path traversal") {
 		t.Fatalf("Unpack: %v, want a path traversal error", err)
@@ -250,12 +245,11 @@ func TestSparseBomb(t *testing.T) {
 	requireTools(t)
 	const size = 1 << 30
 	base := t.TempDir()
-	src := filepath.Join(base, "image.tar")
 	layer := sparseTar(t, "big", size)
 	if len(layer) > 8<<10 {
 		t.Fatalf("the layer is %d bytes", len(layer))
 	}
-	os.WriteFile(src, ociTar(t, layer), 0o644)
+	src := writeOCITar(t, base, layer)
 	img := filepath.Join(base, "rootfs.ext4")
 	opts := Options{staged: func(dir string) error {
 		var st unix.Stat_t
@@ -330,8 +324,7 @@ func TestUnpackCaps(t *testing.T) {
 				t.Fatalf("the layer is %d bytes", len(tc.layer))
 			}
 			base := t.TempDir()
-			src := filepath.Join(base, "image.tar")
-			os.WriteFile(src, ociTar(t, tc.layer), 0o644)
+			src := writeOCITar(t, base, tc.layer)
 			err := BuildFromOCI(context.Background(), src, filepath.Join(base, "rootfs.ext4"), tc.opts)
 			if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("BuildFromOCI: %v, want ErrTooLarge mentioning %q", err, tc.want)

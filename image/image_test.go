@@ -32,22 +32,10 @@ func requireTools(t *testing.T) {
 	testenv.RequireCommand(t, "debugfs", "e2fsprogs")
 }
 
-func debugfsPath() (string, error) {
-	if p, err := exec.LookPath("debugfs"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/sbin/debugfs", "/usr/sbin/debugfs"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", os.ErrNotExist
-}
-
 // debugfs runs a read-only debugfs request against img.
 func debugfs(t *testing.T, img, request string) string {
 	t.Helper()
-	p, _ := debugfsPath()
+	p, _ := testenv.LookCommand("debugfs")
 	var stderr bytes.Buffer
 	cmd := exec.Command(p, "-R", request, img)
 	cmd.Stderr = &stderr
@@ -113,6 +101,16 @@ func gzipBytes(t *testing.T, data []byte) []byte {
 func digest(data []byte) string {
 	sum := sha256.Sum256(data)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// writeOCITar writes ociTar(layers) to dir/image.tar and returns its path.
+func writeOCITar(t *testing.T, dir string, layers ...[]byte) string {
+	t.Helper()
+	src := filepath.Join(dir, "image.tar")
+	if err := os.WriteFile(src, ociTar(t, layers...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src
 }
 
 // ociTar wraps layers (already compressed or not) into an OCI image
@@ -193,10 +191,7 @@ func testLayers(t *testing.T) [][]byte {
 func TestBuildFromOCITar(t *testing.T) {
 	requireTools(t)
 	dir := t.TempDir()
-	src := filepath.Join(dir, "image.tar")
-	if err := os.WriteFile(src, ociTar(t, testLayers(t)...), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	src := writeOCITar(t, dir, testLayers(t)...)
 	img := filepath.Join(dir, "rootfs.ext4")
 	if err := BuildFromOCI(context.Background(), src, img, Options{Logf: t.Logf}); err != nil {
 		t.Fatalf("BuildFromOCI: %v", err)
@@ -273,8 +268,7 @@ func TestHardLinkCountWithinLayer(t *testing.T) {
 	requireTools(t)
 	layer := makeTar(t, []entry{dir("a"), file("a/f", "shared\n"), hardlink("a/g", "a/f")})
 	dir := t.TempDir()
-	src := filepath.Join(dir, "image.tar")
-	os.WriteFile(src, ociTar(t, layer), 0o644)
+	src := writeOCITar(t, dir, layer)
 	img := filepath.Join(dir, "rootfs.ext4")
 	if err := BuildFromOCI(context.Background(), src, img, Options{}); err != nil {
 		t.Fatal(err)
@@ -301,8 +295,7 @@ func TestHostileLayers(t *testing.T) {
 			base := t.TempDir()
 			dest := filepath.Join(base, "a", "b", "root")
 			os.MkdirAll(dest, 0o755)
-			src := filepath.Join(base, "image.tar")
-			os.WriteFile(src, ociTar(t, makeTar(t, tc.entries)), 0o644)
+			src := writeOCITar(t, base, makeTar(t, tc.entries))
 			err := Unpack(context.Background(), src, dest)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("Unpack: %v, want an error about %q", err, tc.wantErr)
@@ -336,8 +329,7 @@ func TestSymlinkEscapesStayInside(t *testing.T) {
 		hardlink("hl", "abs/pwned"),
 		file("abs/.wh.keep", ""),
 	})
-	src := filepath.Join(base, "image.tar")
-	os.WriteFile(src, ociTar(t, layer1, layer2), 0o644)
+	src := writeOCITar(t, base, layer1, layer2)
 	if err := os.WriteFile(filepath.Join(outside, "keep"), []byte("host file"), 0o644); err != nil {
 		t.Fatal(err)
 	}
