@@ -28,6 +28,7 @@ type agent struct {
 	cgroups *cgroupManager
 	logf    func(format string, args ...any)
 	spawner *spawner
+	methods map[string]method // read-only after newAgent
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -40,6 +41,7 @@ func newAgent(selfExe, runDir string, cgroups *cgroupManager, logf func(string, 
 		cgroups:    cgroups,
 		logf:       logf,
 		spawner:    newSpawner(),
+		methods:    methods(),
 		containers: make(map[string]*container),
 	}
 }
@@ -93,18 +95,20 @@ type session struct {
 type method func(s *session, ctx context.Context, conn *protocol.Conn, params json.RawMessage) (any, error)
 
 // methods is the agent's method table: one line per protocol method.
-var methods = map[string]method{
-	protocol.MethodHello:            typed((*session).handshake),
-	protocol.MethodPing:             typed((*session).ping),
-	protocol.MethodVersion:          typed((*session).version),
-	protocol.MethodCreateContainer:  typed((*session).createContainer),
-	protocol.MethodStartProcess:     typed((*session).startProcess),
-	protocol.MethodExecProcess:      typed((*session).execProcess),
-	protocol.MethodSignal:           typed((*session).signal),
-	protocol.MethodWait:             typed((*session).wait),
-	protocol.MethodCloseStdin:       typed((*session).closeStdin),
-	protocol.MethodResizeTTY:        typed((*session).resizeTTY),
-	protocol.MethodDestroyContainer: typed((*session).destroyContainer),
+func methods() map[string]method {
+	return map[string]method{
+		protocol.MethodHello:            typed((*session).handshake),
+		protocol.MethodPing:             typed((*session).ping),
+		protocol.MethodVersion:          typed((*session).version),
+		protocol.MethodCreateContainer:  typed((*session).createContainer),
+		protocol.MethodStartProcess:     typed((*session).startProcess),
+		protocol.MethodExecProcess:      typed((*session).execProcess),
+		protocol.MethodSignal:           typed((*session).signal),
+		protocol.MethodWait:             typed((*session).wait),
+		protocol.MethodCloseStdin:       typed((*session).closeStdin),
+		protocol.MethodResizeTTY:        typed((*session).resizeTTY),
+		protocol.MethodDestroyContainer: typed((*session).destroyContainer),
+	}
 }
 
 // typed makes a method of a handler that takes its params decoded as a Req.
@@ -142,7 +146,7 @@ func (s *session) handle(ctx context.Context, conn *protocol.Conn, name string, 
 	if name != protocol.MethodHello && !s.hello.Load() {
 		return nil, protocol.Errorf(protocol.CodeFailedPrecondition, "the connection must start with %s", protocol.MethodHello)
 	}
-	m, ok := methods[name]
+	m, ok := s.a.methods[name]
 	if !ok {
 		return nil, protocol.Errorf(protocol.CodeUnimplemented, "unknown method %q", name)
 	}

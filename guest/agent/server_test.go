@@ -68,7 +68,7 @@ func TestMethodTable(t *testing.T) {
 			t.Errorf("%s: %s %s: %v, %v; want code %s", tc.name, tc.method, tc.params, res, err, tc.code)
 		}
 	}
-	for name := range methods {
+	for name := range a.methods {
 		if !tested[name] {
 			t.Errorf("method %s has no case", name)
 		}
