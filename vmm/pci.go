@@ -148,11 +148,9 @@ func (m *Machine) setupPCI() (err error) {
 	return m.attachVirtio(st, ioEventRegistrar{m.vm})
 }
 
-// openDrives opens one virtio-blk device per drive, vda first.
+// openDrives opens one virtio-blk device per drive, vda first. The drive
+// count is Config.Validate's to check (CheckDrives).
 func (m *Machine) openDrives(attach func(virtioFunc) error) error {
-	if len(m.cfg.Drives) > 26 {
-		return fmt.Errorf("%d drives: at most 26 are supported", len(m.cfg.Drives))
-	}
 	seen := map[string]bool{}
 	for i, d := range m.cfg.Drives {
 		id := d.ID
