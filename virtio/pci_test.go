@@ -166,8 +166,9 @@ func (f *fakeINTx) count() int {
 	return f.asserts
 }
 
-// rig is a PCI bus with one virtio function, driven through port and MMIO
-// accesses as a guest would.
+// rig is a PCI bus with one virtio function, driven as a guest would:
+// configuration space through the bus (virtiotest.PCI; the 0xCF8/0xCFC
+// ports are tested in devices/pci) and the BARs through MMIO.
 type rig struct {
 	t    *testing.T
 	bus  *pci.Bus
