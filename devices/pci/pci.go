@@ -229,6 +229,10 @@ func (b *Bus) ECAM() devices.Device { return ecam{b} }
 
 type addressPort struct{ b *Bus }
 
+// configAddressReserved are the address register's bits that read as zero:
+// 30:28 and 1:0 (§3.2.2.3.2).
+const configAddressReserved = 0x7000_0003
+
 // Read returns the address register; only dword accesses reach it, as on
 // PC chipsets where byte accesses to 0xCF8-0xCFB are other registers.
 func (p addressPort) Read(off uint64, data []byte) {
@@ -252,7 +256,7 @@ func (p addressPort) Write(off uint64, data []byte) {
 	// Bits 1:0 are reserved and read as zero. Bits 27:24 are kept: some
 	// chipsets (AMD's extended configuration access) put register bits
 	// 11:8 there, which target() then refuses.
-	p.b.addr = binary.LittleEndian.Uint32(data) &^ 0x7000_0003
+	p.b.addr = binary.LittleEndian.Uint32(data) &^ configAddressReserved
 }
 
 type dataPort struct{ b *Bus }

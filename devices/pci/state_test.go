@@ -119,3 +119,45 @@ func TestFunctionStateRefused(t *testing.T) {
 		t.Error("a refused restore changed the configuration space")
 	}
 }
+
+func TestBusStateRoundTrip(t *testing.T) {
+	mmio := devices.NewBus("mmio")
+	b := NewBus(mmio, 0xc000_0000, 0xe000_0000)
+	addr := make([]byte, 4)
+	binary.LittleEndian.PutUint32(addr, 0x8000_0810)
+	b.AddressPort().Write(0, addr)
+	// The host bridge's Command register, as firmware writes it.
+	b.ConfigWrite(0, 0, 0, 4, []byte{0x06, 0x00})
+	s := b.State()
+	if s.ConfigAddress != 0x8000_0810 {
+		t.Fatalf("saved address %#x, want %#x", s.ConfigAddress, 0x8000_0810)
+	}
+	raw, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back BusState
+	if err := json.Unmarshal(raw, &back); err != nil {
+		t.Fatal(err)
+	}
+	b2 := NewBus(devices.NewBus("mmio"), 0xc000_0000, 0xe000_0000)
+	if err := b2.Restore(back); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	b2.AddressPort().Read(0, got)
+	if v := binary.LittleEndian.Uint32(got); v != 0x8000_0810 {
+		t.Errorf("restored address register reads %#x, want %#x", v, 0x8000_0810)
+	}
+	cmd := make([]byte, 2)
+	b2.ConfigRead(0, 0, 0, 4, cmd)
+	if cmd[0] != 0x06 {
+		t.Errorf("restored host bridge command %#x, want 0x06", cmd[0])
+	}
+
+	bad := back
+	bad.ConfigAddress |= 1
+	if err := NewBus(devices.NewBus("mmio"), 0xc000_0000, 0xe000_0000).Restore(bad); err == nil {
+		t.Error("a configuration address with reserved bits was restored")
+	}
+}
