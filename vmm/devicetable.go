@@ -37,6 +37,13 @@ type virtioKind struct {
 	// closing it. A device open refuses what the Config gets wrong before
 	// it opens anything of the host's.
 	open func(m *Machine, attach func(virtioFunc) error) error
+	// save records the device's own state (not the transport's) in its
+	// kind's field of fs; the device is paused.
+	save func(m *Machine, dev virtio.Device, fs *functionState) error
+	// restore rebuilds the device fs describes, with the host resources
+	// Config names now (a restore may override taps and sockets), and
+	// hands it to attach as open does.
+	restore func(m *Machine, fs functionState, attach func(virtioFunc) error) error
 }
 
 // virtioFunc is one device made by a virtioKind's open, ready for its PCI
@@ -55,10 +62,24 @@ type virtioFunc struct {
 // virtioKinds is the device table. Functions take bus slots in its order:
 // drives, then network interfaces, vsock and entropy.
 var virtioKinds = []virtioKind{
-	{name: "virtio-blk", class: pci.ClassStorageOther, configured: func(c *Config) bool { return len(c.Drives) > 0 }, open: (*Machine).openDrives},
-	{name: "virtio-net", class: pciClassNetworkEthernet, configured: func(c *Config) bool { return len(c.Nets) > 0 }, open: (*Machine).openNets},
-	{name: "virtio-vsock", class: pciClassCommunicationOther, configured: func(c *Config) bool { return c.Vsock != nil }, open: (*Machine).openVsock},
-	{name: "virtio-rng", class: pciClassUnassigned, configured: func(c *Config) bool { return c.Entropy != nil }, open: (*Machine).openEntropy},
+	{name: "virtio-blk", class: pci.ClassStorageOther, configured: func(c *Config) bool { return len(c.Drives) > 0 },
+		open: (*Machine).openDrives, save: saveDrive, restore: (*Machine).restoreDrive},
+	{name: "virtio-net", class: pciClassNetworkEthernet, configured: func(c *Config) bool { return len(c.Nets) > 0 },
+		open: (*Machine).openNets, save: saveNet, restore: (*Machine).restoreNet},
+	{name: "virtio-vsock", class: pciClassCommunicationOther, configured: func(c *Config) bool { return c.Vsock != nil },
+		open: (*Machine).openVsock, save: saveVsock, restore: (*Machine).restoreVsock},
+	{name: "virtio-rng", class: pciClassUnassigned, configured: func(c *Config) bool { return c.Entropy != nil },
+		open: (*Machine).openEntropy, save: saveEntropy, restore: (*Machine).restoreEntropy},
+}
+
+// kindNamed returns the device table's row called name.
+func kindNamed(name string) (*virtioKind, bool) {
+	for i := range virtioKinds {
+		if virtioKinds[i].name == name {
+			return &virtioKinds[i], true
+		}
+	}
+	return nil, false
 }
 
 // hasPCI reports whether the configuration needs a PCI bus at all; without
@@ -105,6 +126,7 @@ func (m *Machine) attach(st *pciState, ioe ioEventRegistrar, k virtioKind, f vir
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", k.name, f.id, err)
 	}
+	st.funcs = append(st.funcs, pciFunc{kind: k.name, id: f.id, slot: slot, t: t, dev: f.dev})
 	attrs := append([]any{"id", f.id}, f.log...)
 	attrs = append(attrs, "pci", fmt.Sprintf("00:%02x.0", slot), "bar0", fmt.Sprintf("%#x", t.Config().BARAddr(0)))
 	m.log.Debug(k.name+" attached", attrs...)

@@ -12,6 +12,7 @@ import (
 	"github.com/govmm/vmm/devices/eventfd"
 	"github.com/govmm/vmm/devices/pci"
 	"github.com/govmm/vmm/kvm"
+	"github.com/govmm/vmm/virtio"
 	"github.com/govmm/vmm/virtio/blk"
 )
 
@@ -53,6 +54,16 @@ type pciState struct {
 	msi     pci.MSIAllocator // the VM's msiRouter; tests without KVM substitute one
 	closers []io.Closer
 	drives  map[string]*blk.Block // by drive id
+	funcs   []pciFunc             // the virtio functions, in slot order
+}
+
+// pciFunc is one virtio function on the bus.
+type pciFunc struct {
+	kind string // its virtioKind's name
+	id   string
+	slot int
+	t    *virtio.PCI
+	dev  virtio.Device
 }
 
 // pciACPI describes the host bridge for the ACPI tables, nil without PCI.
@@ -120,10 +131,19 @@ func withDriveRoot(cmdline string, drives []DriveConfig) string {
 // (virtioKinds). Device problems (an image missing, unreadable or locked
 // by another VM, a tap that can't be opened) surface here, before the
 // guest runs.
-func (m *Machine) setupPCI() (err error) {
+func (m *Machine) setupPCI() error {
 	if !hasPCI(m.cfg) {
 		return nil
 	}
+	if err := m.setupPCIBus(); err != nil {
+		return err
+	}
+	return m.attachVirtio(m.pci, ioEventRegistrar{m.vm})
+}
+
+// setupPCIBus creates bus 0, empty but for the host bridge, with its
+// configuration front ends.
+func (m *Machine) setupPCIBus() error {
 	mmio64 := boot.HighMMIOStart(m.cfg.MemSize)
 	st := &pciState{
 		bus: pci.NewBusWith(pci.BusConfig{
@@ -142,10 +162,7 @@ func (m *Machine) setupPCI() (err error) {
 	if err := m.pio.Register("pci-config-data", pci.ConfigDataPort, 4, st.bus.DataPort()); err != nil {
 		return err
 	}
-	if err := m.mmio.Register("pci-ecam", pciECAMBase, pci.ECAMBusSize, st.bus.ECAM()); err != nil {
-		return err
-	}
-	return m.attachVirtio(st, ioEventRegistrar{m.vm})
+	return m.mmio.Register("pci-ecam", pciECAMBase, pci.ECAMBusSize, st.bus.ECAM())
 }
 
 // openDrives opens one virtio-blk device per drive, vda first. The drive
