@@ -93,6 +93,10 @@ type Machine struct {
 	pci      *pciState  // nil without PCI devices
 	exits    exitCounters
 	kbd      *i8042.Controller
+
+	// startPaused: Run parks the vCPUs until Resume (a restore without
+	// resume_vm).
+	startPaused bool
 }
 
 // New builds a machine from cfg: KVM objects, guest memory with the kernel,

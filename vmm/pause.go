@@ -24,12 +24,17 @@ func newPauser() *pauser {
 }
 
 // park blocks the calling vCPU thread while the machine is paused, unless
-// it is stopping.
-func (p *pauser) park(stopping func() bool) {
+// it is stopping. settle runs first, under the pauser's lock (so Resume
+// can't undo what it sets up meanwhile), to leave the vCPU between
+// instructions.
+func (p *pauser) park(stopping func() bool, settle func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.paused {
 		return
+	}
+	if settle != nil {
+		settle()
 	}
 	p.parked++
 	p.cond.Broadcast()
@@ -95,13 +100,14 @@ func (m *Machine) Paused() bool {
 	return m.pause.paused
 }
 
+// setRunning marks the machine running (its vCPU threads start) or not.
+// A machine restored from a snapshot without resume_vm starts paused: its
+// vCPUs park before their first KVM_RUN until Resume.
 func (m *Machine) setRunning(on bool) {
 	p := m.pause
 	p.mu.Lock()
 	p.running = on
-	if !on {
-		p.paused = false
-	}
+	p.paused = on && m.startPaused
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }

@@ -196,7 +196,7 @@ func (v *vcpu) loop() error {
 	// gives the P up.
 	hot := true
 	for !v.stopping.Load() {
-		v.m.pause.park(v.stopping.Load)
+		v.m.pause.park(v.stopping.Load, v.settle)
 		if v.stopping.Load() {
 			break
 		}
@@ -224,6 +224,39 @@ func (v *vcpu) loop() error {
 		}
 	}
 	return nil
+}
+
+// maxSettleRuns bounds the KVM_RUN calls settle makes: a string I/O
+// instruction (rep outsb) can need several exits to user space before it
+// completes, each a page of data at most.
+const maxSettleRuns = 64
+
+// settle completes the instruction whose I/O the last exit asked for before
+// the vCPU parks. KVM finishes a port or MMIO access user space served (it
+// loads the data of an IN into RAX and moves RIP past the instruction) only
+// on the next KVM_RUN; immediate_exit makes that run return right after.
+// Without it, registers saved while paused would point at the access again
+// and a restored guest would execute it twice (a UART byte read twice, a
+// doorbell written twice).
+func (v *vcpu) settle() {
+	v.kvm.SetImmediateExit(true)
+	for range maxSettleRuns {
+		exit, err := v.kvm.Run()
+		if err != nil {
+			v.m.log.Warn("vCPU could not complete its last I/O before pausing", "vcpu", v.id, "err", err)
+			return
+		}
+		if exit == kvm.ExitIntr {
+			return
+		}
+		if done, err := v.handleExit(exit); err != nil || done {
+			if err != nil {
+				v.m.finish(Exit{Kind: ExitFailed, Err: fmt.Errorf("vCPU %d: %w", v.id, err)})
+			}
+			return
+		}
+	}
+	v.m.log.Warn("vCPU still exiting for I/O after settle's bound", "vcpu", v.id, "runs", maxSettleRuns)
 }
 
 // handleExit services one exit; done means this vCPU should stop.
