@@ -13,8 +13,7 @@ const MaxStateOutput = outCapacity
 // snapshot). The status register is not in it: it follows from Output
 // (the system flag is always set). Neither is the interrupt line: the
 // controller pulses IRQ 1 and leaves it low, so there is no level to
-// restore, and a pulse the guest has not yet taken is pending in the
-// interrupt controller, whose state KVM saves (KVM_GET_IRQCHIP).
+// save.
 type State struct {
 	Version int
 	// CommandByte is the controller's configuration (command 0x60/0x20).
@@ -35,20 +34,29 @@ func (c *Controller) State() State {
 }
 
 // Restore puts the controller into the state s. Call it before the vCPUs
-// run and before the host sends keys (SendCtrlAltDel): it replaces the
-// output buffer wholesale. It raises no interrupt (see State). A refused
-// state changes nothing.
+// run and before the host sends keys (it replaces the output buffer
+// wholesale), and after the interrupt controllers are restored
+// (KVM_SET_IRQCHIP), which would otherwise overwrite the pulse below. A
+// refused state changes nothing.
+//
+// If output waits and keyboard interrupts are on, Restore pulses IRQ 1:
+// the pulse that announced the output may not be in the interrupt
+// controllers' saved state (a key sent after they were saved), and
+// without one the guest, which reads on interrupts, would never read it.
+// At worst the guest takes one interrupt more and finds the output
+// buffer empty.
 func (c *Controller) Restore(s State) error {
 	if err := s.check(); err != nil {
 		return fmt.Errorf("i8042: restore: %w", err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.commandByte, c.pendingCmd = s.CommandByte, s.PendingCommand
 	c.out = nil
 	if len(s.Output) > 0 {
 		c.out = append([]byte(nil), s.Output...)
 	}
+	c.mu.Unlock()
+	c.pulse()
 	return nil
 }
 

@@ -51,18 +51,20 @@ func (u *UART) State() State {
 }
 
 // Restore puts the UART, made by New, into the state s, and drives the
-// interrupt line to the restored level (see below). Call it before the
-// vCPUs run and before the host queues input: it replaces the registers
-// and the receive buffer wholesale, so a guest access or host input racing
-// with it is lost or kept as if it came before. A refused state changes
-// nothing.
+// interrupt line to the restored level. Call it before the vCPUs run and
+// before the host queues input (it replaces the registers and the receive
+// buffer wholesale), and after the interrupt controllers are restored
+// (KVM_SET_IRQCHIP), which would otherwise overwrite what the drive did.
+// A refused state changes nothing.
 //
-// The line is driven even when it is low, not left to the interrupt
-// controller's saved state: KVM's irqchip state (KVM_GET_IRQCHIP) holds
-// the controllers' request and in-service bits but not the level each
-// source drives (KVM_IRQ_LINE's source starts low in a new VM), and the
-// UART drives the line only on a change of level, so without this a
-// restored UART believing its line high would never lower it.
+// The line is driven rather than left to the interrupt controllers' saved
+// state because the two need not agree: host input can arrive after the
+// controllers were saved and raise the line in the UART's state only. The
+// UART makes an edge only when its level changes, so a line restored
+// high in the UART but never raised in KVM would leave the guest waiting
+// for an interrupt that never comes. Driving it costs at most one
+// spurious interrupt (an edge-triggered I/O APIC input takes every
+// raise), which the guest's driver finds with nothing pending in IIR.
 func (u *UART) Restore(s State) error {
 	if err := s.check(); err != nil {
 		return fmt.Errorf("serial: restore: %w", err)
