@@ -23,11 +23,12 @@ const INTxStateVersion = 1
 // whose restored request bit is set but which no source holds would stay
 // set through KVM_IRQ_LINE, since INTx deasserts only a pin it raised:
 // the guest would take the interrupt again after every EOI. Driving each
-// pin once makes the sources agree with the device model. Driving again
-// what is already driven changes nothing the guest sees (a
-// level-triggered input delivers once until the guest's EOI), so it does
-// not matter that virtio.PCI.Restore already drove its pin, nor whether
-// the irqchip is restored before or after.
+// pin once makes the sources agree with the device model, and driving it
+// after the irqchip is restored also sets a request bit the saved state
+// may lack. Driving again what is already driven changes nothing the
+// guest sees (a level-triggered input delivers once until the guest's
+// EOI), so it does not matter that virtio.PCI.Restore already drove its
+// pin.
 type INTxState struct {
 	Version int
 	// Pins holds one entry per function whose pin is connected, by
@@ -69,7 +70,9 @@ func (b *Bus) INTxState() INTxState {
 // RestoreINTx drives every connected pin to the level its function's
 // restored state gives (see INTxState for why). Call it after the
 // functions are on the bus in their saved slots and restored
-// (ConfigSpace.Restore, virtio.PCI.Restore), before the vCPUs run. The
+// (ConfigSpace.Restore, virtio.PCI.Restore) and after the interrupt
+// controllers (KVM_SET_IRQCHIP, which replaces the request bits a drive
+// set), before the vCPUs run. The
 // state must list exactly the bus's connected pins, on the same GSIs, and
 // each saved level must be the one the function now gives: a state whose
 // parts disagree was not taken from one paused machine. A refused state
