@@ -2,6 +2,12 @@
 // uses to power off and reset (ACPI 6.4 §4.8.3.7 sleep control and status
 // registers, §4.8.3.6 reset register), as fixed I/O ports described in the
 // FADT.
+//
+// The device holds no state, so it has no State or Restore: reads report
+// a constant "awake" and writes act at once (a machine that powered off
+// or reset is not snapshotted), and there are no PM1 event or enable
+// registers on a hardware-reduced platform (ACPI 6.4 §4.1). A restored
+// machine builds it anew with New.
 package acpipm
 
 // Register offsets within the device's range.

@@ -584,11 +584,12 @@ type fakeLine struct {
 	gsi                uint32
 	asserted           func() bool
 	asserts, deasserts int
+	high               bool // the level last driven
 	closed             bool
 }
 
-func (l *fakeLine) Assert() error   { l.asserts++; return nil }
-func (l *fakeLine) Deassert() error { l.deasserts++; return nil }
+func (l *fakeLine) Assert() error   { l.asserts++; l.high = true; return nil }
+func (l *fakeLine) Deassert() error { l.deasserts++; l.high = false; return nil }
 func (l *fakeLine) Close() error    { l.closed = true; return nil }
 
 type fakeLines struct{ lines []*fakeLine }

@@ -34,13 +34,16 @@ const (
 	regDValid   = 0x80 // VRT: CMOS contents valid
 
 	indexMask = 0x7f // bit 7 of the index port is the NMI mask
+
+	// CMOSSize is the number of CMOS registers, RAM and clock.
+	CMOSSize = 128
 )
 
 // RTC is the device.
 type RTC struct {
 	mu    sync.Mutex
 	index byte
-	cmos  [128]byte
+	cmos  [CMOSSize]byte
 	now   func() time.Time
 }
 
@@ -104,7 +107,7 @@ func (r *RTC) Write(offset uint64, data []byte) {
 		r.index = data[0] & indexMask
 		return
 	}
-	if r.index > regD && r.index != regCentury {
+	if isRAM(r.index) {
 		r.cmos[r.index] = data[0]
 	}
 }

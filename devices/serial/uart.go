@@ -54,6 +54,7 @@ const (
 	mcrOUT1     = 0x04
 	mcrOUT2     = 0x08
 	mcrLoopback = 0x10
+	mcrMask     = 0x1f // bits 5-7 read as zero on a 16550A
 
 	lsrDR   = 0x01 // data ready
 	lsrTHRE = 0x20 // THR empty
@@ -284,7 +285,7 @@ func (u *UART) writeReg(offset uint64, v byte) int {
 	case LCR:
 		u.lcr = v
 	case MCR:
-		u.mcr = v & 0x1f
+		u.mcr = v & mcrMask
 	case SCR:
 		u.scr = v
 	}
@@ -293,11 +294,15 @@ func (u *UART) writeReg(offset uint64, v byte) int {
 
 // iir returns the highest-priority pending interrupt (16550A: line status >
 // received data > THR empty > modem status).
-func (u *UART) iir() byte {
-	if u.ier&ierRDA != 0 && len(u.rx) > 0 {
+func (u *UART) iir() byte { return interruptSource(u.ier, len(u.rx) > 0, u.threPending) }
+
+// interruptSource is IIR's source field for the given interrupt enables,
+// received data and latched THR-empty interrupt.
+func interruptSource(ier byte, dataReady, threPending bool) byte {
+	if ier&ierRDA != 0 && dataReady {
 		return iirRDA
 	}
-	if u.ier&ierTHRE != 0 && u.threPending {
+	if ier&ierTHRE != 0 && threPending {
 		return iirTHRE
 	}
 	return iirNone

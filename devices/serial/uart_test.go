@@ -172,5 +172,9 @@ func FuzzUARTRegisters(f *testing.F) {
 				wr(u, off, ops[i+1])
 			}
 		}
+		// Every state the guest can reach is one Restore accepts.
+		if err := New(nil, nil).Restore(u.State()); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
