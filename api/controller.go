@@ -34,8 +34,65 @@ type DriveUpdater interface {
 // The machine NewVMMMachine builds swaps drives after boot.
 var _ DriveUpdater = (*vmm.Machine)(nil)
 
+// Snapshotter is implemented by machines that can write a snapshot (PUT
+// /snapshot/create): the machine's state to statePath and its guest memory
+// to memPath. The controller calls it only while the machine is paused
+// (PATCH /vm Paused), holding its lock, so no Resume runs meanwhile; the
+// machine stays paused afterwards. Without it the call is refused.
+type Snapshotter interface {
+	Snapshot(statePath, memPath string) error
+}
+
 // Factory builds a machine from a complete config.
 type Factory func(cfg vmm.Config, log *slog.Logger) (Machine, error)
+
+// Restorer builds a machine from a snapshot, for PUT /snapshot/load.
+//
+// The machine it returns is built and paused: Run starts its vCPU threads
+// but keeps them out of the guest until Resume, which the controller may
+// call before Run (for resume_vm) or at any time after; Pause on it before
+// any Resume succeeds and changes nothing. Close must release it whether or
+// not Run was ever called.
+//
+// cfg is the configuration the snapshot carried, with the request's
+// overrides applied (the tap each NetOverride names, the vsock's
+// VsockUDSPath): GET /vm/config and GET /machine-config report it (CPUs,
+// MemSize, Drives, Nets, Vsock, Entropy, and Kernel, Initrd and Cmdline if
+// the snapshot records them). As in Firecracker, an override naming an
+// interface the snapshot does not have, or a vsock override for a snapshot
+// without vsock, is an error.
+//
+// On error nothing may be left open or running: the instance stays "Not
+// started" and accepts another load.
+type Restorer func(req RestoreRequest, log *slog.Logger) (m Machine, cfg vmm.Config, err error)
+
+// RestoreRequest is a validated PUT /snapshot/load, deprecated forms
+// resolved, for a Restorer.
+type RestoreRequest struct {
+	// Base carries the host-side settings a snapshot cannot: ConsoleOut,
+	// ConsoleIn, DebugExit, SampleRIP, HostQuirks, OnFirstRun, SystemMap
+	// (Options.Base). The guest's shape and devices (Kernel, Initrd,
+	// Cmdline, CPUs, MemSize, Drives, Nets, Vsock, Entropy) are zero: they
+	// come from the snapshot.
+	Base vmm.Config
+	// SnapshotPath is the machine state file (snapshot_path).
+	SnapshotPath string
+	// MemFilePath is the guest memory file (mem_backend.backend_path of a
+	// File backend, or the deprecated mem_file_path).
+	MemFilePath string
+	// NetOverrides give interfaces a new tap, in request order; each
+	// IfaceID appears at most once.
+	NetOverrides []NetOverride
+	// VsockUDSPath, when not empty, replaces the vsock device's uds_path.
+	VsockUDSPath string
+}
+
+// NetOverride is one of PUT /snapshot/load's network_overrides: the
+// interface IfaceID gets the tap Tap instead of the snapshot's.
+type NetOverride struct {
+	IfaceID string
+	Tap     string
+}
 
 // NewVMMMachine is the Factory for real KVM machines.
 func NewVMMMachine(cfg vmm.Config, log *slog.Logger) (Machine, error) {
@@ -58,6 +115,9 @@ type Options struct {
 	Base vmm.Config
 	// Factory builds the machine on InstanceStart; NewVMMMachine when nil.
 	Factory Factory
+	// Restore builds the machine on PUT /snapshot/load. When nil, a load
+	// is refused as not supported by this build.
+	Restore Restorer
 	// Log receives logs until PUT /logger redirects them; discarded if nil.
 	Log slog.Handler
 	// MetricsInterval is the period of automatic metrics flushes once a
@@ -107,6 +167,11 @@ type Controller struct {
 	logFile *nbFile   // the current PUT /logger file (also in files)
 	stopped chan struct{}
 
+	// configured names the first boot-specific resource set (anything but
+	// the logger and metrics), which rules out loading a snapshot.
+	configured string
+	latency    LatencyMetrics // of the latest snapshot create and load
+
 	reqMu    sync.Mutex
 	requests map[string]uint64 // "route status" -> count (APIMetrics)
 }
@@ -118,6 +183,9 @@ func NewController(opts Options) *Controller {
 	}
 	if opts.Factory == nil {
 		opts.Factory = NewVMMMachine
+	}
+	if opts.Restore == nil {
+		opts.Restore = restoreUnsupported
 	}
 	if opts.MetricsInterval <= 0 {
 		opts.MetricsInterval = defaultMetricsInterval
@@ -135,18 +203,39 @@ func NewController(opts Options) *Controller {
 		requests: map[string]uint64{},
 	}
 	c.log = slog.New(c.logs)
+	c.adoptDevices(opts.Base)
+	switch b := opts.Base; {
+	case b.Kernel != "":
+		c.configured = "the kernel (command line)"
+	case len(b.Drives) > 0 || len(b.Nets) > 0 || b.Vsock != nil || b.Entropy != nil:
+		c.configured = "devices (command line)"
+	}
+	return c
+}
+
+// adoptDevices makes cfg's devices the controller's, in the API's form,
+// and leaves them out of c.cfg (vmmConfigLocked puts them back).
+func (c *Controller) adoptDevices(cfg vmm.Config) {
 	c.cfg.Drives, c.cfg.Nets, c.cfg.Vsock = nil, nil, nil
-	for _, d := range opts.Base.Drives {
+	c.drives, c.nets, c.vsock = nil, nil, nil
+	for _, d := range cfg.Drives {
 		c.drives = append(c.drives, Drive{DriveID: ptr(d.ID), PathOnHost: ptr(d.Path), IsRootDevice: ptr(d.Root),
 			IsReadOnly: ptr(d.ReadOnly), PartUUID: nonEmpty(d.PartUUID), CacheType: ptr("Unsafe"), IOEngine: apiIOEngine(d.IOEngine), Direct: d.Direct})
 	}
-	for _, n := range opts.Base.Nets {
+	for _, n := range cfg.Nets {
 		c.nets = append(c.nets, NetworkInterface{IfaceID: ptr(n.ID), HostDevName: ptr(n.Tap), GuestMAC: nonEmpty(n.MAC), Queues: n.Queues})
 	}
-	if v := opts.Base.Vsock; v != nil {
+	if v := cfg.Vsock; v != nil {
 		c.vsock = &Vsock{GuestCID: ptr(int64(v.GuestCID)), UDSPath: ptr(v.UDSPath), VsockID: nonEmpty(v.ID)}
 	}
-	return c
+}
+
+// noteConfiguredLocked records that what, a boot-specific resource, was
+// set: from now on a snapshot can't be loaded, as in Firecracker.
+func (c *Controller) noteConfiguredLocked(what string) {
+	if c.configured == "" {
+		c.configured = what
+	}
 }
 
 func nonEmpty(s string) *string {
@@ -270,6 +359,7 @@ func (c *Controller) SetMachineConfig(mc MachineConfig, partial bool) error {
 		return err
 	}
 	c.cfg.CPUs, c.cfg.MemSize = cpus, mem
+	c.noteConfiguredLocked("machine-config")
 	return nil
 }
 
@@ -289,6 +379,7 @@ func (c *Controller) SetBootSource(bs BootSource) error {
 	if c.cfg.SystemMap == c.opts.Base.SystemMap && c.cfg.Kernel != c.opts.Base.Kernel {
 		c.cfg.SystemMap = ""
 	}
+	c.noteConfiguredLocked("boot-source")
 	return nil
 }
 
@@ -320,6 +411,7 @@ func (c *Controller) PutDrive(pathID string, d Drive) error {
 	default:
 		c.drives = append(c.drives, d)
 	}
+	c.noteConfiguredLocked("drives")
 	return nil
 }
 
@@ -387,6 +479,7 @@ func (c *Controller) PutNetworkInterface(pathID string, n NetworkInterface) erro
 	} else {
 		c.nets = append(c.nets, n)
 	}
+	c.noteConfiguredLocked("network-interfaces")
 	return nil
 }
 
@@ -424,6 +517,7 @@ func (c *Controller) SetVsock(v Vsock) error {
 	}
 	defer c.mu.Unlock()
 	c.vsock = &v
+	c.noteConfiguredLocked("vsock")
 	return nil
 }
 

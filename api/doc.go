@@ -27,6 +27,8 @@
 //	PUT   /actions                   InstanceStart (PRE), SendCtrlAltDel, FlushMetrics (POST)
 //	PATCH /vm                   POST {"state": "Paused" | "Resumed"}
 //	GET   /vm/config                 the config-file schema
+//	PUT   /snapshot/create      POST while Paused: state and memory files (Snapshotter)
+//	PUT   /snapshot/load        PRE  before anything but logger and metrics (Options.Restore)
 //
 // The routes are net/http.ServeMux patterns, one line each in routes.go.
 // Success is 204 with no body for PUT and PATCH, 200 with JSON for GET.
@@ -36,10 +38,13 @@
 //
 // Other deviations: values this VMM does not implement (SMT, CPU
 // templates, dirty page tracking, huge pages, rate limits, Writeback
-// caching, MTU, vhost-user drives, log module filters, and the balloon,
-// MMDS, snapshot, serial, pmem, cpu-config and memory hot-plug endpoints)
+// caching, MTU, vhost-user drives, log module filters, diff snapshots,
+// userfaultfd memory backends, and the balloon, MMDS, serial, pmem,
+// cpu-config and memory hot-plug endpoints)
 // are refused with a 400 that says so instead of being ignored; metrics
-// lines have their own schema with cumulative counters; and the state
+// lines have their own schema with cumulative counters; a snapshot load
+// that fails leaves the instance "Not started" for another try, where
+// Firecracker gives up on the process; and the state
 // after the guest has ended, in the moment before the process exits, is
 // "Exited".
 package api

@@ -24,6 +24,7 @@ func (c *Controller) SetEntropy(e Entropy) error {
 	}
 	defer c.mu.Unlock()
 	c.cfg.Entropy = &vmm.EntropyConfig{}
+	c.noteConfiguredLocked("entropy")
 	return nil
 }
 

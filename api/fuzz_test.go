@@ -31,6 +31,9 @@ var fuzzBodyRoutes = []struct{ method, path, seed string }{
 	{"PUT", "/entropy", `{"rate_limiter":{"bandwidth":{"size":100,"refill_time":10}}}`},
 	{"PUT", "/actions", `{"action_type":"InstanceStart"}`},
 	{"PATCH", "/vm", `{"state":"Paused"}`},
+	{"PUT", "/snapshot/create", `{"snapshot_type":"Full","snapshot_path":"vm.snap","mem_file_path":"vm.mem"}`},
+	{"PUT", "/snapshot/load", `{"snapshot_path":"vm.snap","mem_backend":{"backend_type":"File","backend_path":"vm.mem"},"resume_vm":true,` +
+		`"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}],"vsock_override":{"uds_path":"v2.sock"}}`},
 }
 
 // touchesDevices reports whether any string in the JSON value data names a
@@ -105,6 +108,10 @@ func FuzzBodies(f *testing.F) {
 	f.Add(uint8(3), []byte(`{"DRIVE_ID":"rootfs","unknown":1}`))
 	f.Add(uint8(9), []byte(`{"action_type":"SendCtrlAltDel"}`))
 	f.Add(uint8(1), bytes.Repeat([]byte(" "), MaxBodySize+1))
+	// The Go SDK v1.0.0's bodies, and the forms Firecracker deprecated.
+	f.Add(uint8(12), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","enable_diff_snapshots":true,"resume_vm":true}`))
+	f.Add(uint8(12), []byte(`{"snapshot_path":"vm.snap","mem_file_path":"vm.mem","mem_backend":{"backend_type":"Uffd","backend_path":"uffd.sock"}}`))
+	f.Add(uint8(11), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","snapshot_type":"Diff","version":"1.0.0"}`))
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		if touchesDevices(t, body) {
 			return

@@ -282,7 +282,15 @@ type MetricsLine struct {
 	State          string            `json:"state"`
 	APIServer      APIMetrics        `json:"api_server"`
 	VCPU           VCPUMetrics       `json:"vcpu"`
+	LatenciesUs    LatencyMetrics    `json:"latencies_us"`
 	Metrics        OutputMetrics     `json:"metrics"`
+}
+
+// LatencyMetrics are the durations of the latest snapshot operations in
+// microseconds, 0 until there is one (Firecracker's latencies_us).
+type LatencyMetrics struct {
+	FullCreateSnapshot uint64 `json:"full_create_snapshot"`
+	LoadSnapshot       uint64 `json:"load_snapshot"`
 }
 
 // APIMetrics counts API requests by "route status", where route is the
@@ -311,6 +319,7 @@ func (c *Controller) flushMetricsLocked() error {
 		State:          c.stateLocked(),
 		APIServer:      APIMetrics{Requests: c.requestCounts()},
 		VCPU:           VCPUMetrics{Exits: map[string]uint64{}},
+		LatenciesUs:    c.latency,
 		Metrics:        OutputMetrics{DroppedLines: c.metrics.f.dropped.Load()},
 		Properties:     c.metrics.cfg.Properties,
 	}

@@ -27,13 +27,15 @@ func (s *Server) routes() {
 	rt.handle("PATCH /drives/{drive_id...}", applyID("drive_id", c.PatchDrive))
 	rt.handle("PUT /network-interfaces/{iface_id...}", applyID("iface_id", c.PutNetworkInterface))
 	rt.handle("PATCH /network-interfaces/{iface_id...}", applyID("iface_id", c.PatchNetworkInterface))
-	rt.handle("PUT /vsock", s.putVsock)
+	rt.handle("PUT /vsock", applyDeprecated(c.SetVsock, func(v Vsock) bool { return v.VsockID != nil }))
 	rt.handle("PUT /entropy", apply(c.SetEntropy))
 	rt.handle("PUT /actions", apply(c.Act))
 	rt.handle("PUT /logger", apply(c.SetLogger))
 	rt.handle("PUT /metrics", apply(c.SetMetrics))
 	rt.handle("PATCH /vm", apply(c.SetVMState))
 	rt.handle("GET /vm/config", get(c.FullConfig))
+	rt.handle("PUT /snapshot/create", apply(c.CreateSnapshot))
+	rt.handle("PUT /snapshot/load", applyDeprecated(c.LoadSnapshot, SnapshotLoadParams.deprecated))
 	rt.finish()
 }
 
@@ -161,17 +163,20 @@ func applyID[T any](wildcard string, set func(id string, v T) error) http.Handle
 	}
 }
 
-// putVsock is apply for PUT /vsock, which also flags the deprecated
-// vsock_id the way Firecracker does.
-func (s *Server) putVsock(w http.ResponseWriter, r *http.Request) {
-	v, err := decodeBody[Vsock](r)
-	if err == nil {
-		err = s.ctl.SetVsock(v)
+// applyDeprecated is apply for a body that may use deprecated fields:
+// when deprecated says it does, a success carries Firecracker's
+// Deprecation header.
+func applyDeprecated[T any](set func(T) error, deprecated func(T) bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := decodeBody[T](r)
+		if err == nil {
+			err = set(v)
+		}
+		if err == nil && deprecated(v) {
+			w.Header().Set("Deprecation", "true")
+		}
+		changed(w, err)
 	}
-	if err == nil && v.VsockID != nil {
-		w.Header().Set("Deprecation", "true")
-	}
-	changed(w, err)
 }
 
 // changed answers a PUT or PATCH: 204, or 400 with err.

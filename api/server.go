@@ -90,7 +90,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // unsupportedPaths are Firecracker endpoints this VMM does not implement;
 // they answer 400 "not supported" rather than 404, so a client learns why.
-var unsupportedPaths = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/serial", "/hotplug", "/snapshot"}
+var unsupportedPaths = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/serial", "/hotplug"}
 
 // ServeHTTP answers a request through the route table (routes.go):
 // Firecracker-style, 204 for successful changes, 200 + JSON for reads, and

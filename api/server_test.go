@@ -109,6 +109,8 @@ type env struct {
 type envOption struct {
 	devices  bool // accept virtio devices (and build a DriveUpdater)
 	interval time.Duration
+	wrap     func(*fakeMachine) Machine // what the factory returns, when set
+	restore  Restorer
 }
 
 // shortTempDir keeps socket paths well under the 108-byte sun_path limit
@@ -137,11 +139,15 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		ID: "test-vm", Version: "9.9.9",
 		Base:            vmm.Config{CPUs: 1, MemSize: 128 << 20},
 		MetricsInterval: o.interval,
+		Restore:         o.restore,
 		Factory: func(cfg vmm.Config, _ *slog.Logger) (Machine, error) {
 			m := &fakeMachine{cfg: cfg, exit: make(chan vmm.Exit, 1)}
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.machine = m
+			if o.wrap != nil {
+				return o.wrap(m), nil
+			}
 			if o.devices {
 				e.updater = &updatingMachine{fakeMachine: m}
 				return e.updater, nil
@@ -948,7 +954,8 @@ func TestRoutingFaults(t *testing.T) {
 		{"dot-dot segment", "GET", "/vm/../version", "", 404, "no such resource"},
 		{"dot segment", "PUT", "/drives/./rootfs", `{}`, 404, "no such resource"},
 		{"unsupported, below", "PUT", "/balloon/statistics", `{}`, 400, "/balloon is not supported"},
-		{"unsupported, GET", "GET", "/snapshot/create", "", 400, "/snapshot is not supported"},
+		{"GET on a snapshot", "GET", "/snapshot/create", "", 405, "method GET is not allowed on /snapshot/create (allowed: PUT)"},
+		{"unknown snapshot action", "PUT", "/snapshot/delete", `{}`, 404, "no such resource: /snapshot/delete"},
 		{"unsupported, lookalike", "GET", "/balloons", "", 404, "no such resource: /balloons"},
 	})
 	// ServeMux serves HEAD with GET routes; Firecracker has no HEAD.

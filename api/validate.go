@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/govmm/vmm/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // Firecracker's wording for calls made in the wrong phase.
@@ -79,7 +80,7 @@ func applyMachineConfig(cur vmm.Config, mc MachineConfig, partial bool) (cpus in
 		return 0, 0, fmt.Errorf("cpu_template %q is not one of %s, None", *t, strings.Join(cpuTemplates, ", "))
 	}
 	if mc.TrackDirtyPages != nil && *mc.TrackDirtyPages {
-		return 0, 0, errors.New("track_dirty_pages is not supported (there are no snapshots to use it)")
+		return 0, 0, errors.New("track_dirty_pages is not supported yet (it serves diff snapshots)")
 	}
 	if h := mc.HugePages; h != nil && *h != "None" {
 		if contains(hugePages, *h) {
@@ -105,7 +106,9 @@ func checkReadableFile(field, path string, blockOK bool) error {
 	if path == "" {
 		return fmt.Errorf("%s is empty", field)
 	}
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO would otherwise wait for a writer,
+	// holding the request (and, for a snapshot load, the controller).
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}
@@ -224,8 +227,8 @@ func normalizeNet(n NetworkInterface, pathID string) (NetworkInterface, error) {
 	if n.HostDevName == nil {
 		return n, missing("host_dev_name")
 	}
-	if name := *n.HostDevName; name == "" || len(name) > vmm.MaxTapName || strings.ContainsAny(name, "/ \x00") {
-		return n, fmt.Errorf("host_dev_name %q is not a valid interface name (1-%d characters, no '/' or spaces)", name, vmm.MaxTapName)
+	if err := checkTapName("host_dev_name", *n.HostDevName); err != nil {
+		return n, err
 	}
 	if n.GuestMAC != nil {
 		mac, err := net.ParseMAC(*n.GuestMAC)
@@ -251,6 +254,14 @@ func normalizeNet(n NetworkInterface, pathID string) (NetworkInterface, error) {
 	}
 	n.IfaceID = &id
 	return n, nil
+}
+
+// checkTapName checks a host interface name (host_dev_name).
+func checkTapName(field, name string) error {
+	if name == "" || len(name) > vmm.MaxTapName || strings.ContainsAny(name, "/ \x00") {
+		return fmt.Errorf("%s %q is not a valid interface name (1-%d characters, no '/' or spaces)", field, name, vmm.MaxTapName)
+	}
+	return nil
 }
 
 // checkVsock checks a vsock device for PUT.
