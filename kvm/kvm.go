@@ -1,7 +1,8 @@
 // Package kvm is a typed, cgo-free wrapper over the Linux KVM ioctl API
 // (Documentation/virt/kvm/api.rst) for x86-64: the system handle, VMs,
 // memory slots, the in-kernel interrupt controllers, vCPUs and their state,
-// irqfd, ioeventfd and GSI routing.
+// irqfd, ioeventfd and GSI routing, and the VM and vCPU state a snapshot
+// saves and restores (VMState, VCPUState).
 package kvm
 
 import (

@@ -17,5 +17,7 @@ func IoctlRequests() []uint32 {
 		ioctlGetVCPUEvents, ioctlSetVCPUEvents, ioctlSignalMSI, ioctlGetTSCKHz,
 		ioctlGetClock, ioctlSetClock,
 		ioctlGetXSAVE, ioctlSetXSAVE, ioctlGetXCRS, ioctlSetXCRS,
+		ioctlGetCPUID2, ioctlGetDebugRegs, ioctlSetDebugRegs, ioctlSetTSCKHz, ioctlKVMClockCtrl,
+		ioctlGetIRQChip, ioctlSetIRQChip, ioctlGetPIT2, ioctlSetPIT2,
 	}
 }

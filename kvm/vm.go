@@ -266,11 +266,19 @@ func (vm *VM) Clock() (ClockData, error) {
 	return c, nil
 }
 
-// SetClock sets the guest's kvmclock (used to keep time across pauses).
+// SetClock sets the guest's kvmclock to c.Clock (used to keep time across
+// pauses and restores). With ClockRealtime in c.Flags, KVM first advances
+// it by the host wall time elapsed since c.Realtime; the other flags only
+// describe a KVM_GET_CLOCK result and are not passed on, since kernels
+// before 5.16 reject every flag.
 func (vm *VM) SetClock(c ClockData) error {
-	c.Flags = 0
+	flags, err := clockSetFlags(c)
+	if err != nil {
+		return err
+	}
+	c.Flags = flags
 	if _, err := ioctl(vm.fd, ioctlSetClock, uintptr(unsafe.Pointer(&c))); err != nil {
-		return fmt.Errorf("kvm: KVM_SET_CLOCK: %w", err)
+		return setClockErr(flags, err)
 	}
 	return nil
 }
