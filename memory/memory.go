@@ -32,6 +32,9 @@ func (r Region) End() uint64 { return r.GuestAddr + uint64(len(r.Host)) }
 type Guest struct {
 	regions []Region
 	owned   bool
+	// backing identifies the file NewFromFile mapped, so Dump can refuse
+	// to overwrite it; nil for anonymous memory.
+	backing *fileID
 }
 
 // Layout describes one region to allocate.
