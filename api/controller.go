@@ -103,6 +103,25 @@ func NewVMMMachine(cfg vmm.Config, log *slog.Logger) (Machine, error) {
 	return m, nil
 }
 
+// The machines NewVMMMachine and RestoreVMMMachine build write snapshots.
+var _ Snapshotter = (*vmm.Machine)(nil)
+
+// RestoreVMMMachine is the Restorer for real KVM machines (vmm.Restore).
+func RestoreVMMMachine(req RestoreRequest, log *slog.Logger) (Machine, vmm.Config, error) {
+	rc := vmm.RestoreConfig{StatePath: req.SnapshotPath, MemPath: req.MemFilePath, VsockUDS: req.VsockUDSPath, Host: req.Base}
+	if len(req.NetOverrides) > 0 {
+		rc.NetTaps = map[string]string{}
+		for _, o := range req.NetOverrides {
+			rc.NetTaps[o.IfaceID] = o.Tap
+		}
+	}
+	m, err := vmm.Restore(rc, log)
+	if err != nil {
+		return nil, vmm.Config{}, err
+	}
+	return m, m.Config(), nil
+}
+
 // Options configure a Controller.
 type Options struct {
 	// ID is the instance id reported by GET / (Firecracker's --id).
@@ -115,8 +134,8 @@ type Options struct {
 	Base vmm.Config
 	// Factory builds the machine on InstanceStart; NewVMMMachine when nil.
 	Factory Factory
-	// Restore builds the machine on PUT /snapshot/load. When nil, a load
-	// is refused as not supported by this build.
+	// Restore builds the machine on PUT /snapshot/load;
+	// RestoreVMMMachine when nil.
 	Restore Restorer
 	// Log receives logs until PUT /logger redirects them; discarded if nil.
 	Log slog.Handler
@@ -185,7 +204,7 @@ func NewController(opts Options) *Controller {
 		opts.Factory = NewVMMMachine
 	}
 	if opts.Restore == nil {
-		opts.Restore = restoreUnsupported
+		opts.Restore = RestoreVMMMachine
 	}
 	if opts.MetricsInterval <= 0 {
 		opts.MetricsInterval = defaultMetricsInterval

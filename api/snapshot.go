@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
-	"github.com/govmm/vmm/vmm"
 )
 
 // SnapshotCreateParams is the body of PUT /snapshot/create.
@@ -186,11 +184,6 @@ func checkSnapshotLoad(p SnapshotLoadParams) (RestoreRequest, bool, error) {
 		req.VsockUDSPath = *v.UDSPath
 	}
 	return req, deref(p.ResumeVM, false), nil
-}
-
-// restoreUnsupported is the Restorer of a controller built without one.
-func restoreUnsupported(RestoreRequest, *slog.Logger) (Machine, vmm.Config, error) {
-	return nil, vmm.Config{}, errors.New("snapshot load is not supported by this build")
 }
 
 // CreateSnapshot is PUT /snapshot/create: write the paused machine's state

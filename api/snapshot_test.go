@@ -482,14 +482,19 @@ func TestSnapshotLoadFIFO(t *testing.T) {
 	}
 }
 
-// TestSnapshotLoadUnsupported: a controller built without a Restorer
-// refuses loads.
-func TestSnapshotLoadUnsupported(t *testing.T) {
+// TestSnapshotLoadDefaultRestorer: a controller built without a Restorer
+// restores with vmm.Restore, which refuses a file that is not a snapshot
+// for what it is (before it needs KVM), and the instance is still not
+// started.
+func TestSnapshotLoadDefaultRestorer(t *testing.T) {
 	e := newEnv(t)
 	st := writeFile(t, e.dir, "s", "state")
 	code, got, _ := e.do("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_file_path":%q}`, st, st))
-	if code != 400 || !strings.Contains(got, "snapshot load is not supported by this build") {
-		t.Fatalf("load without a restorer: %d %s", code, got)
+	if code != 400 || !strings.Contains(got, "not a vmm snapshot") {
+		t.Fatalf("load of a file that is not a snapshot: %d %s", code, got)
+	}
+	if code, got, _ := e.do("GET", "/", ""); code != 200 || !strings.Contains(got, `"Not started"`) {
+		t.Fatalf("after a refused load: %d %s", code, got)
 	}
 }
 

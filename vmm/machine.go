@@ -93,10 +93,9 @@ type Machine struct {
 	pci      *pciState  // nil without PCI devices
 	exits    exitCounters
 	kbd      *i8042.Controller
+	rtc      *rtc.RTC
 
-	// startPaused: Run parks the vCPUs until Resume (a restore without
-	// resume_vm).
-	startPaused bool
+	snapMu      sync.Mutex // one Snapshot at a time
 }
 
 // New builds a machine from cfg: KVM objects, guest memory with the kernel,
@@ -123,64 +122,27 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 		}
 	}
 
-	built := &Machine{cfg: cfg, log: log, exitCh: make(chan Exit, 1), pause: newPauser()}
+	built := newMachine(cfg, log)
 	m = built
 	defer func() {
 		if err != nil {
 			built.Close()
 		}
 	}()
-	m.pvm = kvm.IsPVM()
-	if cfg.HostQuirks != nil {
-		m.pvm = *cfg.HostQuirks
-	}
-
-	if m.sys, err = kvm.Open(); err != nil {
+	if err = m.createVM(); err != nil {
 		return nil, err
 	}
-	if max := m.sys.MaxVCPUs(); cfg.CPUs > max {
-		return nil, fmt.Errorf("%d vCPUs requested, this host allows at most %d", cfg.CPUs, max)
-	}
-	if m.vm, err = m.sys.CreateVM(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetIdentityMapAddr(identityMapAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreateIRQChip(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreatePIT2(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetGSIRouting(kvm.DefaultRouting()); err != nil {
-		return nil, err
-	}
-
-	if m.mem, err = memory.New(boot.MemoryLayout(cfg.MemSize), memory.Options{}); err != nil {
-		return nil, err
-	}
-	for i, r := range m.mem.Regions() {
-		if err = m.vm.SetUserMemoryRegion(uint32(i), r.GuestAddr, r.Host, 0); err != nil {
-			return nil, err
-		}
-	}
-
-	// vCPUs exist before the command line is written: on kvm-pvm hosts it
-	// carries the TSC frequency KVM reports for them.
-	supported, err := m.sys.SupportedCPUID()
+	mem, err := memory.New(boot.MemoryLayout(cfg.MemSize), memory.Options{})
 	if err != nil {
 		return nil, err
 	}
-	for i := 0; i < cfg.CPUs; i++ {
-		v, err := m.newVCPU(i, supported)
-		if err != nil {
-			return nil, err
-		}
-		m.vcpus = append(m.vcpus, v)
+	if err = m.mapMemory(mem); err != nil {
+		return nil, err
+	}
+	// vCPUs exist before the command line is written: on kvm-pvm hosts it
+	// carries the TSC frequency KVM reports for them.
+	if err = m.createVCPUs(); err != nil {
+		return nil, err
 	}
 
 	kernel, err := boot.LoadKernel(m.mem, kernelImage)
@@ -232,6 +194,74 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	return m, nil
 }
 
+// newMachine returns a machine with nothing of KVM's yet.
+func newMachine(cfg Config, log *slog.Logger) *Machine {
+	m := &Machine{cfg: cfg, log: log, exitCh: make(chan Exit, 1), pause: newPauser()}
+	m.pvm = kvm.IsPVM()
+	if cfg.HostQuirks != nil {
+		m.pvm = *cfg.HostQuirks
+	}
+	return m
+}
+
+// createVM opens KVM and creates the VM with its in-kernel interrupt
+// controllers and timer, as every machine has them.
+func (m *Machine) createVM() (err error) {
+	if m.sys == nil {
+		if m.sys, err = kvm.Open(); err != nil {
+			return err
+		}
+	}
+	if max := m.sys.MaxVCPUs(); m.cfg.CPUs > max {
+		return fmt.Errorf("%d vCPUs requested, this host allows at most %d", m.cfg.CPUs, max)
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return err
+	}
+	if err = m.vm.SetIdentityMapAddr(identityMapAddr); err != nil {
+		return err
+	}
+	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
+		return err
+	}
+	if err = m.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err = m.vm.CreatePIT2(); err != nil {
+		return err
+	}
+	return m.vm.SetGSIRouting(kvm.DefaultRouting())
+}
+
+// mapMemory makes mem the machine's RAM, in KVM's memory slots; the
+// machine closes it.
+func (m *Machine) mapMemory(mem *memory.Guest) error {
+	m.mem = mem
+	for i, r := range mem.Regions() {
+		if err := m.vm.SetUserMemoryRegion(uint32(i), r.GuestAddr, r.Host, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// createVCPUs creates the configured vCPUs with the CPUID KVM supports
+// and their reset state.
+func (m *Machine) createVCPUs() error {
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < m.cfg.CPUs; i++ {
+		v, err := m.newVCPU(i, supported)
+		if err != nil {
+			return err
+		}
+		m.vcpus = append(m.vcpus, v)
+	}
+	return nil
+}
+
 // cmdline returns the kernel command line with any host workarounds added.
 func (m *Machine) cmdline() string {
 	c := withDriveRoot(m.cfg.Cmdline, m.cfg.Drives)
@@ -269,6 +299,7 @@ func (m *Machine) setupDevices() error {
 	kbd := i8042.New(irqLine{m.vm, kbdIRQ}, func() { m.finish(Exit{Kind: ExitReset}) })
 	m.kbd = kbd
 	pm := acpipm.New(func() { m.finish(Exit{Kind: ExitPowerOff}) }, func() { m.finish(Exit{Kind: ExitReset}) })
+	m.rtc = rtc.New()
 	regs := []struct {
 		name       string
 		base, size uint64
@@ -277,7 +308,7 @@ func (m *Machine) setupDevices() error {
 		{"com1", com1Port, serial.PortCount, m.uart},
 		{"i8042-data", i8042Data, 1, kbd.Data()},
 		{"i8042-cmd", i8042Cmd, 1, kbd.Command()},
-		{"rtc", rtcPort, rtc.Size, rtc.New()},
+		{"rtc", rtcPort, rtc.Size, m.rtc},
 		{"acpi-pm", pmPort, acpipm.Size, pm},
 		{"post", postPort, postSize, sink{}},
 	}

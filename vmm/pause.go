@@ -15,6 +15,9 @@ type pauser struct {
 	paused  bool
 	parked  int
 	running bool
+	// startPaused: the vCPUs park before their first KVM_RUN until Resume
+	// (a machine restored without resume_vm). Resume before Run clears it.
+	startPaused bool
 }
 
 func newPauser() *pauser {
@@ -51,7 +54,10 @@ func (m *Machine) Pause() error {
 	p := m.pause
 	p.mu.Lock()
 	if !p.running {
-		p.mu.Unlock()
+		defer p.mu.Unlock()
+		if p.startPaused {
+			return nil // restored, not resumed yet: already paused
+		}
 		return ErrNotRunning
 	}
 	if p.paused {
@@ -77,6 +83,11 @@ func (m *Machine) Resume() error {
 	p := m.pause
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.running && p.startPaused {
+		// A restored machine resumed before Run: it starts running.
+		p.startPaused = false
+		return nil
+	}
 	if !p.running {
 		return ErrNotRunning
 	}
@@ -101,13 +112,14 @@ func (m *Machine) Paused() bool {
 }
 
 // setRunning marks the machine running (its vCPU threads start) or not.
-// A machine restored from a snapshot without resume_vm starts paused: its
-// vCPUs park before their first KVM_RUN until Resume.
 func (m *Machine) setRunning(on bool) {
 	p := m.pause
 	p.mu.Lock()
 	p.running = on
-	p.paused = on && m.startPaused
+	p.paused = on && p.startPaused
+	if on {
+		p.startPaused = false
+	}
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }

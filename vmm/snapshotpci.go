@@ -17,6 +17,10 @@ import (
 type pciSnapshot struct {
 	Bus       pci.BusState
 	Functions []functionState // in slot order
+	// INTx is the level of every connected interrupt pin; KVM's saved
+	// irqchip has the I/O APIC's request bits but not which source holds
+	// a line (pci.Bus.RestoreINTx).
+	INTx pci.INTxState
 }
 
 // functionState is one virtio function: its row of the device table, its
@@ -69,7 +73,7 @@ func (m *Machine) savePCI() (*pciSnapshot, error) {
 	if st == nil {
 		return nil, nil
 	}
-	s := &pciSnapshot{Bus: st.bus.State()}
+	s := &pciSnapshot{Bus: st.bus.State(), INTx: st.bus.INTxState()}
 	for _, f := range st.funcs {
 		k, ok := kindNamed(f.kind)
 		if !ok {
@@ -127,7 +131,9 @@ func (m *Machine) restoreFunctions(st *pciState, ioe ioEventRegistrar, s *pciSna
 			return err
 		}
 	}
-	return nil
+	// Once every function is back: a pin's level follows from its
+	// function's restored registers.
+	return st.bus.RestoreINTx(s.INTx)
 }
 
 // checkFunction refuses a function state whose kind field is missing.

@@ -47,9 +47,6 @@ import (
 	"github.com/govmm/vmm/vmm"
 )
 
-// version is reported by the API (GET / and GET /version).
-const version = "0.1.0"
-
 // shutdownTimeout bounds waiting for API requests in flight at exit.
 const shutdownTimeout = 2 * time.Second
 
@@ -130,11 +127,16 @@ type options struct {
 	configFile string // boot from this Firecracker config file
 	id         string // instance id reported by the API
 	seccomp    bool   // install the seccomp filter before serving or booting
+
+	// restore, memFile and resume: start from a snapshot (PUT
+	// /snapshot/load) instead of booting.
+	restore, memFile string
+	resume           bool
 }
 
 // apiMode reports whether the VM is configured by the API or a config file
 // rather than by flags alone.
-func (o *options) apiMode() bool { return o.apiSock != "" || o.configFile != "" }
+func (o *options) apiMode() bool { return o.apiSock != "" || o.configFile != "" || o.restore != "" }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
@@ -159,6 +161,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.apiSock, "api-sock", "", "serve the Firecracker-compatible API on this Unix socket (the VM starts on InstanceStart)")
 	fs.StringVar(&o.configFile, "config-file", "", "boot from this Firecracker-style JSON config file")
 	fs.StringVar(&o.id, "id", api.DefaultID, "instance id reported by the API")
+	fs.StringVar(&o.restore, "restore", "", "start from this snapshot state file (made by PUT /snapshot/create) instead of booting; needs --mem-file")
+	fs.StringVar(&o.memFile, "mem-file", "", "the guest memory file of the --restore snapshot")
+	fs.BoolVar(&o.resume, "resume", false, "with --restore: run the restored guest at once (otherwise it stays paused until PATCH /vm Resumed)")
 	fs.BoolVar(&o.seccomp, "seccomp", false, "install the seccomp system-call allow-list (package seccomp) before the API serves or the guest runs; any other system call kills vmm. Opt-in until proven on a KVM host, when it becomes the default and --no-seccomp turns it off")
 	fs.Bool("no-seccomp", false, "accepted for compatibility with Firecracker's launchers; the filter is off unless --seccomp is given")
 	if err := fs.Parse(args); err != nil {
@@ -176,6 +181,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := checkRestoreFlags(fs, &o); err != nil {
+		return nil, err
 	}
 	size, err := parseSize(*mem)
 	if err != nil {
@@ -208,6 +216,42 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	return &o, nil
+}
+
+// checkRestoreFlags refuses --restore combined with flags it can't honour:
+// the snapshot is the guest (its kernel, memory, CPUs and devices), and a
+// config file would configure another.
+func checkRestoreFlags(fs *flag.FlagSet, o *options) error {
+	if o.restore == "" {
+		if o.memFile != "" || o.resume {
+			return errors.New("--mem-file and --resume go with --restore")
+		}
+		return nil
+	}
+	if o.memFile == "" {
+		return errors.New("--restore needs --mem-file, the snapshot's guest memory")
+	}
+	var clash []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "kernel", "initrd", "cmdline", "cpus", "mem", "disk", "net", "vsock", "entropy", "config-file":
+			clash = append(clash, "--"+f.Name)
+		}
+	})
+	if len(clash) > 0 {
+		return fmt.Errorf("--restore starts the guest a snapshot saved; %s can't change it", strings.Join(clash, ", "))
+	}
+	return nil
+}
+
+// loadParams is --restore as PUT /snapshot/load's body.
+func (o *options) loadParams() api.SnapshotLoadParams {
+	backend := api.MemBackendFile
+	return api.SnapshotLoadParams{
+		SnapshotPath: &o.restore,
+		MemBackend:   &api.MemoryBackend{BackendType: &backend, BackendPath: &o.memFile},
+		ResumeVM:     &o.resume,
+	}
 }
 
 // defaultGuest finds the default guest built by `make guest`: in
@@ -270,7 +314,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		o.cfg.ConsoleIn = stdin
 	}
 
-	ctl := api.NewController(api.Options{ID: o.id, Version: version, Base: o.cfg, Log: log.Handler()})
+	ctl := api.NewController(api.Options{ID: o.id, Version: vmm.Version, Base: o.cfg, Log: log.Handler()})
 	defer func() {
 		if err := ctl.Close(); err != nil {
 			log.Warn("closing logs and metrics", "err", err)
@@ -315,7 +359,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 		}()
 	}
-	if o.apiSock == "" || o.configFile != "" {
+	if o.restore != "" {
+		if err := ctl.LoadSnapshot(o.loadParams()); err != nil {
+			fmt.Fprintf(stderr, "vmm: %v\n", oneLine(err))
+			return 1
+		}
+	} else if o.apiSock == "" || o.configFile != "" {
 		start := time.Now()
 		if err := ctl.Start(); err != nil {
 			cause := err

@@ -67,6 +67,10 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"missing kernel file", []string{"--kernel", filepath.Join(dir, "nope")}, "invalid --kernel"},
 		{"kernel is a directory", []string{"--kernel", dir}, "is a directory"},
 		{"stray argument", []string{"--kernel", kernel, "extra"}, "unexpected argument"},
+		{"restore without memory", []string{"--restore", kernel}, "--restore needs --mem-file"},
+		{"mem-file without restore", []string{"--mem-file", kernel}, "go with --restore"},
+		{"resume without restore", []string{"--resume"}, "go with --restore"},
+		{"restore with a kernel", []string{"--restore", kernel, "--mem-file", kernel, "--kernel", kernel, "--mem", "256M"}, "--kernel, --mem can't change it"},
 	}
 	for _, tt := range tests {
 		var stderr bytes.Buffer
@@ -143,6 +147,32 @@ func TestSeccompFlag(t *testing.T) {
 		}
 		if o.seccomp != tt.want {
 			t.Errorf("%v: seccomp %v, want %v", tt.args, o.seccomp, tt.want)
+		}
+	}
+}
+
+// TestRestoreBadSnapshot: --restore of a file that is not a snapshot, or
+// is missing, is one line and status 1 (the flags were fine), and nothing
+// starts.
+func TestRestoreBadSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	notSnap := filepath.Join(dir, "state")
+	if err := os.WriteFile(notSnap, []byte("definitely not a snapshot"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		state string
+		want  string
+	}{
+		{"not a snapshot", notSnap, "not a vmm snapshot"},
+		{"missing", filepath.Join(dir, "nope"), "snapshot_path"},
+	} {
+		var stderr bytes.Buffer
+		code := run([]string{"--restore", tt.state, "--mem-file", notSnap}, nil, io.Discard, &stderr)
+		out := stderr.String()
+		if code != 1 || strings.Count(out, "\n") != 1 || !strings.Contains(out, tt.want) {
+			t.Errorf("%s: status %d, stderr %q; want 1 and one line with %q", tt.name, code, out, tt.want)
 		}
 	}
 }
