@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
 )
 
 // SnapshotCreateParams is the body of PUT /snapshot/create.

@@ -95,7 +95,7 @@ type Machine struct {
 	kbd      *i8042.Controller
 	rtc      *rtc.RTC
 
-	snapMu      sync.Mutex // one Snapshot at a time
+	snapMu sync.Mutex // one Snapshot at a time
 }
 
 // New builds a machine from cfg: KVM objects, guest memory with the kernel,
