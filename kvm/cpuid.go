@@ -87,6 +87,9 @@ const (
 	leafHypervisor    = 0x40000000
 	leafKVMFeatures   = 0x40000001
 	leafExtAddrSizes  = 0x80000008
+	leafExtFeatures   = 0x80000001
+	featECXVMX        = 1 << 5  // CPUID.1:ECX[5], VMX (Intel)
+	featExtECXSVM     = 1 << 2  // CPUID.80000001h:ECX[2], SVM (AMD)
 	featECXHypervisor = 1 << 31 // CPUID.1:ECX[31], "running under a hypervisor"
 	featECXTSCDeadl   = 1 << 24 // CPUID.1:ECX[24], TSC-deadline timer
 	featEDXHTT        = 1 << 28 // CPUID.1:EDX[28], EBX[23:16] is valid
@@ -97,7 +100,9 @@ const (
 // ForVCPU returns a copy of the host-supported table fitted to vCPU id of a
 // VM with n vCPUs: its own APIC ID, a topology of n single-threaded cores in
 // one package, and the hypervisor bit, so the guest's topology code and the
-// ACPI MADT agree.
+// ACPI MADT agree. VMX and SVM are hidden: a nested hypervisor's state
+// (KVM_GET_NESTED_STATE) is not in snapshots, so a guest must not start
+// one.
 func (c CPUID) ForVCPU(id, n int) CPUID {
 	out := make(CPUID, 0, len(c))
 	coreBits := uint32(bits.Len(uint(n - 1)))
@@ -106,6 +111,7 @@ func (c CPUID) ForVCPU(id, n int) CPUID {
 		case leafFeatures:
 			e.EBX = e.EBX&0x0000ffff | uint32(id)<<24 | uint32(n)<<16
 			e.ECX |= featECXHypervisor
+			e.ECX &^= featECXVMX
 			e.EDX |= featEDXHTT
 		case leafCacheParams:
 			// EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing
@@ -128,6 +134,8 @@ func (c CPUID) ForVCPU(id, n int) CPUID {
 			default:
 				e.EAX, e.EBX, e.ECX = 0, 0, e.Index&0xff
 			}
+		case leafExtFeatures:
+			e.ECX &^= featExtECXSVM
 		case leafExtAddrSizes:
 			// ECX[7:0]: number of cores - 1 (AMD); ECX[15:12]: APIC ID bits.
 			e.ECX = e.ECX&^0xf0ff | uint32(n-1) | coreBits<<12

@@ -4,7 +4,8 @@ import "testing"
 
 func TestCPUIDForVCPU(t *testing.T) {
 	host := CPUID{
-		{Function: leafFeatures, EBX: 0xff00abcd, ECX: 0x1},
+		{Function: leafFeatures, EBX: 0xff00abcd, ECX: 0x1 | featECXVMX},
+		{Function: leafExtFeatures, ECX: featExtECXSVM | 1},
 		{Function: leafTopology, Index: 0, Flags: cpuidFlagSignificantIndex},
 		{Function: leafTopology, Index: 1, Flags: cpuidFlagSignificantIndex},
 		{Function: leafCacheParams, Index: 3, Flags: cpuidFlagSignificantIndex, EAX: 3<<5 | 0xfc000000},
@@ -33,6 +34,9 @@ func TestCPUIDForVCPU(t *testing.T) {
 		}
 		if f.EBX&0xffff != 0xabcd {
 			t.Errorf("vcpu %d/%d: low EBX bits changed: %#x", tt.id, tt.n, f.EBX)
+		}
+		if f.ECX&featECXVMX != 0 || got.Find(leafExtFeatures, 0).ECX != 1 {
+			t.Errorf("vcpu %d/%d: VMX or SVM offered (leaf 1 ECX %#x, leaf 0x80000001 ECX %#x)", tt.id, tt.n, f.ECX, got.Find(leafExtFeatures, 0).ECX)
 		}
 		if f.ECX&featECXHypervisor == 0 {
 			t.Errorf("vcpu %d/%d: hypervisor bit not set", tt.id, tt.n)

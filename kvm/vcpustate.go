@@ -129,9 +129,32 @@ func (v *VCPU) writeMSRs(msrs []MSR) error {
 	for rest := msrs; len(rest) > 0; {
 		n := min(len(rest), maxMSRsPerCall)
 		if err := v.SetMSRs(rest[:n]); err != nil {
-			return err
+			if err := v.writeMSRsOneByOne(rest[:n]); err != nil {
+				return err
+			}
 		}
 		rest = rest[n:]
+	}
+	return nil
+}
+
+// writeMSRsOneByOne writes a batch KVM refused, one MSR at a time. KVM
+// lists MSRs for migration that it may not take back on another host or
+// kernel (or on kvm-pvm, which lists its own MSRs); one it refuses whose
+// saved value is what this vCPU already has loses nothing and is skipped.
+// Any other refusal is an error: the guest would run with a register that
+// changed under it.
+func (v *VCPU) writeMSRsOneByOne(msrs []MSR) error {
+	for _, m := range msrs {
+		err := v.SetMSRs([]MSR{m})
+		if err == nil {
+			continue
+		}
+		have, rerr := v.MSRs(m.Index)
+		if rerr == nil && len(have) == 1 && have[0].Data == m.Data {
+			continue
+		}
+		return fmt.Errorf("MSR %#x: KVM refuses the saved value %#x: %w", m.Index, m.Data, err)
 	}
 	return nil
 }

@@ -191,6 +191,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	if err = m.vcpus[0].setBootState(bootState); err != nil {
 		return nil, err
 	}
+	m.startConsole()
 	return m, nil
 }
 
@@ -324,10 +325,15 @@ func (m *Machine) setupDevices() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// startConsole starts feeding host console input to COM1, once the UART
+// is in its final state (a restore replaces its receive buffer).
+func (m *Machine) startConsole() {
 	if m.cfg.ConsoleIn != nil {
 		go m.pumpConsole()
 	}
-	return nil
 }
 
 // pumpConsole feeds host console input to COM1 until EOF. It is not joined

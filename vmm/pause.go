@@ -106,9 +106,10 @@ func (m *Machine) Resume() error {
 
 // Paused reports whether the machine is paused.
 func (m *Machine) Paused() bool {
-	m.pause.mu.Lock()
-	defer m.pause.mu.Unlock()
-	return m.pause.paused
+	p := m.pause
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.paused || !p.running && p.startPaused
 }
 
 // setRunning marks the machine running (its vCPU threads start) or not.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/govmm/vmm/boot"
@@ -37,7 +38,12 @@ type machineState struct {
 	Config  savedConfig
 	// PVM: the guest was booted for a kvm-pvm host (its command line, its
 	// CPUID), and needs one to run on.
-	PVM    bool
+	PVM bool
+	// HostBootID is the host's boot (/proc/sys/kernel/random/boot_id)
+	// when PVM: kvm-pvm gives guests the host's TSC, with no offset, so
+	// the saved TSC and TSC deadline mean something only until the host
+	// reboots.
+	HostBootID string `json:",omitempty"`
 	VM     kvm.VMState
 	VCPUs  []kvm.VCPUState
 	Legacy legacyState
@@ -80,7 +86,9 @@ func (m *Machine) Snapshot(statePath, memPath string) (err error) {
 	if statePath == "" || memPath == "" {
 		return errors.New("snapshot: both a state file and a memory file are needed")
 	}
-	if abs(statePath) == abs(memPath) {
+	// Clean, not Abs: Abs may ask the kernel for the working directory,
+	// which the seccomp filter does not allow.
+	if filepath.Clean(statePath) == filepath.Clean(memPath) {
 		return fmt.Errorf("snapshot: the state file and the memory file are both %s", statePath)
 	}
 	m.snapMu.Lock()
@@ -99,6 +107,12 @@ func (m *Machine) Snapshot(statePath, memPath string) (err error) {
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
+	// An earlier snapshot's state file at statePath goes first: if this
+	// one fails after its memory file replaced the earlier one, no state
+	// file is left to pair with memory that is not its own.
+	if err := os.Remove(statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("snapshot: replacing %s: %w", statePath, err)
+	}
 	if err := m.dumpMemory(memPath); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
@@ -113,18 +127,10 @@ func (m *Machine) Snapshot(statePath, memPath string) (err error) {
 	return nil
 }
 
-func abs(p string) string {
-	a, err := filepath.Abs(p)
-	if err != nil {
-		return p
-	}
-	return a
-}
-
 // saveState collects the state of KVM's VM and vCPUs and of every device.
 // The vCPUs are parked (settled between instructions), the devices paused.
 func (m *Machine) saveState() (*machineState, error) {
-	st := &machineState{Version: machineStateVersion, PVM: m.pvm, Config: savedConfig{
+	st := &machineState{Version: machineStateVersion, PVM: m.pvm, HostBootID: hostBootID(m.pvm), Config: savedConfig{
 		Kernel: m.cfg.Kernel, Initrd: m.cfg.Initrd, Cmdline: m.cfg.Cmdline, SystemMap: m.cfg.SystemMap,
 		MemSize: m.cfg.MemSize, CPUs: m.cfg.CPUs,
 		Drives: slices.Clone(m.cfg.Drives), Nets: slices.Clone(m.cfg.Nets), Vsock: m.cfg.Vsock, Entropy: m.cfg.Entropy,
@@ -281,7 +287,10 @@ func Restore(rc RestoreConfig, log *slog.Logger) (m *Machine, err error) {
 		m.pvm = *cfg.HostQuirks
 	}
 	if m.pvm != st.PVM {
-		return nil, fmt.Errorf("snapshot %s: taken on a %s host, this one is %s", rc.StatePath, hostKind(st.PVM), hostKind(m.pvm))
+		return nil, fmt.Errorf("snapshot %s: %w: taken on a %s host, this one is %s", rc.StatePath, snapshot.ErrIncompatible, hostKind(st.PVM), hostKind(m.pvm))
+	}
+	if boot := hostBootID(m.pvm); boot != st.HostBootID {
+		return nil, fmt.Errorf("snapshot %s: %w: taken before this kvm-pvm host last booted (guests here run on the host's TSC, which restarted)", rc.StatePath, snapshot.ErrIncompatible)
 	}
 	m.pause.startPaused = true
 	if err = m.createVM(); err != nil {
@@ -297,20 +306,24 @@ func Restore(rc RestoreConfig, log *slog.Logger) (m *Machine, err error) {
 	if err = m.createVCPUs(); err != nil {
 		return nil, err
 	}
-	// KVM's order: the VM's interrupt controllers and clock, then each
-	// vCPU (kvm.VCPU.RestoreState keeps KVM's order within one).
-	// The guest's clock carries on from where it was saved, as
-	// Firecracker's default (clock_realtime false): a guest that slept in
-	// a snapshot for an hour sees no hour pass, and whoever wakes it sets
-	// its wall clock (the agent does for vmm run).
-	st.VM.Clock.Flags &^= kvm.ClockRealtime
-	if err = m.vm.RestoreState(st.VM); err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
-	}
+	// Firecracker's order: each vCPU (kvm.VCPU.RestoreState keeps KVM's
+	// order within one), then the VM's timer, clock and interrupt
+	// controllers, so the interrupts KVM_SET_IRQCHIP re-injects and the
+	// PIT's first ticks reach restored LAPICs, not ones still in reset.
 	for i, v := range m.vcpus {
 		if err = v.kvm.RestoreState(st.VCPUs[i]); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
+	}
+	// The guest's clock carries on from where it was saved, as
+	// Firecracker's default (clock_realtime false): a guest that slept in
+	// a snapshot for an hour sees no hour pass, and whoever wakes it sets
+	// its wall clock (the agent does for vmm run). On kvm-pvm hosts the
+	// guest's TSC is the host's, so a TSC-clocked guest sees the time it
+	// slept anyway.
+	st.VM.Clock.Flags &^= kvm.ClockRealtime
+	if err = m.vm.RestoreState(st.VM); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
 	}
 	if err = m.setupDevices(); err != nil {
 		return nil, err
@@ -322,8 +335,22 @@ func Restore(rc RestoreConfig, log *slog.Logger) (m *Machine, err error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	m.syms = loadSymbols(cfg.SystemMap, cfg.Kernel, log)
+	m.startConsole()
 	log.Info("snapshot restored", "state", rc.StatePath, "memory", rc.MemPath, "took", time.Since(start).Round(time.Microsecond))
 	return m, nil
+}
+
+// hostBootID identifies the host's current boot on kvm-pvm hosts, "" on
+// others (and where the kernel doesn't say).
+func hostBootID(pvm bool) string {
+	if !pvm {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func hostKind(pvm bool) string {

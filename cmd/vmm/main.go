@@ -231,6 +231,9 @@ func checkRestoreFlags(fs *flag.FlagSet, o *options) error {
 	if o.memFile == "" {
 		return errors.New("--restore needs --mem-file, the snapshot's guest memory")
 	}
+	if !o.resume && o.apiSock == "" {
+		return errors.New("--restore without --resume leaves the guest paused: add --resume, or --api-sock to resume it with PATCH /vm")
+	}
 	var clash []string
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {

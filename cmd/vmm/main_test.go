@@ -70,7 +70,8 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"restore without memory", []string{"--restore", kernel}, "--restore needs --mem-file"},
 		{"mem-file without restore", []string{"--mem-file", kernel}, "go with --restore"},
 		{"resume without restore", []string{"--resume"}, "go with --restore"},
-		{"restore with a kernel", []string{"--restore", kernel, "--mem-file", kernel, "--kernel", kernel, "--mem", "256M"}, "--kernel, --mem can't change it"},
+		{"restore with a kernel", []string{"--restore", kernel, "--mem-file", kernel, "--resume", "--kernel", kernel, "--mem", "256M"}, "--kernel, --mem can't change it"},
+		{"restore paused without an API", []string{"--restore", kernel, "--mem-file", kernel}, "leaves the guest paused"},
 	}
 	for _, tt := range tests {
 		var stderr bytes.Buffer
@@ -169,7 +170,7 @@ func TestRestoreBadSnapshot(t *testing.T) {
 		{"missing", filepath.Join(dir, "nope"), "snapshot_path"},
 	} {
 		var stderr bytes.Buffer
-		code := run([]string{"--restore", tt.state, "--mem-file", notSnap}, nil, io.Discard, &stderr)
+		code := run([]string{"--restore", tt.state, "--mem-file", notSnap, "--resume"}, nil, io.Discard, &stderr)
 		out := stderr.String()
 		if code != 1 || strings.Count(out, "\n") != 1 || !strings.Contains(out, tt.want) {
 			t.Errorf("%s: status %d, stderr %q; want 1 and one line with %q", tt.name, code, out, tt.want)
