@@ -44,10 +44,10 @@ type machineState struct {
 	// the saved TSC and TSC deadline mean something only until the host
 	// reboots.
 	HostBootID string `json:",omitempty"`
-	VM     kvm.VMState
-	VCPUs  []kvm.VCPUState
-	Legacy legacyState
-	PCI    *pciSnapshot `json:",omitempty"`
+	VM         kvm.VMState
+	VCPUs      []kvm.VCPUState
+	Legacy     legacyState
+	PCI        *pciSnapshot `json:",omitempty"`
 }
 
 // savedConfig is the part of Config a restore needs and GET /vm/config
