@@ -1,6 +1,7 @@
 /*
  * Declarations shared between main.c and the optional test modules
- * (virtio_blk.c): console output and command-line lookup.
+ * (virtio_*.c, xsave.c, snap.c): console output, command-line lookup and
+ * the test entry points.
  */
 #ifndef TESTGUEST_H
 #define TESTGUEST_H
@@ -33,6 +34,12 @@ void blk_test(void);
 void blk_watch(void);
 void blk_intx_test(void);
 
+/* virtio_blk.c, for snap=1: bring up the first virtio-blk device (0, or
+ * -1 after a "blk error" line), and read and FNV-1a-hash sectors 0..n-1,
+ * counting completion interrupts (0, or -1 after a "blk error" line). */
+int blk_open(void);
+int blk_read_hash(u32 n, u32 *hash, u32 *irqs);
+
 /* virtio_net.c: the net=1 test, and net=mq (multi-queue, control
  * queue). */
 void net_test(void);
@@ -46,5 +53,11 @@ void rng_test(void);
 
 /* xsave.c: the xsave=1 test (XSAVE, XRSTOR, XGETBV in ring 0). */
 void xsave_test(void);
+
+/* The end of the highest RAM in the memory map below 4 GiB (main.c). */
+extern u64 ram_top_low;
+
+/* snap.c: the snap=1 test (state across a snapshot and restore). */
+void snap_test(void);
 
 #endif

@@ -18,6 +18,10 @@
  * changes, ISR bit 1 is set and MSI-X entry 1 (-> vector 0x41), the
  * config_msix_vector, fires; then it reads the new capacity and sector 0.
  *
+ * snap=1 (snap.c) brings the device up as for blk=1 and reads and hashes
+ * the first sectors on request (blk_open, blk_read_hash), before and after
+ * the host snapshots and restores the machine.
+ *
  * blk=intx leaves MSI-X off and routes the device's INTA# (the I/O APIC
  * input in its Interrupt Line register) to vector 0x42 as a level-triggered
  * interrupt, then reads sector 0: the first interrupt is EOIed without
@@ -550,6 +554,61 @@ void blk_test(void)
 		else if (st >= 0)
 			fail("flush status");
 	}
+}
+
+/* ---- snap=1: the disk of a guest that is snapshotted and restored ---- */
+
+/* FNV-1a, 32 bits. */
+#define FNV_OFFSET 2166136261u
+#define FNV_PRIME 16777619u
+
+static int snap_msix; /* queue 0 has MSI-X entry 0 (-> vector 0x40) */
+
+/* Bring up the first virtio-blk device as for blk=1 and print its
+ * "blk device=" line.  Returns 0, or -1 after a "blk error" line. */
+int blk_open(void)
+{
+	int dev = blk_init(&snap_msix, 0);
+	if (dev < 0)
+		return -1;
+	report_device(dev, read_capacity(0), snap_msix);
+	return 0;
+}
+
+/* Read sectors 0..n-1 one request at a time (through the queue indices
+ * and the MSI-X route a restore put back) and hash them.  Interrupts are
+ * on only while a request is in flight; *irqs counts the requests whose
+ * completion interrupt arrived.  Returns 0, or -1 after a "blk error"
+ * line. */
+int blk_read_hash(u32 n, u32 *hash, u32 *irqs)
+{
+	u32 h = FNV_OFFSET, got = 0;
+	if (snap_msix)
+		irq_setup();
+	for (u32 s = 0; s < n; s++) {
+		u32 before = blk_irqs;
+		if (snap_msix)
+			__asm__ volatile("sti");
+		int st = request(T_IN, s, SECTOR, 1, 0);
+		if (st != BLK_S_OK) {
+			__asm__ volatile("cli");
+			if (st >= 0)
+				fail("read status");
+			return -1;
+		}
+		if (snap_msix) {
+			for (u32 i = 0; i < POLL_LIMIT && blk_irqs == before; i++)
+				barrier();
+			__asm__ volatile("cli");
+			if (blk_irqs != before)
+				got++;
+		}
+		for (int i = 0; i < SECTOR; i++)
+			h = (h ^ data[i]) * FNV_PRIME;
+	}
+	*hash = h;
+	*irqs = got;
+	return 0;
 }
 
 /* ---- blk=watch ---- */
