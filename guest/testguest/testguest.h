@@ -54,6 +54,20 @@ void rng_test(void);
 /* xsave.c: the xsave=1 test (XSAVE, XRSTOR, XGETBV in ring 0). */
 void xsave_test(void);
 
+/* virtio_blk.c: switch to the IDT with the interrupt tests' vectors (0x40
+ * blk queue, 0x41 blk config, 0x42 blk INTx, 0x43 COM1, each counting
+ * into the variable below and EOIing) and software-enable the local APIC;
+ * write an I/O APIC register. */
+void irq_setup(void);
+extern volatile u32 serial_irqs;
+#define SERIAL_VECTOR 0x43
+void ioapic_write(u32 reg, u32 v);
+/* I/O APIC (82093AA) redirection entries: entry n is registers 0x10 + 2n
+ * (low: vector, trigger, mask) and 0x11 + 2n (high: destination). */
+#define IOAPIC_REDTBL 0x10
+#define IOAPIC_LEVEL (1u << 15)
+#define IOAPIC_MASKED (1u << 16)
+
 /* The end of the highest RAM in the memory map below 4 GiB (main.c). */
 extern u64 ram_top_low;
 

@@ -144,9 +144,9 @@ struct dtr {
 	u64 base;
 } __attribute__((packed));
 
-static struct gate idt2[BLK_INTX_VECTOR + 1] __attribute__((aligned(16)));
-volatile u32 blk_irqs, blk_cfg_irqs;
-extern char blk_irq_entry[], blk_cfg_irq_entry[], blk_intx_entry[];
+static struct gate idt2[SERIAL_VECTOR + 1] __attribute__((aligned(16)));
+volatile u32 blk_irqs, blk_cfg_irqs, serial_irqs;
+extern char blk_irq_entry[], blk_cfg_irq_entry[], blk_intx_entry[], serial_irq_entry[];
 
 /* Count the interrupt, EOI the local APIC, return. */
 __asm__(".text\n"
@@ -154,6 +154,14 @@ __asm__(".text\n"
 	"blk_irq_entry:\n"
 	"	pushq %rax\n"
 	"	incl blk_irqs(%rip)\n"
+	"	movabsq $0xfee000b0, %rax\n"
+	"	movl $0, (%rax)\n"
+	"	popq %rax\n"
+	"	iretq\n"
+	".globl serial_irq_entry\n"
+	"serial_irq_entry:\n"
+	"	pushq %rax\n"
+	"	incl serial_irqs(%rip)\n"
 	"	movabsq $0xfee000b0, %rax\n"
 	"	movl $0, (%rax)\n"
 	"	popq %rax\n"
@@ -204,8 +212,9 @@ static void set_gate2(int vec, u64 h, u16 sel)
 }
 
 /* Copy main.c's 32 exception gates into a table that also has our vectors
- * (gates 32..0x3f stay not-present) and switch to it. */
-static void irq_setup(void)
+ * (gates 32..0x3f stay not-present) and switch to it; software-enable the
+ * local APIC.  Also snap.c's, for COM1's interrupt. */
+void irq_setup(void)
 {
 	struct dtr old, p;
 	__asm__ volatile("sidt %0" : "=m"(old));
@@ -218,6 +227,7 @@ static void irq_setup(void)
 	set_gate2(BLK_VECTOR, (u64)blk_irq_entry, g[0].sel);
 	set_gate2(BLK_CFG_VECTOR, (u64)blk_cfg_irq_entry, g[0].sel);
 	set_gate2(BLK_INTX_VECTOR, (u64)blk_intx_entry, g[0].sel);
+	set_gate2(SERIAL_VECTOR, (u64)serial_irq_entry, g[0].sel);
 	p.limit = sizeof(idt2) - 1;
 	p.base = (u64)idt2;
 	__asm__ volatile("lidt %0" : : "m"(p) : "memory");
@@ -736,18 +746,16 @@ void blk_watch(void)
 
 /* ---- blk=intx ---- */
 
-/* I/O APIC (82093AA): index and data registers, redirection entries. */
+/* I/O APIC (82093AA): index and data registers; the redirection entry
+ * bits are in testguest.h. */
 #define IOAPIC_BASE 0xfec00000ull
 #define IOAPIC_REGSEL 0x00
 #define IOAPIC_WIN 0x10
 #define IOAPIC_VER 0x01
-#define IOAPIC_REDTBL 0x10 /* entry n: 0x10 + 2n (low), 0x11 + 2n (high) */
-#define IOAPIC_LEVEL (1u << 15)
-#define IOAPIC_MASKED (1u << 16)
 #define INTX_STORM 16 /* interrupts before the handler gives up */
 #define INTX_QUIET_SECS 2
 
-static void ioapic_write(u32 reg, u32 v)
+void ioapic_write(u32 reg, u32 v)
 {
 	mmio_wr32(IOAPIC_BASE + IOAPIC_REGSEL, reg);
 	mmio_wr32(IOAPIC_BASE + IOAPIC_WIN, v);
