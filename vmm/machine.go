@@ -191,6 +191,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	if err = m.vcpus[0].setBootState(bootState); err != nil {
 		return nil, err
 	}
+	m.startConsole()
 	return m, nil
 }
 
@@ -324,10 +325,18 @@ func (m *Machine) setupDevices() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// startConsole starts feeding host console input to COM1: the last step
+// of building a machine, New's or Restore's. Earlier, a restore of the
+// UART's state would drop what was read meanwhile, and a machine that then
+// failed to build would leave its reader behind, taking input from the
+// next machine on the same console.
+func (m *Machine) startConsole() {
 	if m.cfg.ConsoleIn != nil {
 		go m.pumpConsole()
 	}
-	return nil
 }
 
 // pumpConsole feeds host console input to COM1 until EOF. It is not joined

@@ -322,6 +322,7 @@ func Restore(rc RestoreConfig, log *slog.Logger) (m *Machine, err error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	m.syms = loadSymbols(cfg.SystemMap, cfg.Kernel, log)
+	m.startConsole()
 	log.Info("snapshot restored", "state", rc.StatePath, "memory", rc.MemPath, "took", time.Since(start).Round(time.Microsecond))
 	return m, nil
 }
