@@ -127,6 +127,28 @@ func inNetNS(ns *netNS, fn func() error) error {
 	return <-errc
 }
 
+// dialAgent connects to the guest agent through the hybrid vsock socket
+// uds, retrying for up to 5 minutes: the agent starts with the guest, and
+// on slow hosts it may not listen yet when the ready line appears.
+func dialAgent(t *testing.T, ctx context.Context, uds string) *client.Client {
+	t.Helper()
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		nc, err := client.DialHybridVsock(ctx, uds, agentPort)
+		if err == nil {
+			var c *client.Client
+			if c, _, err = client.New(ctx, nc); err == nil {
+				t.Logf("agent answered after %v", time.Since(start).Round(time.Second))
+				return c
+			}
+		}
+		if attempt == 60 {
+			t.Fatalf("agent on vsock port %d: %v", agentPort, err)
+		}
+		time.Sleep(5 * time.Second)
+	}
+}
+
 // agentRun runs args in a container through the agent and returns its
 // exit status and output. It does not fail the test itself, so it can
 // run on any goroutine.
@@ -135,25 +157,8 @@ type agentRun func(containerID string, stdin io.Reader, args ...string) (protoco
 func testAgentInLinuxGuest(t *testing.T, g *linuxGuestDisks, ns *netNS) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	start := time.Now()
-	var c *client.Client
-	// The agent starts with the guest; on slow hosts it may not listen
-	// yet when the ready line appears.
-	for attempt := 0; ; attempt++ {
-		nc, err := client.DialHybridVsock(ctx, g.vsock, agentPort)
-		if err == nil {
-			c, _, err = client.New(ctx, nc)
-		}
-		if err == nil {
-			break
-		}
-		if attempt == 60 {
-			t.Fatalf("agent on vsock port %d: %v", agentPort, err)
-		}
-		time.Sleep(5 * time.Second)
-	}
+	c := dialAgent(t, ctx, g.vsock)
 	defer c.Close()
-	t.Logf("agent answered after %v", time.Since(start).Round(time.Second))
 
 	const cid = "main"
 	if _, err := c.CreateContainer(ctx, protocol.CreateContainerRequest{

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -32,7 +33,11 @@ func defaultGuest(t *testing.T) (kernel, initrd string) {
 // with a disk for containers, a data disk, a raw disk, a network interface
 // in a test namespace, a vsock device and an entropy device, and every check that needs a
 // real Linux guest done against that one boot (boots take minutes on
-// kvm-pvm hosts). It ends with poweroff, which must end vmm with status 0.
+// kvm-pvm hosts). After the console checks the guest is snapshotted, its
+// vmm killed and the snapshot restored in a new vmm process
+// (snapshotLinuxGuest): every later check (disks, entropy, the agent on
+// vsock, the network) runs against the restored guest. It ends with
+// poweroff, which must end vmm with status 0.
 func TestLinuxGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long test: boots Linux")
@@ -41,9 +46,16 @@ func TestLinuxGuest(t *testing.T) {
 	ns := newNetNS(t, 20)
 	g := newLinuxGuestDisks(t)
 	start := time.Now()
-	v := StartInNS(t, ns, "--kernel", kernel, "--initrd", initrd, "--mem", "512M", "--cpus", "2",
+	// Booted through the API socket (InstanceStart with the flags'
+	// configuration), which later takes the snapshot.
+	sock := filepath.Join(apiDir(t), "api.sock")
+	v := StartInNS(t, ns, "--api-sock", sock, "--kernel", kernel, "--initrd", initrd, "--mem", "512M", "--cpus", "2",
 		"--disk", "path="+g.rootfs+",id=rootfs", "--disk", "path="+g.data+",id=data", "--disk", "path="+g.raw+",id=raw",
 		"--net", "tap="+ns.tap+",mac="+guestMAC, "--vsock", "cid=3,uds="+g.vsock, "--entropy")
+	ctl := apiClient(t, sock)
+	if err := ctl.Start(context.Background()); err != nil {
+		t.Fatalf("InstanceStart: %v", err)
+	}
 	_, off := v.WaitFor(regexp.MustCompile(`vmm-guest: ready`), 0, linuxBootTimeout)
 	t.Logf("ready line after %v", time.Since(start).Round(time.Second))
 	step := func(name string) func() {
@@ -71,6 +83,12 @@ func TestLinuxGuest(t *testing.T) {
 	if memKB > 512*1024 || memKB < 400*1024 {
 		t.Errorf("MemTotal %d kB does not fit --mem 512M", memKB)
 	}
+	done()
+
+	// Snapshot, SIGKILL, restore in a new process: from here on v is the
+	// restored VM.
+	done = step("snapshot and restore")
+	v, off = snapshotLinuxGuest(t, ns, g, v, ctl, off)
 	done()
 
 	// virtio-blk, ext4: the guest reads a file the host put in the image

@@ -328,8 +328,11 @@ func (m *Machine) setupDevices() error {
 	return nil
 }
 
-// startConsole starts feeding host console input to COM1, once the UART
-// is in its final state (a restore replaces its receive buffer).
+// startConsole starts feeding host console input to COM1: the last step
+// of building a machine, New's or Restore's. Earlier, a restore of the
+// UART's state would drop what was read meanwhile, and a machine that then
+// failed to build would leave its reader behind, taking input from the
+// next machine on the same console.
 func (m *Machine) startConsole() {
 	if m.cfg.ConsoleIn != nil {
 		go m.pumpConsole()

@@ -111,8 +111,9 @@ func TestRestoreRefusesDamagedSnapshot(t *testing.T) {
 // TestSnapshotRestoreTestGuest boots the test guest, pauses it at its
 // prompt, snapshots it, ends that machine, restores a new one from the
 // files and resumes it: the guest answers input from where it stopped
-// (its registers, RAM and the UART came back) and exits with the status
-// it was booted to exit with.
+// (its registers, RAM and the UART came back), input queued on the console
+// before the restore included, and exits with the status it was booted to
+// exit with.
 func TestSnapshotRestoreTestGuest(t *testing.T) {
 	dir := buildTestGuest(t)
 	out := &syncBuf{}
@@ -147,6 +148,10 @@ func TestSnapshotRestoreTestGuest(t *testing.T) {
 	out2 := &syncBuf{}
 	inR2, inW2 := io.Pipe()
 	defer inW2.Close()
+	// Input waiting on the console before the restore (a pipe written
+	// right after the process started) must reach the restored UART, not
+	// be dropped by its restore.
+	go io.WriteString(inW2, "restored\r")
 	r, err := Restore(RestoreConfig{StatePath: state, MemPath: memFile, Host: Config{ConsoleOut: out2, ConsoleIn: inR2}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +162,6 @@ func TestSnapshotRestoreTestGuest(t *testing.T) {
 	}
 	done2 := make(chan Exit, 1)
 	go func() { done2 <- r.Run(context.Background()) }()
-	go io.WriteString(inW2, "restored\r")
 	time.Sleep(100 * time.Millisecond)
 	if strings.Contains(out2.String(), "echo restored") {
 		t.Fatal("the restored guest ran before Resume")

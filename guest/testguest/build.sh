@@ -50,12 +50,13 @@ ASFLAGS=(-m64 -fno-pic -fno-pie -I "$SRC")
 "$CC" "${CFLAGS[@]}" -c "$SRC/virtio_vsock.c" -o "$TMP/virtio_vsock.o"
 "$CC" "${CFLAGS[@]}" -c "$SRC/virtio_rng.c" -o "$TMP/virtio_rng.o"
 "$CC" "${CFLAGS[@]}" -c "$SRC/xsave.c" -o "$TMP/xsave.o"
+"$CC" "${CFLAGS[@]}" -c "$SRC/snap.c" -o "$TMP/snap.o"
 "$CC" "${ASFLAGS[@]}" -c "$SRC/entry.S" -o "$TMP/entry.o"
 "$CC" "${ASFLAGS[@]}" -c "$SRC/xsave.S" -o "$TMP/xsave_s.o"
 "$LD" -m elf_x86_64 -static -nostdlib --build-id=none -z noexecstack \
 	--no-warn-rwx-segments -z max-page-size=0x1000 \
 	-T "$SRC/linker.ld" -o "$TMP/testguest.elf" "$TMP/entry.o" "$TMP/main.o" "$TMP/virtio_blk.o" "$TMP/virtio_net.o" "$TMP/virtio_vsock.o" \
-	"$TMP/virtio_rng.o" "$TMP/xsave.o" "$TMP/xsave_s.o"
+	"$TMP/virtio_rng.o" "$TMP/xsave.o" "$TMP/xsave_s.o" "$TMP/snap.o"
 
 # Flat image of everything loadable except .bss/.stack (NOLOAD): this is the
 # bzImage payload, loaded at 0x100000.

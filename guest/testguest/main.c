@@ -399,6 +399,8 @@ static void copy_cmdline(u64 pa)
 }
 
 static u64 ram_total;
+/* The end of the highest RAM entry below IDENTITY_MAP_LIMIT (snap.c). */
+u64 ram_top_low;
 
 static void report_mem_entry(u64 addr, u64 size, u32 type)
 {
@@ -411,6 +413,9 @@ static void report_mem_entry(u64 addr, u64 size, u32 type)
 	con_puts("\n");
 	if (type == E820_TYPE_RAM)
 		ram_total += size;
+	if (type == E820_TYPE_RAM && addr < IDENTITY_MAP_LIMIT && size <= IDENTITY_MAP_LIMIT - addr &&
+	    addr + size > ram_top_low)
+		ram_top_low = addr + size;
 }
 
 /* Memory map from a table of entries of the given stride (addr, size and
@@ -816,6 +821,13 @@ void __attribute__((noreturn)) kmain(u32 kind, u64 info)
 	const char *xs = cmdline_value("xsave", &xlen);
 	if (xs && value_is(xs, xlen, "1"))
 		xsave_test();
+
+	/* snap=1: a counter and a memory pattern that must survive the host's
+	 * snapshot and restore, and the disk read on request (snap.c). */
+	int slen = 0;
+	const char *snap = cmdline_value("snap", &slen);
+	if (snap && value_is(snap, slen, "1"))
+		snap_test();
 
 	/* fault=ud: prove that unexpected exceptions are reported (vector 6,
 	 * exit status 99).  fault=gp: read a non-canonical address (#GP,

@@ -1,6 +1,7 @@
 /*
  * Declarations shared between main.c and the optional test modules
- * (virtio_blk.c): console output and command-line lookup.
+ * (virtio_*.c, xsave.c, snap.c): console output, command-line lookup and
+ * the test entry points.
  */
 #ifndef TESTGUEST_H
 #define TESTGUEST_H
@@ -33,6 +34,12 @@ void blk_test(void);
 void blk_watch(void);
 void blk_intx_test(void);
 
+/* virtio_blk.c, for snap=1: bring up the first virtio-blk device (0, or
+ * -1 after a "blk error" line), and read and FNV-1a-hash sectors 0..n-1,
+ * counting completion interrupts (0, or -1 after a "blk error" line). */
+int blk_open(void);
+int blk_read_hash(u32 n, u32 *hash, u32 *irqs);
+
 /* virtio_net.c: the net=1 test, and net=mq (multi-queue, control
  * queue). */
 void net_test(void);
@@ -46,5 +53,25 @@ void rng_test(void);
 
 /* xsave.c: the xsave=1 test (XSAVE, XRSTOR, XGETBV in ring 0). */
 void xsave_test(void);
+
+/* virtio_blk.c: switch to the IDT with the interrupt tests' vectors (0x40
+ * blk queue, 0x41 blk config, 0x42 blk INTx, 0x43 COM1, each counting
+ * into the variable below and EOIing) and software-enable the local APIC;
+ * write an I/O APIC register. */
+void irq_setup(void);
+extern volatile u32 serial_irqs;
+#define SERIAL_VECTOR 0x43
+void ioapic_write(u32 reg, u32 v);
+/* I/O APIC (82093AA) redirection entries: entry n is registers 0x10 + 2n
+ * (low: vector, trigger, mask) and 0x11 + 2n (high: destination). */
+#define IOAPIC_REDTBL 0x10
+#define IOAPIC_LEVEL (1u << 15)
+#define IOAPIC_MASKED (1u << 16)
+
+/* The end of the highest RAM in the memory map below 4 GiB (main.c). */
+extern u64 ram_top_low;
+
+/* snap.c: the snap=1 test (state across a snapshot and restore). */
+void snap_test(void);
 
 #endif

@@ -18,6 +18,10 @@
  * changes, ISR bit 1 is set and MSI-X entry 1 (-> vector 0x41), the
  * config_msix_vector, fires; then it reads the new capacity and sector 0.
  *
+ * snap=1 (snap.c) brings the device up as for blk=1 and reads and hashes
+ * the first sectors on request (blk_open, blk_read_hash), before and after
+ * the host snapshots and restores the machine.
+ *
  * blk=intx leaves MSI-X off and routes the device's INTA# (the I/O APIC
  * input in its Interrupt Line register) to vector 0x42 as a level-triggered
  * interrupt, then reads sector 0: the first interrupt is EOIed without
@@ -140,9 +144,9 @@ struct dtr {
 	u64 base;
 } __attribute__((packed));
 
-static struct gate idt2[BLK_INTX_VECTOR + 1] __attribute__((aligned(16)));
-volatile u32 blk_irqs, blk_cfg_irqs;
-extern char blk_irq_entry[], blk_cfg_irq_entry[], blk_intx_entry[];
+static struct gate idt2[SERIAL_VECTOR + 1] __attribute__((aligned(16)));
+volatile u32 blk_irqs, blk_cfg_irqs, serial_irqs;
+extern char blk_irq_entry[], blk_cfg_irq_entry[], blk_intx_entry[], serial_irq_entry[];
 
 /* Count the interrupt, EOI the local APIC, return. */
 __asm__(".text\n"
@@ -150,6 +154,14 @@ __asm__(".text\n"
 	"blk_irq_entry:\n"
 	"	pushq %rax\n"
 	"	incl blk_irqs(%rip)\n"
+	"	movabsq $0xfee000b0, %rax\n"
+	"	movl $0, (%rax)\n"
+	"	popq %rax\n"
+	"	iretq\n"
+	".globl serial_irq_entry\n"
+	"serial_irq_entry:\n"
+	"	pushq %rax\n"
+	"	incl serial_irqs(%rip)\n"
 	"	movabsq $0xfee000b0, %rax\n"
 	"	movl $0, (%rax)\n"
 	"	popq %rax\n"
@@ -200,8 +212,9 @@ static void set_gate2(int vec, u64 h, u16 sel)
 }
 
 /* Copy main.c's 32 exception gates into a table that also has our vectors
- * (gates 32..0x3f stay not-present) and switch to it. */
-static void irq_setup(void)
+ * (gates 32..0x3f stay not-present) and switch to it; software-enable the
+ * local APIC.  Also snap.c's, for COM1's interrupt. */
+void irq_setup(void)
 {
 	struct dtr old, p;
 	__asm__ volatile("sidt %0" : "=m"(old));
@@ -214,6 +227,7 @@ static void irq_setup(void)
 	set_gate2(BLK_VECTOR, (u64)blk_irq_entry, g[0].sel);
 	set_gate2(BLK_CFG_VECTOR, (u64)blk_cfg_irq_entry, g[0].sel);
 	set_gate2(BLK_INTX_VECTOR, (u64)blk_intx_entry, g[0].sel);
+	set_gate2(SERIAL_VECTOR, (u64)serial_irq_entry, g[0].sel);
 	p.limit = sizeof(idt2) - 1;
 	p.base = (u64)idt2;
 	__asm__ volatile("lidt %0" : : "m"(p) : "memory");
@@ -552,6 +566,61 @@ void blk_test(void)
 	}
 }
 
+/* ---- snap=1: the disk of a guest that is snapshotted and restored ---- */
+
+/* FNV-1a, 32 bits. */
+#define FNV_OFFSET 2166136261u
+#define FNV_PRIME 16777619u
+
+static int snap_msix; /* queue 0 has MSI-X entry 0 (-> vector 0x40) */
+
+/* Bring up the first virtio-blk device as for blk=1 and print its
+ * "blk device=" line.  Returns 0, or -1 after a "blk error" line. */
+int blk_open(void)
+{
+	int dev = blk_init(&snap_msix, 0);
+	if (dev < 0)
+		return -1;
+	report_device(dev, read_capacity(0), snap_msix);
+	return 0;
+}
+
+/* Read sectors 0..n-1 one request at a time (through the queue indices
+ * and the MSI-X route a restore put back) and hash them.  Interrupts are
+ * on only while a request is in flight; *irqs counts the requests whose
+ * completion interrupt arrived.  Returns 0, or -1 after a "blk error"
+ * line. */
+int blk_read_hash(u32 n, u32 *hash, u32 *irqs)
+{
+	u32 h = FNV_OFFSET, got = 0;
+	if (snap_msix)
+		irq_setup();
+	for (u32 s = 0; s < n; s++) {
+		u32 before = blk_irqs;
+		if (snap_msix)
+			__asm__ volatile("sti");
+		int st = request(T_IN, s, SECTOR, 1, 0);
+		if (st != BLK_S_OK) {
+			__asm__ volatile("cli");
+			if (st >= 0)
+				fail("read status");
+			return -1;
+		}
+		if (snap_msix) {
+			for (u32 i = 0; i < POLL_LIMIT && blk_irqs == before; i++)
+				barrier();
+			__asm__ volatile("cli");
+			if (blk_irqs != before)
+				got++;
+		}
+		for (int i = 0; i < SECTOR; i++)
+			h = (h ^ data[i]) * FNV_PRIME;
+	}
+	*hash = h;
+	*irqs = got;
+	return 0;
+}
+
 /* ---- blk=watch ---- */
 
 /* CMOS RTC seconds (MC146818 register 0, BCD): the wait's clock. */
@@ -677,18 +746,16 @@ void blk_watch(void)
 
 /* ---- blk=intx ---- */
 
-/* I/O APIC (82093AA): index and data registers, redirection entries. */
+/* I/O APIC (82093AA): index and data registers; the redirection entry
+ * bits are in testguest.h. */
 #define IOAPIC_BASE 0xfec00000ull
 #define IOAPIC_REGSEL 0x00
 #define IOAPIC_WIN 0x10
 #define IOAPIC_VER 0x01
-#define IOAPIC_REDTBL 0x10 /* entry n: 0x10 + 2n (low), 0x11 + 2n (high) */
-#define IOAPIC_LEVEL (1u << 15)
-#define IOAPIC_MASKED (1u << 16)
 #define INTX_STORM 16 /* interrupts before the handler gives up */
 #define INTX_QUIET_SECS 2
 
-static void ioapic_write(u32 reg, u32 v)
+void ioapic_write(u32 reg, u32 v)
 {
 	mmio_wr32(IOAPIC_BASE + IOAPIC_REGSEL, reg);
 	mmio_wr32(IOAPIC_BASE + IOAPIC_WIN, v);
