@@ -326,6 +326,22 @@ func validateCreate(req *protocol.CreateContainerRequest) error {
 	default:
 		return bad("unsupported rootfs type %q", r.Type)
 	}
+	if len(r.Layers) > protocol.MaxLayers {
+		return bad("%d rootfs layers: at most %d", len(r.Layers), protocol.MaxLayers)
+	}
+	for _, l := range r.Layers {
+		if r.Type == "bind" {
+			return bad("rootfs layers need a block device rootfs, not a bind")
+		}
+		// The paths go into overlayfs's option string.
+		if !filepath.IsAbs(l) || hasNUL(l) || strings.ContainsAny(l, ":,") {
+			return bad("rootfs layer %q is not an absolute path without ':' or ','", l)
+		}
+		info, err := os.Stat(l)
+		if err != nil || info.Mode().Type() != os.ModeDevice {
+			return bad("rootfs layer %s: not a block device", l)
+		}
+	}
 	if len(req.Hostname) > 64 || hasNUL(req.Hostname) {
 		return bad("bad hostname %q", req.Hostname)
 	}

@@ -100,7 +100,16 @@ type Rootfs struct {
 	// Type is a filesystem type to mount Source as ("ext4"), or "bind".
 	Type     string `json:"type"`
 	ReadOnly bool   `json:"readonly,omitempty"`
+	// Layers, when set, are read-only block devices (Type filesystems,
+	// the topmost first) that overlayfs stacks under Source: Source is
+	// then the container's writable disk, holding the overlay's upper/
+	// and work/ directories, and the container's writes never reach a
+	// layer, which other containers and VMs share.
+	Layers []string `json:"layers,omitempty"`
 }
+
+// MaxLayers bounds Rootfs.Layers: a VM has at most 26 disks.
+const MaxLayers = 24
 
 // Resources are cgroup limits. Zero means unlimited.
 type Resources struct {
