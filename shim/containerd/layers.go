@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -144,27 +145,31 @@ func (c *layerCache) Prune(ctx context.Context) (removed int, err error) {
 	return removed, errors.Join(errs...)
 }
 
+// lockPoll is how often a waiting lockFile retries: a blocked flock(2)
+// cannot be interrupted, and a build takes a second or more anyway.
+const lockPoll = 50 * time.Millisecond
+
 // lockFile takes an exclusive flock on path, waiting until ctx ends.
 func lockFile(ctx context.Context, path string) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("layer cache lock: %w", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- unix.Flock(int(f.Fd()), unix.LOCK_EX) }()
-	select {
-	case err := <-done:
-		if err != nil {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
 			f.Close()
 			return nil, fmt.Errorf("locking %s: %w", path, err)
 		}
-		return func() { f.Close() }, nil
-	case <-ctx.Done():
-		// Closing the file ends the blocked flock, or releases it if it
-		// got the lock meanwhile.
-		f.Close()
-		<-done
-		return nil, fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		case <-time.After(lockPoll):
+		}
 	}
 }
 
