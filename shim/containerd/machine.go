@@ -54,10 +54,18 @@ func guestDevice(i int) string { return "/dev/vd" + string(rune('a'+i)) }
 // through its REST API, and a connection to the guest agent.
 type machine struct {
 	vm      shim.VMM
-	api     *client.Client
+	ctl     vmControl
 	agent   *agent.Client
-	console *cappedFile
-	drives  int
+	console *cappedFile // nil when not logging
+	// deviceOf names the i-th drive in the guest (guestDevice).
+	deviceOf func(i int) string
+}
+
+// vmControl is the part of the REST API a running VM needs;
+// *client.Client implements it.
+type vmControl interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
 }
 
 // machineSpec is what bootMachine needs.
@@ -89,7 +97,8 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 		console.Close()
 		return nil, err
 	}
-	m := &machine{vm: vm, api: client.New(apiSock), console: console}
+	c := client.New(apiSock)
+	m := &machine{vm: vm, ctl: c, console: console, deviceOf: guestDevice}
 	defer func() {
 		if err != nil {
 			m.stop()
@@ -115,26 +124,25 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	if err := m.api.WaitReady(bctx); err != nil {
+	if err := c.WaitReady(bctx); err != nil {
 		return nil, fail("waiting for the VMM's API socket", err)
 	}
-	if err := m.api.PutBootSource(bctx, spec.kernel, spec.initrd, spec.cmdline); err != nil {
+	if err := c.PutBootSource(bctx, spec.kernel, spec.initrd, spec.cmdline); err != nil {
 		return nil, fail("configuring the boot source", err)
 	}
-	if err := m.api.PutMachineConfig(bctx, spec.cpus, spec.memMiB); err != nil {
+	if err := c.PutMachineConfig(bctx, spec.cpus, spec.memMiB); err != nil {
 		return nil, fail("configuring the machine", err)
 	}
 	for i, d := range spec.disks {
 		id, path, root, ro := fmt.Sprintf("disk%d", i), d.path, false, d.readOnly
-		if err := m.api.PutDrive(bctx, api.Drive{DriveID: &id, PathOnHost: &path, IsRootDevice: &root, IsReadOnly: &ro}); err != nil {
+		if err := c.PutDrive(bctx, api.Drive{DriveID: &id, PathOnHost: &path, IsRootDevice: &root, IsReadOnly: &ro}); err != nil {
 			return nil, fail("attaching "+path, err)
 		}
 	}
-	m.drives = len(spec.disks)
-	if err := m.api.PutVsock(bctx, shim.GuestCID, vsockPath); err != nil {
+	if err := c.PutVsock(bctx, shim.GuestCID, vsockPath); err != nil {
 		return nil, fail("configuring vsock", err)
 	}
-	if err := m.api.Start(bctx); err != nil {
+	if err := c.Start(bctx); err != nil {
 		return nil, fail("starting the VM", err)
 	}
 	ac, err := shim.DialAgent(bctx, vsockPath)
@@ -158,8 +166,8 @@ func (m *machine) consoleTail(dir string) string {
 	return "; VMM output: " + strings.TrimSpace(string(bytes.ReplaceAll(data, []byte("\r"), nil)))
 }
 
-func (m *machine) pause(ctx context.Context) error  { return m.api.Pause(ctx) }
-func (m *machine) resume(ctx context.Context) error { return m.api.Resume(ctx) }
+func (m *machine) pause(ctx context.Context) error  { return m.ctl.Pause(ctx) }
+func (m *machine) resume(ctx context.Context) error { return m.ctl.Resume(ctx) }
 
 // stop ends the VM and closes the agent connection; it may be called
 // more than once.
@@ -168,7 +176,9 @@ func (m *machine) stop() {
 		_ = m.agent.Close()
 	}
 	m.vm.Stop(stopGrace)
-	m.console.Close()
+	if m.console != nil {
+		m.console.Close()
+	}
 }
 
 // cappedFile is a log file that stops growing at max bytes, so a guest

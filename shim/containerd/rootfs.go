@@ -125,14 +125,14 @@ func (d *rootfsDisks) disks() []disk {
 }
 
 // agentRootfs is the agent's description of the container's root, given
-// the guest index of the container's first disk (its disks are attached
-// in the order disks returns).
-func (d *rootfsDisks) agentRootfs(first int) protocol.Rootfs {
+// the guest's names for the drives and the index of the container's
+// first (its disks are attached in the order disks returns).
+func (d *rootfsDisks) agentRootfs(deviceOf func(int) string, first int) protocol.Rootfs {
 	r := protocol.Rootfs{Type: "ext4", ReadOnly: d.readOnly}
 	for i := range d.layers {
-		r.Layers = append(r.Layers, guestDevice(first+i))
+		r.Layers = append(r.Layers, deviceOf(first+i))
 	}
-	r.Source = guestDevice(first + len(d.layers))
+	r.Source = deviceOf(first + len(d.layers))
 	return r
 }
 

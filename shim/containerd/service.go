@@ -41,6 +41,9 @@ type ServiceConfig struct {
 // container and stops when the shim shuts down.
 type Service struct {
 	cfg ServiceConfig
+	// boot starts the VM (bootMachine with cfg.Launcher; tests swap in
+	// a machine without KVM).
+	boot func(ctx context.Context, spec machineSpec) (*machine, error)
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -64,7 +67,11 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	return &Service{cfg: cfg, containers: make(map[string]*container), done: make(chan struct{})}
+	s := &Service{cfg: cfg, containers: make(map[string]*container), done: make(chan struct{})}
+	s.boot = func(ctx context.Context, spec machineSpec) (*machine, error) {
+		return bootMachine(ctx, cfg.Launcher, spec)
+	}
+	return s
 }
 
 // Done is closed when Shutdown asks the shim to exit.
@@ -155,7 +162,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	memMiB, cpus := vmSize(spec, s.cfg.Config)
-	vm, err := bootMachine(ctx, s.cfg.Launcher, machineSpec{
+	vm, err := s.boot(ctx, machineSpec{
 		dir:         s.cfg.Dir,
 		kernel:      s.cfg.Config.Kernel,
 		initrd:      s.cfg.Config.Initrd,
@@ -178,7 +185,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 	req := protocol.CreateContainerRequest{
 		ID:        r.ID,
-		Rootfs:    disks.agentRootfs(0),
+		Rootfs:    disks.agentRootfs(vm.deviceOf, 0),
 		Hostname:  spec.Hostname,
 		Resources: agentResources(spec),
 	}

@@ -82,7 +82,7 @@ func TestRootfsDisksOrder(t *testing.T) {
 	if got := d.disks(); !reflect.DeepEqual(got, want) {
 		t.Errorf("disks = %v, want %v", got, want)
 	}
-	r := d.agentRootfs(0)
+	r := d.agentRootfs(guestDevice, 0)
 	if r.Source != "/dev/vdc" || !reflect.DeepEqual(r.Layers, []string{"/dev/vda", "/dev/vdb"}) || r.Type != "ext4" {
 		t.Errorf("agentRootfs = %+v", r)
 	}
