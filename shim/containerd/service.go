@@ -11,9 +11,11 @@ import (
 	"syscall"
 	"time"
 
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -573,9 +575,36 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 	return &emptypb.Empty{}, nil
 }
 
-// Pids lists the task's processes the shim started (init and execs).
+// Pids lists the processes in the task's cgroup in the guest (their
+// pids in the guest).
 func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "pids: the guest agent cannot list a container's processes yet")
+	st, err := s.containerStats(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &taskAPI.PidsResponse{}
+	for _, pid := range st.PIDs {
+		resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: uint32(pid)})
+	}
+	return resp, nil
+}
+
+// containerStats asks the agent for the task's cgroup numbers.
+func (s *Service) containerStats(ctx context.Context, id string) (protocol.ContainerStats, error) {
+	if _, _, err := s.lookup(id, ""); err != nil {
+		return protocol.ContainerStats{}, err
+	}
+	s.mu.Lock()
+	vm := s.vm
+	s.mu.Unlock()
+	if vm == nil {
+		return protocol.ContainerStats{}, errPrecondition("task %s has no running VM", id)
+	}
+	st, err := vm.agent.ContainerStats(ctx, id)
+	if err != nil {
+		return st, status.Errorf(codes.Unknown, "reading task %s's cgroup in the VM: %v", id, err)
+	}
+	return st, nil
 }
 
 // Pause freezes the whole VM (PATCH /vm), so every task of the sandbox.
@@ -626,14 +655,67 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	return nil, status.Error(codes.Unimplemented, "the vmm runtime cannot checkpoint tasks")
 }
 
-// Update would apply new resources to the container's cgroup in the guest.
+// Update applies new resources (an OCI LinuxResources) to the task's
+// cgroup in the guest. The VM's own size stays as it booted.
 func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, status.Error(codes.Unimplemented, "update: the guest agent cannot change a container's limits yet")
+	if r.Resources == nil {
+		return nil, status.Error(codes.InvalidArgument, "update without resources")
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "update resources: %v", err)
+	}
+	if _, _, err := s.lookup(r.ID, ""); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	vm := s.vm
+	s.mu.Unlock()
+	if vm == nil {
+		return nil, errPrecondition("task %s has no running VM", r.ID)
+	}
+	spec := &specs.Spec{Linux: &specs.Linux{Resources: &res}}
+	if err := vm.agent.UpdateContainer(ctx, r.ID, agentResources(spec)); err != nil {
+		if protocol.IsCode(err, protocol.CodeInvalidArgument) {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil, status.Errorf(codes.Unknown, "updating task %s: %v", r.ID, err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
-// Stats would report the container's cgroup v2 numbers from the guest.
+// Stats reports the task's cgroup numbers from the guest as containerd's
+// cgroup v2 Metrics (what `ctr task metrics` prints).
 func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "stats: the guest agent does not report a container's cgroup numbers yet")
+	st, err := s.containerStats(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	a, err := typeurl.MarshalAnyToProto(cgroupMetrics(st))
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &taskAPI.StatsResponse{Stats: a}, nil
+}
+
+// cgroupMetrics maps the agent's numbers onto cgroup v2 Metrics.
+func cgroupMetrics(st protocol.ContainerStats) *cgroupstats.Metrics {
+	m := st.MemoryStat
+	c := st.CPUStat
+	return &cgroupstats.Metrics{
+		Pids: &cgroupstats.PidsStat{Current: st.PidsCurrent},
+		CPU: &cgroupstats.CPUStat{
+			UsageUsec: c["usage_usec"], UserUsec: c["user_usec"], SystemUsec: c["system_usec"],
+			NrPeriods: c["nr_periods"], NrThrottled: c["nr_throttled"], ThrottledUsec: c["throttled_usec"],
+		},
+		Memory: &cgroupstats.MemoryStat{
+			Usage: st.MemoryUsageBytes, UsageLimit: st.MemoryLimitBytes,
+			Anon: m["anon"], File: m["file"], KernelStack: m["kernel_stack"], Slab: m["slab"], Sock: m["sock"],
+			Shmem: m["shmem"], FileMapped: m["file_mapped"], FileDirty: m["file_dirty"], FileWriteback: m["file_writeback"],
+			InactiveAnon: m["inactive_anon"], ActiveAnon: m["active_anon"], InactiveFile: m["inactive_file"],
+			ActiveFile: m["active_file"], Unevictable: m["unevictable"], Pgfault: m["pgfault"], Pgmajfault: m["pgmajfault"],
+		},
+	}
 }
 
 // Connect reports the shim's and the task's pids.

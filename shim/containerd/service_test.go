@@ -15,11 +15,13 @@ import (
 	"testing"
 	"time"
 
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/fifo"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -480,6 +482,31 @@ func TestServiceKillAndTerminal(t *testing.T) {
 	if _, err := r.svc.Start(ctx, &taskAPI.StartRequest{ID: "s"}); err != nil {
 		t.Fatal(err)
 	}
+	// Pids, Update and Stats read and change the task's cgroup in the guest.
+	pids, err := r.svc.Pids(ctx, &taskAPI.PidsRequest{ID: "s"})
+	if err != nil || len(pids.Processes) != 1 || pids.Processes[0].Pid == 0 {
+		t.Errorf("Pids: %v %v, want the sleep", pids, err)
+	}
+	limit, _ := json.Marshal(specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: ptr(int64(48 << 20))}})
+	if _, err := r.svc.Update(ctx, &taskAPI.UpdateTaskRequest{ID: "s", Resources: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: limit}}); err != nil {
+		t.Errorf("Update: %v", err)
+	}
+	stats, err := r.svc.Stats(ctx, &taskAPI.StatsRequest{ID: "s"})
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	v, err := typeurl.UnmarshalAny(stats.Stats)
+	if err != nil {
+		t.Fatalf("Stats answer: %v", err)
+	}
+	m, ok := v.(*cgroupstats.Metrics)
+	if !ok || m.Pids.Current != 1 || m.Memory.UsageLimit != 48<<20 || m.Memory.Usage == 0 {
+		t.Errorf("Stats = %v (%T), want 1 pid and the 48 MiB limit", v, v)
+	}
+	if stats.Stats.TypeUrl != "io.containerd.cgroups.v2.Metrics" {
+		t.Errorf("Stats type %q, which ctr task metrics would not decode", stats.Stats.TypeUrl)
+	}
+
 	if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "s", Signal: uint32(syscall.SIGKILL), All: true}); err != nil {
 		t.Fatalf("Kill KILL: %v", err)
 	}
@@ -493,3 +520,5 @@ func TestServiceKillAndTerminal(t *testing.T) {
 		t.Errorf("Checkpoint: %v", err)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
