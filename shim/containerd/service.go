@@ -331,6 +331,9 @@ func (s *Service) reap(p *process) {
 	if !p.setExited(code, now) {
 		return
 	}
+	if st.OOMKilled {
+		s.cfg.Publisher.Publish(TopicTaskOOM, &eventstypes.TaskOOM{ContainerID: p.containerID})
+	}
 	s.cfg.Publisher.Publish(TopicTaskExit, &eventstypes.TaskExit{
 		ContainerID: p.containerID, ID: execOrContainer(p), Pid: p.pid, ExitStatus: code, ExitedAt: timestamppb.New(now),
 	})
