@@ -56,6 +56,9 @@ func TestMain(m *testing.M) {
 	if sharedRig != nil {
 		sharedRig.stop()
 	}
+	if agentBin != "" {
+		os.RemoveAll(filepath.Dir(agentBin))
+	}
 	os.Exit(code)
 }
 
