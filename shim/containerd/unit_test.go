@@ -14,8 +14,11 @@ import (
 	"testing"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/govmm/vmm/internal/testenv"
 )
@@ -370,3 +373,39 @@ func TestCappedFile(t *testing.T) {
 }
 
 func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// TestCreateRejectsBadInput: a rootfs the shim cannot serve and a
+// missing kernel fail Create with a clear reason before any VM or disk
+// is made.
+func TestCreateRejectsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeSpec(t, bundle, &specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"true"}}})
+	exe, _ := os.Executable()
+	cfg := &Config{VMM: exe, Kernel: filepath.Join(dir, "no-vmlinux"), Initrd: exe, RootDir: filepath.Join(dir, "root"), RunDir: filepath.Join(dir, "run")}
+	svc := NewService(ServiceConfig{Config: cfg, Namespace: "ns", SandboxID: "t", Dir: filepath.Join(cfg.RunDir, "t")})
+	svc.boot = func(context.Context, machineSpec) (*machine, error) {
+		t.Fatal("a VM was started")
+		return nil, nil
+	}
+	for _, c := range []struct {
+		name   string
+		mounts []*types.Mount
+		code   codes.Code
+		want   string
+	}{
+		{"tmpfs rootfs", []*types.Mount{{Type: "tmpfs", Source: "tmpfs"}}, codes.InvalidArgument, `mount type "tmpfs"`},
+		{"missing kernel", []*types.Mount{{Type: "bind", Source: bundle}}, codes.FailedPrecondition, "guest kernel"},
+	} {
+		_, err := svc.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "t", Bundle: bundle, Rootfs: c.mounts})
+		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Create = %v, want %v saying %q", c.name, err, c.code, c.want)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("Create left files: %v", entries)
+	}
+}
