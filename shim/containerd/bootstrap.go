@@ -333,6 +333,11 @@ func serve(f *flags, cfg *Config) error {
 	defer cancel()
 	pub := newPublisher(os.Getenv(ttrpcAddressEnv), f.namespace, logger)
 	defer pub.Close()
+	launcher := ExecLauncher{Path: cfg.VMM}
+	if f.debug {
+		// containerd's -debug: the VMM's diagnostics in its console log too.
+		launcher.Args = []string{"--log-level", "debug"}
+	}
 	svc := NewService(ServiceConfig{
 		Config:    cfg,
 		Namespace: f.namespace,
@@ -340,8 +345,7 @@ func serve(f *flags, cfg *Config) error {
 		Dir:       p.dir,
 		Publisher: pub,
 		Logf:      logger.Printf,
-		Debug:     f.debug,
-		Launcher:  ExecLauncher{Path: cfg.VMM},
+		Launcher:  launcher,
 	})
 	defer svc.cleanup()
 

@@ -34,7 +34,6 @@ type ServiceConfig struct {
 	Dir       string
 	Publisher Publisher
 	Logf      func(format string, args ...any)
-	Debug     bool
 	Launcher  Launcher
 }
 
