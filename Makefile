@@ -3,6 +3,7 @@
 #   make run    build vmm and the default guest, boot it to a shell
 #   make test   build everything and run every test (what CI runs)
 #   make fuzz   run every fuzz target for FUZZTIME (30s) each
+#   make install  vmm, containerd-shim-vmm-v2 and the default guest under PREFIX
 #
 # The default guest (kernel, initramfs, test guest) goes to build/guest; the
 # kernel build is cached in $(VMM_CACHE) so it is built once per machine.
@@ -18,12 +19,28 @@ TEST_TIMEOUT ?= 60m
 # caches the build.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all vmm deps guest kernel initramfs testguest testimage run test check unit integration fuzz bench clean
+.PHONY: all vmm shim install deps guest kernel initramfs testguest testimage run test check unit integration fuzz bench clean
 
-all: vmm
+all: vmm shim
 
 vmm:
 	$(GO) build -o bin/vmm ./cmd/vmm
+
+# The containerd runtime shim (runtime io.containerd.vmm.v2).
+shim:
+	$(GO) build -o bin/containerd-shim-vmm-v2 ./cmd/containerd-shim-vmm-v2
+
+# vmm and the shim in $(PREFIX)/bin, the default guest (if built) in
+# $(PREFIX)/share/vmm, where the shim looks for them without a config file.
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: vmm shim
+	install -D -m 0755 bin/vmm $(DESTDIR)$(PREFIX)/bin/vmm
+	install -D -m 0755 bin/containerd-shim-vmm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-vmm-v2
+	@for f in vmlinux initramfs.cpio; do \
+		if [ -f $(GUEST_DIR)/$$f ]; then install -D -m 0644 $(GUEST_DIR)/$$f $(DESTDIR)$(PREFIX)/share/vmm/$$f; \
+		else echo "install: $(GUEST_DIR)/$$f not built (make guest); the shim needs it" >&2; fi; \
+	done
 
 # Debian packages the build and the tests need (installed only if missing):
 # without them whole suites would skip (or, under VMM_TEST_STRICT=1, fail).
@@ -58,7 +75,7 @@ check:
 # With VMM_TEST_STRICT=1 (.ci/run sets it where /dev/kvm is usable) a test
 # that can't run on this host fails instead of skipping; without it, a host
 # without /dev/kvm gets a warning that the VM tests were skipped.
-test: deps vmm guest check
+test: deps vmm shim guest check
 	@[ -e /dev/kvm ] || [ "$$VMM_TEST_STRICT" = 1 ] || echo '## WARNING: /dev/kvm is absent on this host: every VM test will be SKIPPED ##' >&2
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	@[ -e /dev/kvm ] || [ "$$VMM_TEST_STRICT" = 1 ] || echo '## WARNING: /dev/kvm is absent on this host: the VM tests were SKIPPED, not passed ##' >&2

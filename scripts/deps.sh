@@ -24,6 +24,9 @@ have losetup || need+=(mount)
 have iasl || need+=(acpica-tools)
 # A static busybox: the test image and the agent's containers.
 static /bin/busybox || static /usr/bin/busybox || need+=(busybox-static)
+# containerd (Debian's, 1.6; it pulls in runc): the containerd shim's tests
+# start a private one.
+have containerd && have ctr || need+=(containerd)
 [[ -f /usr/src/linux-source-6.12.tar.xz ]] || need+=(linux-source-6.12)
 
 if ! have go; then

@@ -362,7 +362,7 @@ func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
 	if err := c.Start(ctx); err != nil {
 		return fmt.Errorf("starting the VM: %w", err)
 	}
-	ac, err := dialAgent(ctx, vsockPath)
+	ac, err := DialAgent(ctx, vsockPath)
 	if err != nil {
 		return err
 	}
@@ -375,9 +375,10 @@ func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
 // that is still booting refuses the CONNECT at once.
 const agentAttempt = 30 * time.Second
 
-// dialAgent connects to the agent, retrying until ctx ends: the guest
-// kernel and init take from a second to minutes to get there.
-func dialAgent(ctx context.Context, vsockPath string) (*agent.Client, error) {
+// DialAgent connects to the agent behind the hybrid vsock socket at
+// vsockPath, retrying until ctx ends: the guest kernel and init take from
+// a second to minutes to get there.
+func DialAgent(ctx context.Context, vsockPath string) (*agent.Client, error) {
 	delay := 50 * time.Millisecond
 	var last error
 	for {

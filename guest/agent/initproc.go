@@ -99,12 +99,63 @@ func mountRootfs(cfg *initConfig) (string, error) {
 		}
 		return rootfs.Source, nil
 	}
+	if len(rootfs.Layers) > 0 {
+		return mountOverlayRootfs(cfg)
+	}
 	var flags uintptr = unix.MS_NODEV
 	if rootfs.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
 	if err := unix.Mount(rootfs.Source, cfg.MountPoint, rootfs.Type, flags, ""); err != nil {
 		return "", fmt.Errorf("mounting %s (%s) as rootfs: %w", rootfs.Source, rootfs.Type, err)
+	}
+	return cfg.MountPoint, nil
+}
+
+// mountOverlayRootfs mounts each layer read-only and the writable disk
+// beside the mount point, and overlayfs of them on it. They all live in
+// the helper's private mount namespace and go with the container.
+func mountOverlayRootfs(cfg *initConfig) (string, error) {
+	rootfs := cfg.Rootfs
+	base := filepath.Dir(cfg.MountPoint)
+	lowers := make([]string, 0, len(rootfs.Layers))
+	for i, dev := range rootfs.Layers {
+		dir := filepath.Join(base, fmt.Sprintf("layer%d", i))
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("creating layer mount point: %w", err)
+		}
+		if err := unix.Mount(dev, dir, rootfs.Type, unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+			return "", fmt.Errorf("mounting layer %s (%s): %w", dev, rootfs.Type, err)
+		}
+		lowers = append(lowers, dir)
+	}
+	disk := filepath.Join(base, "upperdisk")
+	if err := os.Mkdir(disk, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("creating upper mount point: %w", err)
+	}
+	var flags uintptr = unix.MS_NODEV
+	if rootfs.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(rootfs.Source, disk, rootfs.Type, flags, ""); err != nil {
+		return "", fmt.Errorf("mounting the writable disk %s (%s): %w", rootfs.Source, rootfs.Type, err)
+	}
+	data := "lowerdir=" + strings.Join(lowers, ":")
+	if !rootfs.ReadOnly {
+		upper, work := filepath.Join(disk, "upper"), filepath.Join(disk, "work")
+		for _, d := range []string{upper, work} {
+			if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+				return "", fmt.Errorf("creating %s on the writable disk: %w", filepath.Base(d), err)
+			}
+		}
+		data += ",upperdir=" + upper + ",workdir=" + work
+	} else {
+		// Read-only: the disk's upper/ is the top layer, and overlayfs
+		// without an upperdir is read-only.
+		data = "lowerdir=" + filepath.Join(disk, "upper") + ":" + strings.Join(lowers, ":")
+	}
+	if err := unix.Mount("overlay", cfg.MountPoint, "overlay", flags, data); err != nil {
+		return "", fmt.Errorf("mounting overlayfs of %d layers as rootfs: %w", len(lowers), err)
 	}
 	return cfg.MountPoint, nil
 }

@@ -108,6 +108,8 @@ func methods() map[string]method {
 		protocol.MethodCloseStdin:       typed((*session).closeStdin),
 		protocol.MethodResizeTTY:        typed((*session).resizeTTY),
 		protocol.MethodDestroyContainer: typed((*session).destroyContainer),
+		protocol.MethodUpdateContainer:  typed((*session).updateContainer),
+		protocol.MethodContainerStats:   typed((*session).containerStats),
 	}
 }
 
@@ -252,6 +254,32 @@ func (s *session) destroyContainer(_ context.Context, _ *protocol.Conn, req prot
 	return nil, s.a.destroyContainer(req.ID)
 }
 
+func (s *session) updateContainer(_ context.Context, _ *protocol.Conn, req protocol.UpdateContainerRequest) (any, error) {
+	if err := validateResources(req.Resources); err != nil {
+		return nil, err
+	}
+	c, err := s.a.lookup(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.cg.apply(req.Resources); err != nil {
+		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+	}
+	return nil, nil
+}
+
+func (s *session) containerStats(_ context.Context, _ *protocol.Conn, req protocol.ContainerStatsRequest) (any, error) {
+	c, err := s.a.lookup(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.cg.stats()
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+	}
+	return st, nil
+}
+
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // validateID accepts ids that are safe as a single path element (they
@@ -326,10 +354,32 @@ func validateCreate(req *protocol.CreateContainerRequest) error {
 	default:
 		return bad("unsupported rootfs type %q", r.Type)
 	}
+	if len(r.Layers) > protocol.MaxLayers {
+		return bad("%d rootfs layers: at most %d", len(r.Layers), protocol.MaxLayers)
+	}
+	for _, l := range r.Layers {
+		if r.Type == "bind" {
+			return bad("rootfs layers need a block device rootfs, not a bind")
+		}
+		// The paths go into overlayfs's option string.
+		if !filepath.IsAbs(l) || hasNUL(l) || strings.ContainsAny(l, ":,") {
+			return bad("rootfs layer %q is not an absolute path without ':' or ','", l)
+		}
+		info, err := os.Stat(l)
+		if err != nil || info.Mode().Type() != os.ModeDevice {
+			return bad("rootfs layer %s: not a block device", l)
+		}
+	}
 	if len(req.Hostname) > 64 || hasNUL(req.Hostname) {
 		return bad("bad hostname %q", req.Hostname)
 	}
-	res := req.Resources
+	return validateResources(req.Resources)
+}
+
+func validateResources(res protocol.Resources) error {
+	bad := func(format string, args ...any) error {
+		return protocol.Errorf(protocol.CodeInvalidArgument, format, args...)
+	}
 	if res.MemoryMaxBytes < 0 || (res.MemoryMaxBytes > 0 && res.MemoryMaxBytes < 1<<20) {
 		return bad("memory limit %d: want 0 (none) or at least 1 MiB", res.MemoryMaxBytes)
 	}

@@ -49,6 +49,9 @@ func TestMethodTable(t *testing.T) {
 		{"close stdin of no process", protocol.MethodCloseStdin, ref, protocol.CodeNotFound},
 		{"resize no process", protocol.MethodResizeTTY, `{"container_id":"nope","exec_id":"init","rows":24,"cols":80}`, protocol.CodeNotFound},
 		{"destroy no container", protocol.MethodDestroyContainer, `{"id":"nope"}`, protocol.CodeNotFound},
+		{"update, bad limit", protocol.MethodUpdateContainer, `{"id":"nope","resources":{"memory_max_bytes":5}}`, protocol.CodeInvalidArgument},
+		{"update no container", protocol.MethodUpdateContainer, `{"id":"nope","resources":{"memory_max_bytes":1048576}}`, protocol.CodeNotFound},
+		{"stats of no container", protocol.MethodContainerStats, `{"id":"nope"}`, protocol.CodeNotFound},
 	}
 	tested := map[string]bool{}
 	for _, tc := range cases {

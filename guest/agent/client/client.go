@@ -264,3 +264,15 @@ func (p *Process) CloseStdin(ctx context.Context) error {
 func (p *Process) Resize(ctx context.Context, rows, cols uint16) error {
 	return p.c.conn.Call(ctx, protocol.MethodResizeTTY, protocol.ResizeTTYRequest{ProcessRef: p.ref, Rows: rows, Cols: cols}, nil)
 }
+
+// UpdateContainer applies new limits to a container's cgroup.
+func (c *Client) UpdateContainer(ctx context.Context, id string, res protocol.Resources) error {
+	return c.conn.Call(ctx, protocol.MethodUpdateContainer, protocol.UpdateContainerRequest{ID: id, Resources: res}, nil)
+}
+
+// ContainerStats reads a container's cgroup numbers and processes.
+func (c *Client) ContainerStats(ctx context.Context, id string) (protocol.ContainerStats, error) {
+	var st protocol.ContainerStats
+	err := c.conn.Call(ctx, protocol.MethodContainerStats, protocol.ContainerStatsRequest{ID: id}, &st)
+	return st, err
+}

@@ -64,6 +64,8 @@ const (
 	MethodCloseStdin       = "CloseStdin"
 	MethodResizeTTY        = "ResizeTTY"
 	MethodDestroyContainer = "DestroyContainer"
+	MethodUpdateContainer  = "UpdateContainer"
+	MethodContainerStats   = "ContainerStats"
 )
 
 // InitExecID names a container's init process (the one StartProcess
@@ -100,7 +102,16 @@ type Rootfs struct {
 	// Type is a filesystem type to mount Source as ("ext4"), or "bind".
 	Type     string `json:"type"`
 	ReadOnly bool   `json:"readonly,omitempty"`
+	// Layers, when set, are read-only block devices (Type filesystems,
+	// the topmost first) that overlayfs stacks under Source: Source is
+	// then the container's writable disk, holding the overlay's upper/
+	// and work/ directories, and the container's writes never reach a
+	// layer, which other containers and VMs share.
+	Layers []string `json:"layers,omitempty"`
 }
+
+// MaxLayers bounds Rootfs.Layers: a VM has at most 26 disks.
+const MaxLayers = 24
 
 // Resources are cgroup limits. Zero means unlimited.
 type Resources struct {
@@ -205,3 +216,35 @@ type ExitStatus struct {
 type DestroyContainerRequest struct {
 	ID string `json:"id"`
 }
+
+// UpdateContainerRequest applies new limits to a container's cgroup;
+// zero fields leave a limit as it is.
+type UpdateContainerRequest struct {
+	ID        string    `json:"id"`
+	Resources Resources `json:"resources"`
+}
+
+// ContainerStatsRequest asks for a container's cgroup numbers.
+type ContainerStatsRequest struct {
+	ID string `json:"id"`
+}
+
+// ContainerStats are a container's cgroup numbers (cgroup v2 names; on
+// v1 the agent fills what v1 has) and the processes in it.
+type ContainerStats struct {
+	// PIDs are the processes in the cgroup, in the agent's PID namespace.
+	PIDs []int `json:"pids"`
+	// MemoryUsageBytes is memory.current; MemoryLimitBytes memory.max
+	// (0: none).
+	MemoryUsageBytes uint64 `json:"memory_usage_bytes"`
+	MemoryLimitBytes uint64 `json:"memory_limit_bytes,omitempty"`
+	// MemoryStat is memory.stat, key by key.
+	MemoryStat map[string]uint64 `json:"memory_stat,omitempty"`
+	// CPUStat is cpu.stat, key by key (usage_usec, user_usec, ...).
+	CPUStat map[string]uint64 `json:"cpu_stat,omitempty"`
+	// PidsCurrent is pids.current (v2), else len(PIDs).
+	PidsCurrent uint64 `json:"pids_current"`
+}
+
+// MaxStatsPIDs bounds ContainerStats.PIDs: the frame must stay small.
+const MaxStatsPIDs = 4096
