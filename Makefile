@@ -37,6 +37,9 @@ DESTDIR ?=
 install: vmm shim
 	install -D -m 0755 bin/vmm $(DESTDIR)$(PREFIX)/bin/vmm
 	install -D -m 0755 bin/containerd-shim-vmm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-vmm-v2
+	# vmm is also Firecracker's jailer when started under that name
+	# (launchers such as the Firecracker Go SDK exec a binary called jailer).
+	ln -sf vmm $(DESTDIR)$(PREFIX)/bin/jailer
 	@for f in vmlinux initramfs.cpio; do \
 		if [ -f $(GUEST_DIR)/$$f ]; then install -D -m 0644 $(GUEST_DIR)/$$f $(DESTDIR)$(PREFIX)/share/vmm/$$f; \
 		else echo "install: $(GUEST_DIR)/$$f not built (make guest); the shim needs it" >&2; fi; \
