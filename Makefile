@@ -34,11 +34,12 @@ shim:
 # $(PREFIX)/share/vmm, where the shim looks for them without a config file.
 PREFIX ?= /usr/local
 DESTDIR ?=
+# jailer links to vmm: vmm is also Firecracker's jailer when started under
+# that name (launchers such as the Firecracker Go SDK exec a binary called
+# jailer).
 install: vmm shim
 	install -D -m 0755 bin/vmm $(DESTDIR)$(PREFIX)/bin/vmm
 	install -D -m 0755 bin/containerd-shim-vmm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-vmm-v2
-	# vmm is also Firecracker's jailer when started under that name
-	# (launchers such as the Firecracker Go SDK exec a binary called jailer).
 	ln -sf vmm $(DESTDIR)$(PREFIX)/bin/jailer
 	@for f in vmlinux initramfs.cpio; do \
 		if [ -f $(GUEST_DIR)/$$f ]; then install -D -m 0644 $(GUEST_DIR)/$$f $(DESTDIR)$(PREFIX)/share/vmm/$$f; \
