@@ -326,6 +326,14 @@ func validateCreate(req *protocol.CreateContainerRequest) error {
 	default:
 		return bad("unsupported rootfs type %q", r.Type)
 	}
+	if r.Overlay {
+		if r.ReadOnly {
+			return bad("rootfs %s: readonly and overlay exclude each other (overlay is for a writable root on a source that must not change)", r.Source)
+		}
+		if err := checkOverlayPath(r.Source); err != nil {
+			return bad("rootfs: %v", err)
+		}
+	}
 	if len(req.Hostname) > 64 || hasNUL(req.Hostname) {
 		return bad("bad hostname %q", req.Hostname)
 	}
