@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -122,6 +123,53 @@ func TestRunSIGTERM(t *testing.T) {
 			t.Errorf("vmm run left %s behind (%v)", filepath.Dir(apiSock), err)
 		}
 	}
+}
+
+// TestRunImageUnchanged runs a container that writes all over its root
+// and checks that the image file keeps its bytes and modification time:
+// vmm run attaches it read-only and the guest agent gives the container
+// an overlay root. The test holds a shared lock on the image throughout,
+// which a read-write attachment (an exclusive lock) would fail on.
+func TestRunImageUnchanged(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long test: boots Linux")
+	}
+	requireKVM(t)
+	t.Parallel()
+	image := privateTestImage(t)
+	f, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	before := imageState(t, image)
+	script := `set -e; echo ok > /written; echo more >> /etc/hostname; rm /etc/hosts; ` +
+		`mkdir /newdir; dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; sync; cat /written`
+	code, stdout, stderr := runVMM(t, linuxBootTimeout+5*time.Minute, "run", "--image", image,
+		"--boot-timeout", linuxBootTimeout.String(), "--", "sh", "-c", script)
+	if code != 0 || stdout != "ok\n" {
+		t.Fatalf("vmm run: status %d, stdout %q; want 0 and \"ok\"\nstderr:\n%s", code, stdout, stderr)
+	}
+	if after := imageState(t, image); after != before {
+		t.Errorf("vmm run changed the image: %s before, %s after", before, after)
+	}
+}
+
+// imageState is what a run must not change about an image file.
+func imageState(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("sha256 %x, %d bytes, mtime %v", sha256.Sum256(data), st.Size(), st.ModTime())
 }
 
 // startPiped starts cmd with a pipe from its standard output and its

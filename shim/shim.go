@@ -45,8 +45,19 @@ const (
 
 // Options describe one run.
 type Options struct {
-	// Image is the container's root filesystem (an ext4 image file).
+	// Image is the container's root filesystem (an ext4 image file). It
+	// is attached read-only and never changes: the container writes to an
+	// overlay whose upper layer is a tmpfs in the guest, so its writes
+	// take guest memory and are gone when the run ends. Read-only
+	// attachments share the image's lock, so runs on one image can
+	// overlap.
 	Image string
+	// ImageWritable attaches Image read-write and mounts it directly as
+	// the container's root instead: the container's writes go into the
+	// image (to prepare an image, say). The image is then locked to this
+	// run, and a container can change it in any way, so never set it for
+	// an image another user or run trusts.
+	ImageWritable bool
 	// Kernel, Initrd and Cmdline boot the guest; the guest's initramfs
 	// must start vmm-agent.
 	Kernel, Initrd, Cmdline string
@@ -337,8 +348,11 @@ func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
 		return fmt.Errorf("configuring the machine: %w", err)
 	}
 	// Not the root device: the guest boots from its initramfs, and the
-	// agent mounts the disk as the container's root.
-	id, path, root, ro := "rootfs", o.Image, false, false
+	// agent mounts the disk as the container's root. Read-only unless
+	// asked: the guest, hence the container, can then not change the
+	// user's image however it tries (virtio-blk fails its writes, and the
+	// VMM holds the file O_RDONLY).
+	id, path, root, ro := "rootfs", o.Image, false, !o.ImageWritable
 	if err := c.PutDrive(ctx, api.Drive{DriveID: &id, PathOnHost: &path, IsRootDevice: &root, IsReadOnly: &ro}); err != nil {
 		return fmt.Errorf("attaching the image: %w", err)
 	}
@@ -410,7 +424,7 @@ func (r *runner) runCommand(ctx context.Context) (int, error) {
 	r.ctrID = "run-" + randomID()
 	_, err := r.agent.CreateContainer(ctx, protocol.CreateContainerRequest{
 		ID:       r.ctrID,
-		Rootfs:   protocol.Rootfs{Source: RootfsDevice, Type: "ext4"},
+		Rootfs:   protocol.Rootfs{Source: RootfsDevice, Type: "ext4", Overlay: !o.ImageWritable},
 		Hostname: o.Hostname,
 	})
 	if err != nil {

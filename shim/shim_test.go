@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -445,10 +446,10 @@ func TestRunEchoAndConfig(t *testing.T) {
 	if filepath.Dir(w.vsock) != filepath.Dir(w.apiSock) || filepath.Dir(filepath.Dir(w.vsock)) != o.TempDir {
 		t.Errorf("sockets %s and %s not in one run directory under %s", w.vsock, w.apiSock, o.TempDir)
 	}
-	if len(w.drives) != 1 || *w.drives[0].PathOnHost != o.Image || *w.drives[0].IsRootDevice {
+	if len(w.drives) != 1 || *w.drives[0].PathOnHost != o.Image || *w.drives[0].IsRootDevice || !*w.drives[0].IsReadOnly {
 		t.Errorf("drives %+v", w.drives)
 	}
-	if len(w.created) != 1 || w.created[0].Rootfs.Source != "/dev/vda" || w.created[0].Rootfs.Type != "ext4" || w.created[0].Hostname != "box" {
+	if len(w.created) != 1 || !reflect.DeepEqual(w.created[0].Rootfs, protocol.Rootfs{Source: "/dev/vda", Type: "ext4", Overlay: true}) || w.created[0].Hostname != "box" {
 		t.Errorf("containers %+v", w.created)
 	}
 	if len(w.processes) != 1 || w.processes[0].Cwd != "/tmp" || len(w.processes[0].Env) != 1 || w.processes[0].Terminal {

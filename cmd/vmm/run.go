@@ -21,6 +21,9 @@ const runUsage = `usage: vmm run --image FILE [flags] [--] CMD [ARG...]
 Boots a microVM with the default guest, runs CMD in a container whose root
 filesystem is the ext4 image FILE (see vmm image build), connects it to this
 terminal, and exits with CMD's exit status (128+N if signal N killed it).
+FILE is attached read-only and never changes: CMD may write anywhere, but
+its writes live in the guest's memory and are gone when it exits (use
+--image-rw to write into FILE instead).
 125 means vmm run itself failed; 2, a bad flag. SIGINT and SIGTERM go to
 CMD, which is PID 1 of its container and ignores them without a handler;
 10 seconds later it gets SIGKILL, as with docker stop. If CMD has still not
@@ -104,6 +107,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	)
 	s := &o.shim
 	fs.StringVar(&s.Image, "image", "", "the container's root filesystem: an ext4 image (required)")
+	fs.BoolVar(&s.ImageWritable, "image-rw", false, "attach the image read-write: CMD's writes go into it (only for an image you would let CMD rewrite)")
 	fs.StringVar(&s.Kernel, "kernel", "", "guest kernel (default: the built default guest)")
 	fs.StringVar(&s.Initrd, "initrd", "", "guest initramfs with vmm-agent (default: the built default guest's)")
 	fs.StringVar(&s.Cmdline, "cmdline", vmm.DefaultCmdline, "guest kernel command line")

@@ -56,8 +56,12 @@ func TestParseRunFlags(t *testing.T) {
 	if len(s.Nets) != 1 || s.Nets[0].Tap != "vmmt0" || s.Nets[0].MAC != "02:00:00:00:00:01" {
 		t.Errorf("nets %+v", s.Nets)
 	}
-	if s.Hostname != shim.DefaultHostname {
-		t.Errorf("hostname %q", s.Hostname)
+	if s.Hostname != shim.DefaultHostname || s.ImageWritable {
+		t.Errorf("hostname %q, image writable %v", s.Hostname, s.ImageWritable)
+	}
+	o, err = parseRunFlags([]string{"--image", image, "--image-rw", "true"}, &bytes.Buffer{})
+	if err != nil || !o.shim.ImageWritable {
+		t.Errorf("--image-rw: %+v, %v", o, err)
 	}
 
 	// Defaults, and flags after the command belong to the command.

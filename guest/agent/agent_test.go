@@ -592,6 +592,8 @@ func TestBadRequests(t *testing.T) {
 		{"empty id", protocol.MethodCreateContainer, protocol.CreateContainerRequest{Rootfs: good.Rootfs}, protocol.CodeInvalidArgument},
 		{"relative rootfs", protocol.MethodCreateContainer, protocol.CreateContainerRequest{ID: "x", Rootfs: protocol.Rootfs{Source: "rootfs", Type: "bind"}}, protocol.CodeInvalidArgument},
 		{"rootfs not a block device", protocol.MethodCreateContainer, protocol.CreateContainerRequest{ID: "x", Rootfs: protocol.Rootfs{Source: "/etc/passwd", Type: "ext4"}}, protocol.CodeInvalidArgument},
+		{"readonly overlay", protocol.MethodCreateContainer, protocol.CreateContainerRequest{ID: "x", Rootfs: protocol.Rootfs{Source: rootfs, Type: "bind", ReadOnly: true, Overlay: true}}, protocol.CodeInvalidArgument},
+		{"overlay of a path with a colon", protocol.MethodCreateContainer, protocol.CreateContainerRequest{ID: "x", Rootfs: protocol.Rootfs{Source: colonDir(t), Type: "bind", Overlay: true}}, protocol.CodeInvalidArgument},
 		{"bad fs type", protocol.MethodCreateContainer, protocol.CreateContainerRequest{ID: "x", Rootfs: protocol.Rootfs{Source: rootfs, Type: "nfs"}}, protocol.CodeInvalidArgument},
 		{"negative memory", protocol.MethodCreateContainer, protocol.CreateContainerRequest{ID: "x", Rootfs: good.Rootfs, Resources: protocol.Resources{MemoryMaxBytes: -1}}, protocol.CodeInvalidArgument},
 		{"start unknown container", protocol.MethodStartProcess, protocol.StartProcessRequest{ContainerID: "nope", Process: protocol.Process{Args: []string{"true"}}}, protocol.CodeNotFound},

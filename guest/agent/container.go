@@ -47,6 +47,7 @@ func (a *agent) startInit(conn *protocol.Conn, c *container, spec protocol.Proce
 	cfg := initConfig{
 		Rootfs:     c.spec.Rootfs,
 		MountPoint: filepath.Join(c.runDir, "rootfs"),
+		OverlayDir: filepath.Join(c.runDir, "overlay"),
 		Hostname:   c.spec.Hostname,
 		Process:    spec,
 	}

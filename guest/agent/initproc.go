@@ -30,7 +30,10 @@ const (
 type initConfig struct {
 	Rootfs protocol.Rootfs `json:"rootfs"`
 	// MountPoint is an empty directory to mount a block device rootfs on.
-	MountPoint string           `json:"mount_point"`
+	MountPoint string `json:"mount_point"`
+	// OverlayDir is where an overlay rootfs keeps its layers (see
+	// mountOverlayRootfs); the helper creates it.
+	OverlayDir string           `json:"overlay_dir"`
 	Hostname   string           `json:"hostname"`
 	Process    protocol.Process `json:"process"`
 }
@@ -92,6 +95,9 @@ func setupAndExec(cfg *initConfig) error {
 
 func mountRootfs(cfg *initConfig) (string, error) {
 	rootfs := cfg.Rootfs
+	if rootfs.Overlay {
+		return mountOverlayRootfs(cfg)
+	}
 	if rootfs.Type == "bind" {
 		// pivot_root needs the new root to be a mount point.
 		if err := unix.Mount(rootfs.Source, rootfs.Source, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
@@ -100,22 +106,22 @@ func mountRootfs(cfg *initConfig) (string, error) {
 		return rootfs.Source, nil
 	}
 	if len(rootfs.Layers) > 0 {
-		return mountOverlayRootfs(cfg)
+		return mountLayeredRootfs(cfg)
 	}
 	var flags uintptr = unix.MS_NODEV
 	if rootfs.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
 	if err := unix.Mount(rootfs.Source, cfg.MountPoint, rootfs.Type, flags, ""); err != nil {
-		return "", fmt.Errorf("mounting %s (%s) as rootfs: %w", rootfs.Source, rootfs.Type, err)
+		return "", fmt.Errorf("mounting %s (%s) as rootfs: %w%s", rootfs.Source, rootfs.Type, err, readOnlyMountHint(err, rootfs.ReadOnly))
 	}
 	return cfg.MountPoint, nil
 }
 
-// mountOverlayRootfs mounts each layer read-only and the writable disk
+// mountLayeredRootfs mounts each layer read-only and the writable disk
 // beside the mount point, and overlayfs of them on it. They all live in
 // the helper's private mount namespace and go with the container.
-func mountOverlayRootfs(cfg *initConfig) (string, error) {
+func mountLayeredRootfs(cfg *initConfig) (string, error) {
 	rootfs := cfg.Rootfs
 	base := filepath.Dir(cfg.MountPoint)
 	lowers := make([]string, 0, len(rootfs.Layers))

@@ -1,26 +1,190 @@
 package main
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/govmm/vmm/guest/agent/client"
 	"github.com/govmm/vmm/guest/agent/protocol"
 	"github.com/govmm/vmm/image"
 	"github.com/govmm/vmm/internal/testenv"
 )
 
-// loopDevice attaches img to a loop device for the test, as the guest
-// gets each disk as /dev/vdX.
-func loopDevice(t *testing.T, img string, readOnly bool) string {
-	t.Helper()
-	args := []string{"--find", "--show"}
-	if readOnly {
-		args = append(args, "--read-only")
+func TestOverlayOptions(t *testing.T) {
+	cases := []struct {
+		lower, upper, work string
+		want               string // "" for an error
+	}{
+		{"/run/a/lower", "/run/a/upper", "/run/a/work", "lowerdir=/run/a/lower,upperdir=/run/a/upper,workdir=/run/a/work"},
+		{"/srv/root dir", "/u", "/w", "lowerdir=/srv/root dir,upperdir=/u,workdir=/w"},
+		{"/srv/a,upperdir=/etc", "/u", "/w", ""},
+		{"/srv/a:/etc", "/u", "/w", ""},
+		{`/srv/a\`, "/u", "/w", ""},
+		{"/l", "/u,x", "/w", ""},
+		{"/l", "/u", "/w:x", ""},
+		{"lower", "/u", "/w", ""},
+		{"/l", "", "/w", ""},
 	}
-	out, err := exec.Command("losetup", append(args, img)...).Output()
+	for _, c := range cases {
+		got, err := overlayOptions(c.lower, c.upper, c.work)
+		if c.want == "" {
+			if err == nil {
+				t.Errorf("overlayOptions(%q, %q, %q) = %q, want an error", c.lower, c.upper, c.work, got)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("overlayOptions(%q, %q, %q) = %q, %v; want %q", c.lower, c.upper, c.work, got, err, c.want)
+		}
+	}
+}
+
+func TestReadOnlyMountHint(t *testing.T) {
+	cases := []struct {
+		err      error
+		readOnly bool
+		want     string // a substring; "" for no hint
+	}{
+		{syscall.EROFS, true, "journal needs recovery"},
+		{syscall.EACCES, true, ""},
+		{syscall.EACCES, false, "readonly or an overlay"},
+		{syscall.EROFS, false, "readonly or an overlay"},
+		{syscall.EINVAL, false, ""},
+		{os.ErrNotExist, false, ""},
+	}
+	for _, c := range cases {
+		got := readOnlyMountHint(c.err, c.readOnly)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("readOnlyMountHint(%v, %v) = %q, want %q", c.err, c.readOnly, got, c.want)
+		}
+	}
+}
+
+// colonDir is an existing directory whose path overlayfs can't take.
+func colonDir(t *testing.T) string {
+	dir := filepath.Join(t.TempDir(), "a:b")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// writeScript changes the root in every way a container can: a new file,
+// an appended one, a removed file, a removed directory, a new directory.
+const writeScript = `set -e
+echo ok > /written
+echo more >> /etc/hostname
+rm /etc/hosts
+rmdir /root
+mkdir /newdir
+stat -c 'mode=%a' /
+cat /written`
+
+// lookScript prints what writeScript changed, as a fresh container sees it.
+const lookScript = `cat /etc/hostname; ls -d /root /etc/hosts; ls /written /newdir 2>&1 || true`
+
+// fileState is what must not change about an image file.
+type fileState struct {
+	sha256  string
+	size    int64
+	modTime time.Time
+}
+
+func stateOf(t *testing.T, path string) fileState {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fileState{fmt.Sprintf("%x", sha256.Sum256(data)), st.Size(), st.ModTime()}
+}
+
+// checkFresh checks that a new container on the same source does not see
+// what an earlier one wrote.
+func checkFresh(t *testing.T, r result) {
+	t.Helper()
+	if r.status.Code != 0 || !strings.HasPrefix(r.stdout, "container\n/etc/hosts\n/root\n") ||
+		!strings.Contains(r.stdout, "/written: No such file") || !strings.Contains(r.stdout, "/newdir: No such file") {
+		t.Errorf("a second container sees the first one's writes: %+v", r)
+	}
+}
+
+// TestOverlayRootfsBlockDevice runs containers with an overlay rootfs on
+// an ext4 image, as `vmm run` does on its read-only /dev/vda: on a
+// read-only loop device (what the guest gets) and on a writable one (the
+// agent itself must not write to the source either). The container
+// writes wherever it likes, the next container sees none of it, and the
+// image file keeps its bytes and modification time.
+func TestOverlayRootfsBlockDevice(t *testing.T) {
+	for _, disk := range []struct {
+		name  string
+		flags []string
+	}{
+		{"read-only disk", []string{"--read-only"}},
+		{"writable disk", nil},
+	} {
+		t.Run(disk.name, func(t *testing.T) {
+			h := newHarness(t)
+			testenv.RequireCommand(t, "losetup", "mount")
+			img := filepath.Join(t.TempDir(), "rootfs.ext4")
+			if err := image.BuildFromDir(ctxT(t), h.rootfs(), img, image.Options{}); err != nil {
+				testenv.Skipf(t, "cannot build an ext4 image: %v", err)
+			}
+			before := stateOf(t, img)
+			out, err := exec.Command("losetup", append(append([]string{"--find", "--show"}, disk.flags...), img)...).Output()
+			if err != nil {
+				testenv.Skipf(t, "no loop device: %v", err)
+			}
+			dev := strings.TrimSpace(string(out))
+			t.Cleanup(func() {
+				if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+					t.Errorf("losetup -d %s: %v %s", dev, err, out)
+				}
+			})
+			overlay := func(req *protocol.CreateContainerRequest) {
+				req.Rootfs = protocol.Rootfs{Source: dev, Type: "ext4", Overlay: true}
+			}
+			// The root's mode as the image has it, seen through a plain
+			// read-only mount.
+			ro := h.run("mode", []string{"stat", "-c", "mode=%a", "/"}, "", func(req *protocol.CreateContainerRequest) {
+				req.Rootfs = protocol.Rootfs{Source: dev, Type: "ext4", ReadOnly: true}
+			})
+			if ro.status.Code != 0 || !strings.HasPrefix(ro.stdout, "mode=") {
+				t.Fatalf("read-only container: %+v", ro)
+			}
+			r := h.run("writer", []string{"sh", "-c", writeScript}, "", overlay)
+			if r.status.Code != 0 || r.stdout != ro.stdout+"ok\n" {
+				t.Errorf("writing container on an overlay of %s: %+v; want the image's root mode %q, then ok", dev, r, ro.stdout)
+			}
+			checkFresh(t, h.run("reader", []string{"sh", "-c", lookScript}, "", overlay))
+			if after := stateOf(t, img); after != before {
+				t.Errorf("the image changed: %+v before, %+v after", before, after)
+			}
+		})
+	}
+}
+
+// TestRootfsReadOnlyDisk: mounting a read-only disk read-write fails with
+// a hint at the way out.
+func TestRootfsReadOnlyDisk(t *testing.T) {
+	h := newHarness(t)
+	testenv.RequireCommand(t, "losetup", "mount")
+	img := filepath.Join(t.TempDir(), "rootfs.ext4")
+	if err := image.BuildFromDir(ctxT(t), h.rootfs(), img, image.Options{}); err != nil {
+		testenv.Skipf(t, "cannot build an ext4 image: %v", err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", "--read-only", img).Output()
 	if err != nil {
 		testenv.Skipf(t, "no loop device: %v", err)
 	}
@@ -30,90 +194,54 @@ func loopDevice(t *testing.T, img string, readOnly bool) string {
 			t.Errorf("losetup -d %s: %v %s", dev, err, out)
 		}
 	})
-	return dev
+	h.create("rw", func(req *protocol.CreateContainerRequest) {
+		req.Rootfs = protocol.Rootfs{Source: dev, Type: "ext4"}
+	})
+	_, err = h.client.StartProcess(ctxT(t), "rw", protocol.Process{Args: []string{"true"}}, client.Stdio{})
+	if err == nil || !strings.Contains(err.Error(), "readonly or an overlay") {
+		t.Errorf("starting a container on a read-only disk mounted read-write: %v, want the hint", err)
+	}
+	if err := h.client.DestroyContainer(ctxT(t), "rw"); err != nil {
+		t.Error(err)
+	}
 }
 
-// TestOverlayRootfs stacks two read-only layer disks and a writable disk
-// the way the containerd shim attaches them: the container sees the
-// union, a whiteout in the top layer hides a file of the bottom one, and
-// its writes land on the writable disk's upper/, never on a layer.
-func TestOverlayRootfs(t *testing.T) {
+// TestOverlayRootfsBind is the overlay over a directory: the directory is
+// left as it was, and the root keeps its mode.
+func TestOverlayRootfsBind(t *testing.T) {
 	h := newHarness(t)
-	testenv.RequireCommand(t, "losetup", "mount")
-	testenv.RequireCommand(t, "debugfs", "e2fsprogs")
-	dir := t.TempDir()
-
-	bottom := h.rootfs()
-	if err := os.WriteFile(filepath.Join(bottom, "etc", "gone"), []byte("bottom\n"), 0o644); err != nil {
+	src := h.rootfs()
+	if err := os.Chmod(src, 0o751); err != nil {
 		t.Fatal(err)
 	}
-	top := filepath.Join(dir, "top")
-	if err := os.MkdirAll(filepath.Join(top, "etc"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(top, "etc", "motd"), []byte("from the top layer\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// An overlayfs whiteout: a 0/0 character device.
-	if err := exec.Command("mknod", filepath.Join(top, "etc", "gone"), "c", "0", "0").Run(); err != nil {
-		t.Fatalf("mknod whiteout: %v", err)
-	}
-	upperSrc := filepath.Join(dir, "upperdisk")
-	for _, d := range []string{"upper", "work"} {
-		if err := os.MkdirAll(filepath.Join(upperSrc, d), 0o755); err != nil {
+	list := func() string {
+		var names []string
+		err := filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			names = append(names, path+" "+info.Mode().String()+" "+info.ModTime().String())
+			return nil
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	imgs := map[string]string{}
-	for name, src := range map[string]string{"bottom": bottom, "top": top, "upper": upperSrc} {
-		imgs[name] = filepath.Join(dir, name+".ext4")
-		if err := image.BuildFromDir(ctxT(t), src, imgs[name], image.Options{}); err != nil {
-			testenv.Skipf(t, "cannot build an ext4 image: %v", err)
+		hostname, err := os.ReadFile(filepath.Join(src, "etc", "hostname"))
+		if err != nil {
+			t.Fatal(err)
 		}
+		return strings.Join(names, "\n") + "\n" + string(hostname)
 	}
-	layers := []string{loopDevice(t, imgs["top"], true), loopDevice(t, imgs["bottom"], true)}
-	upper := loopDevice(t, imgs["upper"], false)
-
-	r := h.run("overlay", []string{"sh", "-c", "cat /etc/motd; test -e /etc/gone || echo whiteout; echo written > /etc/new; cat /etc/new; grep ' / ' /proc/mounts"}, "", func(req *protocol.CreateContainerRequest) {
-		req.Rootfs = protocol.Rootfs{Source: upper, Type: "ext4", Layers: layers}
-	})
-	want := "from the top layer\nwhiteout\nwritten\noverlay / overlay"
-	if r.status.Code != 0 || !strings.HasPrefix(r.stdout, want) {
-		t.Fatalf("container on overlay: %+v, want stdout starting %q", r, want)
+	before := list()
+	overlay := func(req *protocol.CreateContainerRequest) {
+		req.Rootfs = protocol.Rootfs{Source: src, Type: "bind", Overlay: true}
 	}
-	if out, err := exec.Command("debugfs", "-R", "cat /upper/etc/new", imgs["upper"]).Output(); err != nil || string(out) != "written\n" {
-		t.Errorf("writable disk after the container: %q %v", out, err)
+	r := h.run("writer", []string{"sh", "-c", writeScript}, "", overlay)
+	if r.status.Code != 0 || r.stdout != "mode=751\nok\n" {
+		t.Errorf("writing container: %+v, want mode=751 and ok", r)
 	}
-	for _, name := range []string{"top", "bottom"} {
-		if out, _ := exec.Command("debugfs", "-R", "stat /etc/new", imgs[name]).CombinedOutput(); !strings.Contains(string(out), "not found") {
-			t.Errorf("the container's write reached the %s layer: %s", name, out)
-		}
-	}
-}
-
-// TestOverlayRootfsRejected checks the layer list is validated before
-// anything is mounted.
-func TestOverlayRootfsRejected(t *testing.T) {
-	h := newHarness(t)
-	testenv.RequireCommand(t, "losetup", "mount")
-	// Any block device passes the Source check; only the layers are wrong.
-	out, err := exec.Command("losetup", "--find").Output()
-	if err != nil {
-		testenv.Skipf(t, "no loop device: %v", err)
-	}
-	blk := strings.TrimSpace(string(out))
-	for name, c := range map[string]struct {
-		rootfs protocol.Rootfs
-		want   string
-	}{
-		"bind":       {protocol.Rootfs{Source: h.rootfs(), Type: "bind", Layers: []string{blk}}, "not a bind"},
-		"colon":      {protocol.Rootfs{Source: blk, Type: "ext4", Layers: []string{"/dev/a:b"}}, "without ':'"},
-		"not device": {protocol.Rootfs{Source: blk, Type: "ext4", Layers: []string{"/etc"}}, "not a block device"},
-		"too many":   {protocol.Rootfs{Source: blk, Type: "ext4", Layers: make([]string, protocol.MaxLayers+1)}, "at most"},
-	} {
-		_, err := h.client.CreateContainer(ctxT(t), protocol.CreateContainerRequest{ID: "bad", Rootfs: c.rootfs})
-		if !protocol.IsCode(err, protocol.CodeInvalidArgument) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: CreateContainer = %v, want invalid_argument saying %q", name, err, c.want)
-		}
+	checkFresh(t, h.run("reader", []string{"sh", "-c", lookScript}, "", overlay))
+	if after := list(); after != before {
+		t.Errorf("the source directory changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }

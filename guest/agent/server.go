@@ -370,6 +370,17 @@ func validateCreate(req *protocol.CreateContainerRequest) error {
 			return bad("rootfs layer %s: not a block device", l)
 		}
 	}
+	if r.Overlay && len(r.Layers) > 0 {
+		return bad("rootfs %s: overlay (a tmpfs upper layer) and layers (a writable disk over read-only ones) exclude each other", r.Source)
+	}
+	if r.Overlay {
+		if r.ReadOnly {
+			return bad("rootfs %s: readonly and overlay exclude each other (overlay is for a writable root on a source that must not change)", r.Source)
+		}
+		if err := checkOverlayPath(r.Source); err != nil {
+			return bad("rootfs: %v", err)
+		}
+	}
 	if len(req.Hostname) > 64 || hasNUL(req.Hostname) {
 		return bad("bad hostname %q", req.Hostname)
 	}

@@ -100,14 +100,24 @@ type Rootfs struct {
 	// directory in the agent's filesystem.
 	Source string `json:"source"`
 	// Type is a filesystem type to mount Source as ("ext4"), or "bind".
-	Type     string `json:"type"`
-	ReadOnly bool   `json:"readonly,omitempty"`
+	Type string `json:"type"`
+	// ReadOnly makes the container's root read-only.
+	ReadOnly bool `json:"readonly,omitempty"`
 	// Layers, when set, are read-only block devices (Type filesystems,
 	// the topmost first) that overlayfs stacks under Source: Source is
 	// then the container's writable disk, holding the overlay's upper/
 	// and work/ directories, and the container's writes never reach a
-	// layer, which other containers and VMs share.
+	// layer, which other containers and VMs share. Not with Overlay.
 	Layers []string `json:"layers,omitempty"`
+	// Overlay leaves Source untouched and still gives the container a
+	// writable root: Source is mounted read-only as the lower layer of an
+	// overlay filesystem whose upper layer is a tmpfs private to the
+	// container. What the container writes lives in guest memory (bounded
+	// by the tmpfs's default size, half of it, and by the container's
+	// memory limit, which is charged for it) and is gone when the
+	// container is. This is how a disk the VMM attached read-only serves
+	// as a root. Not with ReadOnly or Layers.
+	Overlay bool `json:"overlay,omitempty"`
 }
 
 // MaxLayers bounds Rootfs.Layers: a VM has at most 26 disks.
