@@ -120,6 +120,8 @@ func (b *bench) plan() int {
 			n += b.apiSteps()
 		case "datapath":
 			n += b.datapathSteps()
+		case "snapshot":
+			n += b.snapshotSteps()
 		case "run":
 			n += b.runSteps()
 		case "exec":
@@ -159,6 +161,7 @@ func runAll(ctx context.Context, cfg config) error {
 		"datapath":       b.datapathSuite,
 		"iperf3":         b.iperf3Suite,
 		"fio":            b.fioSuite,
+		"snapshot":       b.snapshotSuite,
 	}
 	for _, name := range runOrder() {
 		if !slices.Contains(cfg.suites, name) {

@@ -1,9 +1,10 @@
 // Command benchmarks compares vmm with QEMU on this host: startup time, API
 // latency, the boot of the freestanding test guest and of the project's
 // Linux guest, containers (`vmm run` cold start, exec in a warm VM), memory
-// overhead, and many VMs at once. `make bench` runs it:
+// overhead, many VMs at once, and snapshots (save, restore, clones).
+// `make bench` runs it:
 //
-//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,iperf3,fio,datapath,memory,scaling] [-reps 10] [-out DIR] [-guest-dir DIR]
+//	go run ./benchmarks [-suites startup,api,boot-testguest,boot-linux,run,exec,iperf3,fio,datapath,memory,scaling,snapshot] [-reps 10] [-out DIR] [-guest-dir DIR]
 //
 // Every run is interleaved (vmm, QEMU, vmm, QEMU, ...) so that the noise of
 // a shared machine hits both alike. Results go to OUT/<UTC date-time>/
@@ -37,6 +38,7 @@ type config struct {
 	datapathTime time.Duration
 	scaleReps    int
 	scale        []int
+	clones       []int
 	memMiB       int
 	out          string
 	report       string
@@ -54,14 +56,14 @@ type config struct {
 
 // allSuites lists the suites in the order of the report.
 func allSuites() []string {
-	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "iperf3", "fio", "datapath", "memory", "scaling"}
+	return []string{"startup", "api", "boot-testguest", "boot-linux", "run", "exec", "iperf3", "fio", "datapath", "memory", "scaling", "snapshot"}
 }
 
 // runOrder is the order the suites run in: the in-process datapath first,
 // the slow Linux boots last, so that an interrupted run (SIGINT writes what
 // was measured) has the rest.
 func runOrder() []string {
-	return []string{"datapath", "startup", "api", "boot-testguest", "memory", "scaling", "exec", "iperf3", "fio", "boot-linux", "run"}
+	return []string{"datapath", "startup", "api", "boot-testguest", "memory", "scaling", "exec", "iperf3", "fio", "snapshot", "boot-linux", "run"}
 }
 
 // defaultRunReps is -run-reps's default: each cold start and plain boot
@@ -79,9 +81,10 @@ func parseFlags(args []string) (config, error) {
 	var c config
 	suites := fs.String("suites", strings.Join(allSuites(), ","), "comma-separated suites to run: "+strings.Join(allSuites(), ", "))
 	scale := fs.String("scale", "1,2,4,8,16,32", "VM counts for the scaling suite")
+	clones := fs.String("clones", "1,2,4,8,16,32", "clone counts for the snapshot suite (VMs restored from one snapshot at once)")
 	fs.IntVar(&c.reps, "reps", 10, "repetitions per implementation (startup, boot-testguest, memory)")
 	fs.IntVar(&c.linuxReps, "linux-reps", 3, "repetitions per implementation for boot-linux (each boot takes minutes on kvm-pvm)")
-	fs.IntVar(&c.scaleReps, "scale-reps", 3, "repetitions per VM count for scaling")
+	fs.IntVar(&c.scaleReps, "scale-reps", 3, "repetitions per VM count for scaling, and per clone count for the snapshot suite's test guest")
 	fs.IntVar(&c.runReps, "run-reps", defaultRunReps(kvm.IsPVM()), "cold starts and plain boots for run (3 on kvm-pvm hosts, 10 elsewhere)")
 	fs.IntVar(&c.ioReps, "io-reps", 1, "Linux boots per implementation for iperf3 and fio (one boot serves both suites)")
 	fs.DurationVar(&c.ioTime, "io-time", 10*time.Second, "duration of each iperf3 test and fio job")
@@ -119,18 +122,31 @@ func parseFlags(args []string) (config, error) {
 		}
 		c.suites = append(c.suites, s)
 	}
-	for _, f := range strings.Split(*scale, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return c, fmt.Errorf("invalid -scale entry %q", f)
-		}
-		c.scale = append(c.scale, n)
+	var err error
+	if c.scale, err = parseCounts("scale", *scale); err != nil {
+		return c, err
+	}
+	if c.clones, err = parseCounts("clones", *clones); err != nil {
+		return c, err
 	}
 	if c.reps < 1 || c.linuxReps < 1 || c.scaleReps < 1 || c.runReps < 1 || c.execReps < 1 || c.apiRequests < 1 || c.datapathReps < 1 || c.datapathTime <= 0 || c.ioReps < 1 || c.ioTime < time.Second || c.memMiB < 16 {
 		return c, fmt.Errorf("repetitions must be at least 1 and -mem at least 16")
 	}
 	c.flags = strings.Join(args, " ")
 	return c, nil
+}
+
+// parseCounts parses a comma-separated list of VM counts (-scale, -clones).
+func parseCounts(flagName, s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("invalid -%s entry %q", flagName, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func main() {

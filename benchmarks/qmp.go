@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 )
 
 // qmpMessage is one line QEMU's monitor sends: its greeting, the answer to
@@ -77,7 +78,21 @@ func qmpOpen(c net.Conn) (*qmpSession, error) {
 // execute sends a command without arguments and returns its "return"
 // value, skipping the events that may come before it.
 func (q *qmpSession) execute(cmd string) (json.RawMessage, error) {
-	if _, err := fmt.Fprintf(q.c, "{\"execute\":%q}\n", cmd); err != nil {
+	return q.executeArgs(cmd, nil)
+}
+
+// executeArgs is execute for a command with arguments (nil: none), which
+// are encoded as the command's "arguments" object.
+func (q *qmpSession) executeArgs(cmd string, args any) (json.RawMessage, error) {
+	msg := struct {
+		Execute   string `json:"execute"`
+		Arguments any    `json:"arguments,omitempty"`
+	}{cmd, args}
+	line, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("QMP %s: %w", cmd, err)
+	}
+	if _, err := q.c.Write(append(line, '\n')); err != nil {
 		return nil, fmt.Errorf("QMP %s: %w", cmd, err)
 	}
 	for {
@@ -101,3 +116,58 @@ func (q *qmpSession) execute(cmd string) (json.RawMessage, error) {
 }
 
 func (q *qmpSession) Close() error { return q.c.Close() }
+
+// Migration states of query-migrate that end a migration (QEMU's
+// qapi/migration.json, MigrationStatus).
+const (
+	migrationCompleted = "completed"
+	migrationFailed    = "failed"
+	migrationCancelled = "cancelled"
+)
+
+// migrationStatus reads the answer to query-migrate: the migration's
+// status ("" before any migration, then "setup", "active", ...,
+// "completed"), and for a failed or cancelled one an error with QEMU's
+// reason.
+func migrationStatus(ret json.RawMessage) (string, error) {
+	var m struct {
+		Status    string `json:"status"`
+		ErrorDesc string `json:"error-desc"`
+	}
+	if err := json.Unmarshal(ret, &m); err != nil {
+		return "", fmt.Errorf("query-migrate: bad answer %q: %w", strings.TrimSpace(string(ret)), err)
+	}
+	switch m.Status {
+	case migrationFailed, migrationCancelled:
+		why := m.ErrorDesc
+		if why == "" {
+			why = "no reason given"
+		}
+		return m.Status, fmt.Errorf("migration %s: %s", m.Status, why)
+	}
+	return m.Status, nil
+}
+
+// waitMigration polls query-migrate every poll until the migration (out
+// of this QEMU, or into it with -incoming) completed; it fails when it
+// failed, or when timeout passes first.
+func (q *qmpSession) waitMigration(poll, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ret, err := q.execute("query-migrate")
+		if err != nil {
+			return err
+		}
+		st, err := migrationStatus(ret)
+		if err != nil {
+			return err
+		}
+		if st == migrationCompleted {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("migration still %q after %v", st, timeout)
+		}
+		time.Sleep(poll)
+	}
+}

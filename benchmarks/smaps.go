@@ -163,6 +163,15 @@ func Usage(rollup, maps []Mapping, guestBytes uint64) (MemUsage, error) {
 
 // ReadUsage reads /proc/PID/smaps_rollup and /proc/PID/smaps.
 func ReadUsage(pid int, guestBytes uint64) (MemUsage, error) {
+	rollup, maps, err := readSmaps(pid)
+	if err != nil {
+		return MemUsage{}, err
+	}
+	return Usage(rollup, maps, guestBytes)
+}
+
+// readSmaps reads and parses /proc/PID/smaps_rollup and /proc/PID/smaps.
+func readSmaps(pid int) (rollup, maps []Mapping, err error) {
 	read := func(name string) ([]Mapping, error) {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/%s", pid, name))
 		if err != nil {
@@ -175,13 +184,11 @@ func ReadUsage(pid int, guestBytes uint64) (MemUsage, error) {
 		}
 		return m, nil
 	}
-	rollup, err := read("smaps_rollup")
-	if err != nil {
-		return MemUsage{}, err
+	if rollup, err = read("smaps_rollup"); err != nil {
+		return nil, nil, err
 	}
-	maps, err := read("smaps")
-	if err != nil {
-		return MemUsage{}, err
+	if maps, err = read("smaps"); err != nil {
+		return nil, nil, err
 	}
-	return Usage(rollup, maps, guestBytes)
+	return rollup, maps, nil
 }

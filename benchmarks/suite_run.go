@@ -344,8 +344,14 @@ func execOnce(ctx context.Context, c *agent.Client, cid, id string) (time.Durati
 }
 
 // dialAgent connects to the guest agent through the hybrid vsock socket,
-// retrying until it answers, the VMM exits, or timeout passes.
+// retrying every second until it answers, the VMM exits, or timeout
+// passes.
 func dialAgent(ctx context.Context, p *Proc, vsock string, timeout time.Duration) (*agent.Client, error) {
+	return dialAgentEvery(ctx, p, vsock, timeout, time.Second)
+}
+
+// dialAgentEvery is dialAgent retrying every `every`.
+func dialAgentEvery(ctx context.Context, p *Proc, vsock string, timeout, every time.Duration) (*agent.Client, error) {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for {
@@ -365,7 +371,7 @@ func dialAgent(ctx context.Context, p *Proc, vsock string, timeout time.Duration
 			return nil, fmt.Errorf("vmm exited before the agent answered (last attempt: %v)", last)
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(every):
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("the agent did not answer within %v (last attempt: %v)", timeout, last)
