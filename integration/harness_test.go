@@ -59,7 +59,18 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	shared = a
+	// One warm-snapshot cache for every `vmm run` of this test binary: the
+	// first run of the default guest boots and saves it, the others
+	// (run tests in parallel) wait for it and restore. Private, so a test
+	// never restores a snapshot from another build of vmm or another run.
+	cache, err := os.MkdirTemp("", "vmm-it-cache-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		os.Exit(1)
+	}
+	os.Setenv("VMM_CACHE", cache)
 	code := m.Run()
+	os.RemoveAll(cache)
 	os.RemoveAll(filepath.Dir(a.vmm))
 	os.Exit(code)
 }

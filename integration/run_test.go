@@ -487,3 +487,77 @@ func TestRunBadFlag(t *testing.T) {
 		t.Errorf("status %d, stderr %q; want 2 and one line", code, stderr)
 	}
 }
+
+// TestRunWarm runs `vmm run` three times on the default guest. The runs
+// share the test binary's snapshot cache with the other run tests, so at
+// most one of all of them boots; the second and third runs here must be
+// restored clones (vmm run --debug says so), print the command's output
+// and pass its exit status through. The clones are fresh: 16 bytes of
+// /dev/urandom differ between them, and their wall clock is the host's.
+func TestRunWarm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long test: boots Linux")
+	}
+	requireKVM(t)
+	t.Parallel()
+	image := privateTestImage(t)
+	script := `head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; date +%s; exit 7`
+	type result struct {
+		random string
+		clock  int64
+		host   int64 // the host's clock when the run ended
+		stderr string
+	}
+	runOnce := func(n int) result {
+		ctx, cancel := context.WithTimeout(context.Background(), linuxBootTimeout+5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, shared.vmm, "run", "--debug", "--image", image,
+			"--boot-timeout", linuxBootTimeout.String(), "--", "sh", "-c", script)
+		cmd.Dir = shared.root
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		start := time.Now()
+		err := cmd.Run()
+		host := time.Now().Unix()
+		t.Logf("run %d took %v", n, time.Since(start).Round(time.Millisecond))
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+			t.Fatalf("run %d: %v, want exit status 7\nstdout:\n%s\nstderr:\n%s", n, err, stdout.String(), stderr.String())
+		}
+		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+		if len(lines) != 2 || len(lines[0]) != 32 {
+			t.Fatalf("run %d: stdout %q, want 32 hex digits and a time", n, stdout.String())
+		}
+		clock, err := strconv.ParseInt(lines[1], 10, 64)
+		if err != nil {
+			t.Fatalf("run %d: date printed %q", n, lines[1])
+		}
+		return result{random: lines[0], clock: clock, host: host, stderr: stderr.String()}
+	}
+	first := runOnce(1)
+	if !strings.Contains(first.stderr, "vmm run: saved snapshot ") && !strings.Contains(first.stderr, "vmm run: restored from snapshot ") {
+		t.Errorf("run 1 neither saved nor restored a snapshot; its notes:\n%s", lastLines(first.stderr, 30))
+	}
+	clones := []result{runOnce(2), runOnce(3)}
+	for i, c := range clones {
+		if !strings.Contains(c.stderr, "vmm run: restored from snapshot ") {
+			t.Errorf("run %d booted instead of restoring; its notes:\n%s", i+2, lastLines(c.stderr, 30))
+		}
+		// The guest's date ran before the host read its clock.
+		if d := c.host - c.clock; d < -1 || d > 10 {
+			t.Errorf("run %d: the guest's clock says %d, the host's %d", i+2, c.clock, c.host)
+		}
+	}
+	if clones[0].random == clones[1].random || clones[0].random == first.random {
+		t.Errorf("clones read the same /dev/urandom bytes: %s, %s, %s", first.random, clones[0].random, clones[1].random)
+	}
+}
+
+// lastLines is the tail of s, for failure messages.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

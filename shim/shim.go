@@ -25,6 +25,7 @@ import (
 	"github.com/govmm/vmm/api"
 	agent "github.com/govmm/vmm/guest/agent/client"
 	"github.com/govmm/vmm/guest/agent/protocol"
+	"github.com/govmm/vmm/shim/snapcache"
 	"github.com/govmm/vmm/vmm"
 )
 
@@ -104,6 +105,21 @@ type Options struct {
 	// TempDir is where the run's directory is made ("" is os.TempDir).
 	// Unix socket paths are limited to 107 bytes, so keep it short.
 	TempDir string
+
+	// Snapshots, when set, makes runs warm: the first run for a guest
+	// (kernel, initramfs, command line, memory, vCPUs, VMM) boots it with
+	// a placeholder disk, saves a snapshot of it once the agent answers,
+	// and swaps the image in; later runs restore a clone of that snapshot
+	// instead of booting (warm.go). nil boots every run. Runs with Nets
+	// or ImageWritable always boot.
+	Snapshots *snapcache.Cache
+	// SnapshotSalt goes into the snapshot key besides the guest's inputs:
+	// the VMM binary's identity, say, so that a rebuilt VMM never
+	// restores what another build saved.
+	SnapshotSalt string
+	// Verbose writes notes on how the VM came up (booted, restored from
+	// which snapshot, in how long) to Stderr.
+	Verbose bool
 }
 
 // NIC is one network interface of the VM on a host tap device. The shim
@@ -229,9 +245,14 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 type runner struct {
 	o        Options
 	dir      string
+	console  io.Writer
 	logPath  string
 	logFile  *consoleLog
 	vm       VMM
+	vmCancel context.CancelFunc // stops watching vm (launch)
+	api      API                // vm's
+	vsock    string             // vm's hybrid vsock socket
+	attempts int                // VMMs launched
 	newTaps  []string
 	agent    *agent.Client
 	ctrID    string
@@ -246,17 +267,16 @@ func (r *runner) run(ctx context.Context) (int, error) {
 		return -1, fmt.Errorf("making the run directory: %w", err)
 	}
 	r.dir = dir
-	apiSock, vsockPath := filepath.Join(dir, "api.sock"), filepath.Join(dir, "vsock.sock")
 
-	console := o.Console
-	if console == nil {
+	r.console = o.Console
+	if r.console == nil {
 		r.logPath = filepath.Join(dir, "console.log")
 		// Not the file itself: the VMM would write it directly, past any cap.
 		l, err := createConsoleLog(r.logPath, consoleLogMax)
 		if err != nil {
 			return -1, fmt.Errorf("creating the console log: %w", err)
 		}
-		r.logFile, console = l, l
+		r.logFile, r.console = l, l
 	}
 
 	var taps []string
@@ -265,25 +285,21 @@ func (r *runner) run(ctx context.Context) (int, error) {
 	}
 	r.newTaps = missingTaps(taps)
 
-	vm, err := o.Launcher.Launch(ctx, LaunchSpec{APISock: apiSock, Console: console})
-	if err != nil {
-		return -1, err
-	}
-	r.vm = vm
-
 	// Boot: everything up to the agent's answer is bounded by the boot
 	// timeout and abandoned if the VMM dies or a signal arrives.
 	bootCtx, cancelBoot := context.WithTimeout(ctx, o.BootTimeout)
 	defer cancelBoot()
 	var interrupted syscall.Signal
 	stopWatch := r.watchBoot(bootCtx, cancelBoot, &interrupted)
-	err = r.boot(bootCtx, apiSock, vsockPath)
+	err = r.start(bootCtx)
 	stopWatch()
 	if err != nil {
-		select {
-		case <-vm.Done():
-			return -1, r.vmmDied("while booting")
-		default:
+		if r.vm != nil {
+			select {
+			case <-r.vm.Done():
+				return -1, r.vmmDied("while booting")
+			default:
+			}
 		}
 		if interrupted != 0 {
 			return -1, &SignalError{Signal: interrupted}
@@ -296,8 +312,8 @@ func (r *runner) run(ctx context.Context) (int, error) {
 	return r.runCommand(ctx)
 }
 
-// watchBoot cancels the boot when the VMM exits or a signal arrives,
-// recording the signal. The returned function stops watching and must be
+// watchBoot cancels the boot when a signal arrives, recording it (launch
+// watches each VMM for its exit). The returned function stops watching and must be
 // called before *sig is read.
 func (r *runner) watchBoot(ctx context.Context, cancel context.CancelFunc, sig *syscall.Signal) (stop func()) {
 	quit, finished := make(chan struct{}), make(chan struct{})
@@ -308,9 +324,6 @@ func (r *runner) watchBoot(ctx context.Context, cancel context.CancelFunc, sig *
 			case <-quit:
 				return
 			case <-ctx.Done():
-				return
-			case <-r.vm.Done():
-				cancel()
 				return
 			case s, ok := <-r.o.Signals:
 				if !ok {
@@ -333,11 +346,78 @@ func (r *runner) watchBoot(ctx context.Context, cancel context.CancelFunc, sig *
 	return func() { close(quit); <-finished }
 }
 
-// boot configures the VM through the API, starts it, and connects to the
-// agent.
-func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
+// launch starts a VMM for the next attempt at bringing up the VM (a run
+// makes more than one when a restore fails), with its own sockets in the
+// run's directory. The context returned ends when that VMM exits, so that
+// nothing waits on a dead VM.
+func (r *runner) launch(ctx context.Context) (context.Context, error) {
+	r.attempts++
+	name := func(base string) string {
+		if r.attempts == 1 {
+			return filepath.Join(r.dir, base+".sock")
+		}
+		return filepath.Join(r.dir, fmt.Sprintf("%s-%d.sock", base, r.attempts))
+	}
+	apiSock := name("api")
+	vm, err := r.o.Launcher.Launch(ctx, LaunchSpec{APISock: apiSock, Console: r.console})
+	if err != nil {
+		return nil, err
+	}
+	r.vm, r.api, r.vsock = vm, r.o.Launcher.Client(apiSock), name("vsock")
+	vctx, cancel := context.WithCancel(ctx)
+	r.vmCancel = cancel
+	go func() {
+		select {
+		case <-vm.Done():
+			cancel()
+		case <-vctx.Done():
+		}
+	}()
+	return vctx, nil
+}
+
+// dropVM gives up on the VM of a failed attempt.
+func (r *runner) dropVM() {
+	if r.agent != nil {
+		_ = r.agent.Close()
+		r.agent = nil
+	}
+	if r.vm != nil {
+		r.vm.Stop(r.o.StopGrace)
+		r.vm = nil
+	}
+	if r.vmCancel != nil {
+		r.vmCancel()
+		r.vmCancel = nil
+	}
+}
+
+// start brings the VM up with the image attached and the agent
+// connected: restored from a warm snapshot, or booted.
+func (r *runner) start(ctx context.Context) error {
+	if r.warm() {
+		return r.warmStart(ctx)
+	}
+	return r.coldBoot(ctx)
+}
+
+// coldBoot boots a VM on the image.
+func (r *runner) coldBoot(ctx context.Context) error {
+	vctx, err := r.launch(ctx)
+	if err != nil {
+		return err
+	}
+	return r.boot(vctx, r.o.Image, !r.o.ImageWritable)
+}
+
+// rootfsDriveID is the image's drive.
+const rootfsDriveID = "rootfs"
+
+// boot configures the VM through the API with image as its disk, starts
+// it, and connects to the agent.
+func (r *runner) boot(ctx context.Context, image string, readOnly bool) error {
 	o := &r.o
-	c := o.Launcher.Client(apiSock)
+	c, vsockPath := r.api, r.vsock
 	if err := c.WaitReady(ctx); err != nil {
 		return fmt.Errorf("waiting for the VMM's API socket: %w", err)
 	}
@@ -352,7 +432,7 @@ func (r *runner) boot(ctx context.Context, apiSock, vsockPath string) error {
 	// asked: the guest, hence the container, can then not change the
 	// user's image however it tries (virtio-blk fails its writes, and the
 	// VMM holds the file O_RDONLY).
-	id, path, root, ro := "rootfs", o.Image, false, !o.ImageWritable
+	id, path, root, ro := rootfsDriveID, image, false, readOnly
 	if err := c.PutDrive(ctx, api.Drive{DriveID: &id, PathOnHost: &path, IsRootDevice: &root, IsReadOnly: &ro}); err != nil {
 		return fmt.Errorf("attaching the image: %w", err)
 	}
@@ -697,6 +777,9 @@ func (r *runner) cleanup() {
 	}
 	if r.vm != nil {
 		r.vm.Stop(r.o.StopGrace)
+	}
+	if r.vmCancel != nil {
+		r.vmCancel()
 	}
 	for _, tap := range r.newTaps {
 		if err := deleteTap(tap); err != nil {

@@ -35,6 +35,7 @@ type fakeWorld struct {
 	noAgent   bool   // the guest never gets its agent up
 	dieOnBoot string // the VMM writes this to its console and exits at InstanceStart
 	wedged    bool   // the agent takes signals but never answers (a frozen guest)
+	loadFail  bool   // PUT /snapshot/load fails, as for a stale snapshot
 
 	mu         sync.Mutex
 	apiSock    string
@@ -53,6 +54,13 @@ type fakeWorld struct {
 	started    chan struct{} // closed when a process starts
 	signalled  chan int
 	startedOne sync.Once
+	calls      []string // warm-run API and agent calls, in order
+}
+
+func (w *fakeWorld) call(format string, args ...any) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.calls = append(w.calls, fmt.Sprintf(format, args...))
 }
 
 func newFakeWorld(t *testing.T) *fakeWorld {
@@ -117,6 +125,7 @@ var _ API = (*fakeAPI)(nil)
 
 func (a *fakeAPI) WaitReady(ctx context.Context) error { return nil }
 func (a *fakeAPI) PutBootSource(ctx context.Context, kernel, initrd, bootArgs string) error {
+	a.w.call("PutBootSource")
 	a.w.mu.Lock()
 	defer a.w.mu.Unlock()
 	a.w.kernel = kernel
@@ -129,6 +138,7 @@ func (a *fakeAPI) PutMachineConfig(ctx context.Context, vcpus, memMiB int64) err
 	return nil
 }
 func (a *fakeAPI) PutDrive(ctx context.Context, d api.Drive) error {
+	a.w.call("PutDrive %s %s ro=%v", *d.DriveID, filepath.Base(*d.PathOnHost), *d.IsReadOnly)
 	a.w.mu.Lock()
 	defer a.w.mu.Unlock()
 	a.w.drives = append(a.w.drives, d)
@@ -147,8 +157,42 @@ func (a *fakeAPI) PutVsock(ctx context.Context, cid int64, udsPath string) error
 	return nil
 }
 
+func (a *fakeAPI) Pause(ctx context.Context) error  { a.w.call("Pause"); return nil }
+func (a *fakeAPI) Resume(ctx context.Context) error { a.w.call("Resume"); return nil }
+
+// CreateSnapshot writes the two files, as a VMM does.
+func (a *fakeAPI) CreateSnapshot(ctx context.Context, statePath, memPath string) error {
+	a.w.call("CreateSnapshot %s %s", filepath.Base(statePath), filepath.Base(memPath))
+	for _, p := range []string{memPath, statePath} {
+		if err := os.WriteFile(p, []byte("snapshot"), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadSnapshot "restores": the fake agent answers on the override
+// socket at once, the guest having booted long ago.
+func (a *fakeAPI) LoadSnapshot(ctx context.Context, statePath, memPath, vsockUDS string, resume bool) error {
+	a.w.call("LoadSnapshot %s %s resume=%v", filepath.Base(statePath), filepath.Base(memPath), resume)
+	if a.w.loadFail {
+		return errors.New("cannot load the snapshot: checksum mismatch")
+	}
+	a.w.mu.Lock()
+	a.w.vsock = vsockUDS
+	a.w.mu.Unlock()
+	a.w.startGuest()
+	return nil
+}
+
+func (a *fakeAPI) PatchDrivePath(ctx context.Context, id, path string) error {
+	a.w.call("PatchDrive %s %s", id, filepath.Base(path))
+	return nil
+}
+
 // Start "boots": the fake agent listens after bootDelay, or the VMM dies.
 func (a *fakeAPI) Start(ctx context.Context) error {
+	a.w.call("InstanceStart")
 	a.w.startGuest()
 	return nil
 }
@@ -240,6 +284,23 @@ func (a *fakeAgent) handle(ctx context.Context, c *protocol.Conn, method string,
 	switch method {
 	case protocol.MethodHello:
 		return protocol.HelloResponse{Version: protocol.Version, Agent: "fake"}, nil
+	case protocol.MethodRefresh:
+		var req protocol.RefreshRequest
+		if err := json.Unmarshal(params, &req); err != nil {
+			return nil, err
+		}
+		if d := time.Since(time.Unix(0, req.RealtimeNanos)); d < 0 || d > time.Minute {
+			w.t.Errorf("Refresh with a clock %v off", d)
+		}
+		w.call("Refresh %d", len(req.Entropy))
+		return protocol.Empty{}, nil
+	case protocol.MethodSyncBlockDevice:
+		var req protocol.SyncBlockDeviceRequest
+		if err := json.Unmarshal(params, &req); err != nil {
+			return nil, err
+		}
+		w.call("SyncBlockDevice %s %d", req.Path, req.SizeBytes)
+		return protocol.Empty{}, nil
 	case protocol.MethodCreateContainer:
 		var req protocol.CreateContainerRequest
 		if err := json.Unmarshal(params, &req); err != nil {

@@ -26,6 +26,13 @@ type API interface {
 	PutNetworkInterface(ctx context.Context, n api.NetworkInterface) error
 	PutVsock(ctx context.Context, cid int64, udsPath string) error
 	Start(ctx context.Context) error
+
+	// For warm runs (Options.Snapshots).
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	CreateSnapshot(ctx context.Context, statePath, memPath string) error
+	LoadSnapshot(ctx context.Context, statePath, memPath, vsockUDS string, resume bool) error
+	PatchDrivePath(ctx context.Context, id, path string) error
 }
 
 // LaunchSpec says how to start one VMM process.

@@ -179,6 +179,34 @@ func (c *Client) setState(ctx context.Context, s string) error {
 	return c.Do(ctx, http.MethodPatch, "/vm", api.VM{State: &s}, nil)
 }
 
+// PatchDrivePath is PATCH /drives/{id} with a new path_on_host: the
+// drive's image is swapped under the running guest.
+func (c *Client) PatchDrivePath(ctx context.Context, id, path string) error {
+	return c.Do(ctx, http.MethodPatch, "/drives/"+id, api.PartialDrive{DriveID: &id, PathOnHost: &path}, nil)
+}
+
+// CreateSnapshot is PUT /snapshot/create of a Full snapshot of the paused
+// microVM.
+func (c *Client) CreateSnapshot(ctx context.Context, statePath, memPath string) error {
+	full := api.SnapshotFull
+	return c.Do(ctx, http.MethodPut, "/snapshot/create", api.SnapshotCreateParams{SnapshotType: &full, SnapshotPath: &statePath, MemFilePath: &memPath}, nil)
+}
+
+// LoadSnapshot is PUT /snapshot/load from a File memory backend, the
+// vsock device on vsockUDS ("" keeps the snapshot's), resumed if resume.
+func (c *Client) LoadSnapshot(ctx context.Context, statePath, memPath, vsockUDS string, resume bool) error {
+	file := api.MemBackendFile
+	p := api.SnapshotLoadParams{
+		SnapshotPath: &statePath,
+		MemBackend:   &api.MemoryBackend{BackendType: &file, BackendPath: &memPath},
+		ResumeVM:     &resume,
+	}
+	if vsockUDS != "" {
+		p.VsockOverride = &api.VsockOverride{UDSPath: &vsockUDS}
+	}
+	return c.Do(ctx, http.MethodPut, "/snapshot/load", p, nil)
+}
+
 // VMConfig is GET /vm/config.
 func (c *Client) VMConfig(ctx context.Context) (api.FullConfig, error) {
 	var v api.FullConfig

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/govmm/vmm/shim"
+	"github.com/govmm/vmm/shim/snapcache"
 	"github.com/govmm/vmm/vmm"
 )
 
@@ -24,6 +25,11 @@ terminal, and exits with CMD's exit status (128+N if signal N killed it).
 FILE is attached read-only and never changes: CMD may write anywhere, but
 its writes live in the guest's memory and are gone when it exits (use
 --image-rw to write into FILE instead).
+The first run for a guest (kernel, initramfs, --cmdline, --mem, --cpus)
+saves a snapshot of it, booted, in $VMM_CACHE/snapshots (default
+~/.cache/vmm); later runs restore a clone of it in a fraction of a boot,
+with fresh entropy and the current time (--no-snapshot boots; runs with
+--net or --image-rw always do).
 125 means vmm run itself failed; 2, a bad flag. SIGINT and SIGTERM go to
 CMD, which is PID 1 of its container and ignores them without a handler;
 10 seconds later it gets SIGKILL, as with docker stop. If CMD has still not
@@ -33,14 +39,26 @@ SIGTERM, vmm run stops the VM and exits 125.
 flags:
 `
 
+// binaryIdentity names this build of vmm for the snapshot key: a
+// rebuilt binary may save device state differently, so its runs must not
+// restore an older build's snapshots.
+func binaryIdentity(exe string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(exe, &st); err != nil {
+		return exe
+	}
+	return fmt.Sprintf("%d:%d:%d:%d.%09d", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+}
+
 // exitRunFailed is the status when vmm run itself fails (as docker run's
 // 125), so it is not mistaken for the command's own status.
 const exitRunFailed = 125
 
 // runOptions is what the run flags produce.
 type runOptions struct {
-	shim  shim.Options
-	debug bool
+	shim       shim.Options
+	debug      bool
+	noSnapshot bool
 }
 
 // envFlag is the repeatable -e KEY=VALUE option.
@@ -118,6 +136,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.BoolVar(&s.TTY, "t", false, "give the command a pseudo-terminal")
 	fs.StringVar(&s.Hostname, "hostname", shim.DefaultHostname, "the container's hostname")
 	fs.DurationVar(&s.BootTimeout, "boot-timeout", shim.DefaultBootTimeout, "how long to wait for the guest to boot and its agent to answer")
+	fs.BoolVar(&o.noSnapshot, "no-snapshot", false, "boot the guest instead of restoring the warm snapshot in $VMM_CACHE/snapshots (and save none)")
 	fs.BoolVar(&o.debug, "debug", false, "show the guest console and VMM diagnostics on stderr (default: kept in a log, shown if the VM fails)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -183,6 +202,16 @@ func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		o.shim.Console = stderr
 	}
 	o.shim.Launcher = launcher
+	o.shim.Verbose = o.debug
+	if !o.noSnapshot {
+		dir, err := snapcache.DefaultDir()
+		if err != nil {
+			fmt.Fprintf(stderr, "vmm run: %v; booting without a snapshot\n", err)
+		} else {
+			o.shim.Snapshots = &snapcache.Cache{Dir: dir}
+			o.shim.SnapshotSalt = binaryIdentity(exe)
+		}
+	}
 	o.shim.Stdin, o.shim.Stdout, o.shim.Stderr = stdin, stdout, stderr
 
 	// Signals go to the command; SIGWINCH resizes its terminal.

@@ -69,11 +69,34 @@ func TestParseRunFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.shim.MemMiB != 256 || o.shim.CPUs != 1 || o.shim.BootTimeout != shim.DefaultBootTimeout || o.debug {
+	if o.shim.MemMiB != 256 || o.shim.CPUs != 1 || o.shim.BootTimeout != shim.DefaultBootTimeout || o.debug || o.noSnapshot {
 		t.Errorf("defaults %+v", o.shim)
+	}
+	if ns, err := parseRunFlags([]string{"--image", image, "--no-snapshot", "true"}, &bytes.Buffer{}); err != nil || !ns.noSnapshot || !slices.Equal(ns.shim.Args, []string{"true"}) {
+		t.Errorf("--no-snapshot: %+v, %v", ns, err)
 	}
 	if want := []string{"ls", "-l", "--mem", "1G"}; !slices.Equal(o.shim.Args, want) {
 		t.Errorf("args %q, want %q", o.shim.Args, want)
+	}
+}
+
+func TestBinaryIdentity(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmm")
+	if err := os.WriteFile(p, []byte("build 1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	first := binaryIdentity(p)
+	if again := binaryIdentity(p); again != first {
+		t.Errorf("identity changed without a rebuild: %s, %s", first, again)
+	}
+	if err := os.WriteFile(p+".new", []byte("build 2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p+".new", p); err != nil {
+		t.Fatal(err)
+	}
+	if rebuilt := binaryIdentity(p); rebuilt == first {
+		t.Errorf("a rebuilt binary has the old identity %s", first)
 	}
 }
 

@@ -29,6 +29,7 @@ type agent struct {
 	logf    func(format string, args ...any)
 	spawner *spawner
 	methods map[string]method // read-only after newAgent
+	kernel  kernelOps         // read-only after newAgent (tests replace it before serving)
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -42,6 +43,7 @@ func newAgent(selfExe, runDir string, cgroups *cgroupManager, logf func(string, 
 		logf:       logf,
 		spawner:    newSpawner(),
 		methods:    methods(),
+		kernel:     realKernelOps(),
 		containers: make(map[string]*container),
 	}
 }
@@ -110,6 +112,8 @@ func methods() map[string]method {
 		protocol.MethodDestroyContainer: typed((*session).destroyContainer),
 		protocol.MethodUpdateContainer:  typed((*session).updateContainer),
 		protocol.MethodContainerStats:   typed((*session).containerStats),
+		protocol.MethodRefresh:          typed((*session).refresh),
+		protocol.MethodSyncBlockDevice:  typed((*session).syncBlockDevice),
 	}
 }
 

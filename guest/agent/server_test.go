@@ -52,6 +52,10 @@ func TestMethodTable(t *testing.T) {
 		{"update, bad limit", protocol.MethodUpdateContainer, `{"id":"nope","resources":{"memory_max_bytes":5}}`, protocol.CodeInvalidArgument},
 		{"update no container", protocol.MethodUpdateContainer, `{"id":"nope","resources":{"memory_max_bytes":1048576}}`, protocol.CodeNotFound},
 		{"stats of no container", protocol.MethodContainerStats, `{"id":"nope"}`, protocol.CodeNotFound},
+		// The table's agent has the real kernel calls: no Refresh here may
+		// pass validation (it would set the host's clock).
+		{"refresh, too little entropy", protocol.MethodRefresh, `{"entropy":"AAAA","realtime_ns":1700000000000000000}`, protocol.CodeInvalidArgument},
+		{"sync, path outside /dev", protocol.MethodSyncBlockDevice, `{"path":"/etc/passwd","size_bytes":1}`, protocol.CodeInvalidArgument},
 	}
 	tested := map[string]bool{}
 	for _, tc := range cases {

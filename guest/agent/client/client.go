@@ -276,3 +276,16 @@ func (c *Client) ContainerStats(ctx context.Context, id string) (protocol.Contai
 	err := c.conn.Call(ctx, protocol.MethodContainerStats, protocol.ContainerStatsRequest{ID: id}, &st)
 	return st, err
 }
+
+// Refresh gives a guest restored from a snapshot fresh entropy for its
+// kernel's pool and the wall clock now (protocol.RefreshRequest).
+func (c *Client) Refresh(ctx context.Context, entropy []byte, now time.Time) error {
+	return c.conn.Call(ctx, protocol.MethodRefresh, protocol.RefreshRequest{Entropy: entropy, RealtimeNanos: now.UnixNano()}, nil)
+}
+
+// SyncBlockDevice waits for the guest to see a swapped image's size at
+// path and drops what it cached of the old one
+// (protocol.SyncBlockDeviceRequest).
+func (c *Client) SyncBlockDevice(ctx context.Context, path string, size uint64) error {
+	return c.conn.Call(ctx, protocol.MethodSyncBlockDevice, protocol.SyncBlockDeviceRequest{Path: path, SizeBytes: size}, nil)
+}

@@ -66,6 +66,8 @@ const (
 	MethodDestroyContainer = "DestroyContainer"
 	MethodUpdateContainer  = "UpdateContainer"
 	MethodContainerStats   = "ContainerStats"
+	MethodRefresh          = "Refresh"
+	MethodSyncBlockDevice  = "SyncBlockDevice"
 )
 
 // InitExecID names a container's init process (the one StartProcess
@@ -258,3 +260,43 @@ type ContainerStats struct {
 
 // MaxStatsPIDs bounds ContainerStats.PIDs: the frame must stay small.
 const MaxStatsPIDs = 4096
+
+// RefreshRequest gives a guest restored from a snapshot what it must not
+// share with the snapshot's other clones: randomness for the kernel's
+// pool and the host's wall clock. The host sends it before anything runs
+// in a clone.
+type RefreshRequest struct {
+	// Entropy is host randomness (MinRefreshEntropy to MaxRefreshEntropy
+	// bytes) that the agent adds to the kernel's pool and credits
+	// (RNDADDENTROPY), so the guest's random state diverges from every
+	// other clone's at once, not whenever interrupts happen to.
+	Entropy []byte `json:"entropy"`
+	// RealtimeNanos is the host's CLOCK_REALTIME in nanoseconds since the
+	// Unix epoch; the agent sets the guest's CLOCK_REALTIME to it. The
+	// guest's clock otherwise resumes from the snapshot's time.
+	RealtimeNanos int64 `json:"realtime_ns"`
+}
+
+// Bounds of RefreshRequest.Entropy: a ChaCha20 key's worth at least (what
+// the kernel's CRNG needs to be seeded), and no more than the kernel's
+// input pool holds (4096 bits).
+const (
+	MinRefreshEntropy = 32
+	MaxRefreshEntropy = 512
+)
+
+// SyncBlockDeviceRequest makes the agent forget what it cached of a block
+// device whose image the host has just swapped (PATCH /drives): it waits
+// (at most MaxSyncBlockDeviceMillis) until the kernel reports SizeBytes,
+// the new image's size, then drops the device's buffer cache (BLKFLSBUF),
+// so a mount reads the new image and not what the old one left cached.
+type SyncBlockDeviceRequest struct {
+	// Path is a block device under /dev (e.g. /dev/vda).
+	Path      string `json:"path"`
+	SizeBytes uint64 `json:"size_bytes"`
+}
+
+// MaxSyncBlockDeviceMillis bounds SyncBlockDevice's wait for the new size:
+// the guest handles the configuration change interrupt in a workqueue,
+// which runs within milliseconds even in an emulated guest.
+const MaxSyncBlockDeviceMillis = 10000

@@ -1,0 +1,172 @@
+package shim
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/govmm/vmm/shim/snapcache"
+)
+
+// warmOptions are a fake world's options with a snapshot cache in dir and
+// an image of 4096+3 bytes (the guest sees 4096).
+func warmOptions(t *testing.T, w *fakeWorld, cacheDir string, args ...string) (Options, *bytes.Buffer, *bytes.Buffer) {
+	t.Helper()
+	o := w.options(t, args...)
+	if err := os.WriteFile(o.Image, make([]byte, 4096+3), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o.Snapshots = &snapcache.Cache{Dir: cacheDir}
+	o.Verbose = true
+	var stdout, stderr bytes.Buffer
+	o.Stdout, o.Stderr = &stdout, &stderr
+	return o, &stdout, &stderr
+}
+
+func (w *fakeWorld) callList() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.calls...)
+}
+
+// TestWarmRuns: the first run boots on the placeholder, snapshots, and
+// swaps the image in; the second restores a clone, refreshes it before
+// anything else, and swaps its image in; both run the command.
+func TestWarmRuns(t *testing.T) {
+	cacheDir := filepath.Join(t.TempDir(), "snapshots")
+	w1 := newFakeWorld(t)
+	o, stdout, stderr := warmOptions(t, w1, cacheDir, "echo", "first")
+	key, err := SnapshotKey(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := Run(context.Background(), o)
+	if err != nil || code != 0 || stdout.String() != "first\n" {
+		t.Fatalf("first run: %d, %v, stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	want := []string{
+		"PutBootSource",
+		"PutDrive rootfs " + snapcache.PlaceholderFile + " ro=true",
+		"InstanceStart",
+		"Pause",
+		"CreateSnapshot " + snapcache.StateFile + " " + snapcache.MemFile,
+		"Resume",
+		"PatchDrive rootfs " + filepath.Base(o.Image),
+		"SyncBlockDevice /dev/vda 4096",
+	}
+	if got := w1.callList(); !reflect.DeepEqual(got, want) {
+		t.Errorf("first run's calls:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(stderr.String(), "saved snapshot "+key) {
+		t.Errorf("first run's notes %q do not say it saved %s", stderr, key)
+	}
+	if _, ok := (snapcache.Cache{Dir: cacheDir}).Lookup(key); !ok {
+		t.Fatal("no cache entry after the first run")
+	}
+	w1.checkCleanedUp(t, o)
+
+	w2 := newFakeWorld(t)
+	o2, stdout, stderr := warmOptions(t, w2, cacheDir, "echo", "second")
+	o2.Kernel, o2.Initrd = o.Kernel, o.Initrd // the same guest
+	code, err = Run(context.Background(), o2)
+	if err != nil || code != 0 || stdout.String() != "second\n" {
+		t.Fatalf("second run: %d, %v, stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	want = []string{
+		"LoadSnapshot " + snapcache.StateFile + " " + snapcache.MemFile + " resume=true",
+		fmt.Sprintf("Refresh %d", refreshEntropy),
+		"PatchDrive rootfs " + filepath.Base(o2.Image),
+		"SyncBlockDevice /dev/vda 4096",
+	}
+	if got := w2.callList(); !reflect.DeepEqual(got, want) {
+		t.Errorf("second run's calls:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(stderr.String(), "restored from snapshot "+key) {
+		t.Errorf("second run's notes %q do not say it restored %s", stderr, key)
+	}
+	w2.mu.Lock()
+	if len(w2.created) != 1 || !w2.created[0].Rootfs.Overlay {
+		t.Errorf("containers %+v, want one on an overlay", w2.created)
+	}
+	vsock := w2.vsock
+	w2.mu.Unlock()
+	if filepath.Dir(filepath.Dir(vsock)) != o2.TempDir {
+		t.Errorf("the clone's vsock %s is not in its run directory under %s", vsock, o2.TempDir)
+	}
+	w2.checkCleanedUp(t, o2)
+}
+
+// TestWarmRunStaleSnapshot: a snapshot the VMM refuses is replaced: the
+// run warns, boots, saves a new one, and runs the command.
+func TestWarmRunStaleSnapshot(t *testing.T) {
+	cacheDir := filepath.Join(t.TempDir(), "snapshots")
+	w := newFakeWorld(t)
+	w.loadFail = true
+	o, stdout, stderr := warmOptions(t, w, cacheDir, "echo", "ok")
+	key, err := SnapshotKey(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := snapcache.Cache{Dir: cacheDir}
+	if _, _, err := c.Build(context.Background(), key, func(dir string) error {
+		for _, f := range []string{snapcache.StateFile, snapcache.MemFile} {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte("stale"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	code, err := Run(context.Background(), o)
+	if err != nil || code != 0 || stdout.String() != "ok\n" {
+		t.Fatalf("run: %d, %v, stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	if !strings.Contains(stderr.String(), "restoring snapshot "+key+" failed, booting instead") {
+		t.Errorf("stderr %q has no warning", stderr)
+	}
+	got := w.callList()
+	if len(got) < 5 || !strings.HasPrefix(got[0], "LoadSnapshot") || !slices.Contains(got, "InstanceStart") || !slices.Contains(got, "CreateSnapshot state memory") {
+		t.Errorf("calls %q: want a failed load, then a boot that saves a snapshot", got)
+	}
+	e, ok := c.Lookup(key)
+	if !ok {
+		t.Fatal("no entry after the rebuild")
+	}
+	if b, _ := os.ReadFile(e.State()); string(b) != "snapshot" {
+		t.Errorf("entry holds %q, want the new snapshot", b)
+	}
+	w.checkCleanedUp(t, o)
+}
+
+// TestColdRunsWithoutCache: no cache, a tap, or a writable image: the run
+// boots on the image and takes no snapshot.
+func TestColdRunsWithoutCache(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(o *Options)
+	}{
+		{"no cache", func(o *Options) { o.Snapshots = nil }},
+		{"writable image", func(o *Options) { o.ImageWritable = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newFakeWorld(t)
+			o, stdout, _ := warmOptions(t, w, filepath.Join(t.TempDir(), "snapshots"), "echo", "x")
+			tc.setup(&o)
+			if code, err := Run(context.Background(), o); err != nil || code != 0 || stdout.String() != "x\n" {
+				t.Fatalf("run: %d, %v, %q", code, err, stdout)
+			}
+			got := w.callList()
+			want := []string{"PutBootSource", fmt.Sprintf("PutDrive rootfs %s ro=%v", filepath.Base(o.Image), !o.ImageWritable), "InstanceStart"}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("calls %q, want %q", got, want)
+			}
+		})
+	}
+}
