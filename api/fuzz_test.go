@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/govmm/vmm/vmm"
 )
@@ -36,18 +40,34 @@ var fuzzBodyRoutes = []struct{ method, path, seed string }{
 		`"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}],"vsock_override":{"uds_path":"v2.sock"}}`},
 }
 
+// deviceDirs are the trees touchesDevices keeps inputs out of.
+var deviceDirs = []string{"/dev", "/proc", "/sys"}
+
+// underDevices reports whether the clean absolute path p is in deviceDirs.
+func underDevices(p string) bool {
+	for _, d := range deviceDirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
 // touchesDevices reports whether any string in the JSON value data names a
 // path under /dev, /proc or /sys (relative ones from the working
-// directory): validation opens the files a body names, and opening some
-// device nodes has effects. Such inputs are skipped.
-func touchesDevices(t *testing.T, data []byte) bool {
+// directory wd): validation opens the files a body names, and opening
+// some device nodes has effects. Such inputs are skipped.
+func touchesDevices(wd string, data []byte) bool {
+	// Most inputs can't name such a path, and decoding them to find out
+	// cost a fifth of an execution: a string needs the directory's name
+	// (or, escaped, a backslash) to name it, unless wd is itself inside.
+	if !underDevices(wd) && !bytes.ContainsAny(data, `\`) &&
+		!bytes.Contains(data, []byte("dev")) && !bytes.Contains(data, []byte("proc")) && !bytes.Contains(data, []byte("sys")) {
+		return false
+	}
 	var v any
 	if json.Unmarshal(data, &v) != nil {
 		return false // nothing can be opened: decoding fails first
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
 	}
 	var walk func(any) bool
 	walk = func(v any) bool {
@@ -57,11 +77,8 @@ func touchesDevices(t *testing.T, data []byte) bool {
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(wd, p)
 			}
-			p = filepath.Clean(p)
-			for _, d := range []string{"/dev", "/proc", "/sys"} {
-				if p == d || strings.HasPrefix(p, d+"/") {
-					return true
-				}
+			if underDevices(filepath.Clean(p)) {
+				return true
 			}
 		case []any:
 			for _, e := range v {
@@ -83,6 +100,12 @@ func touchesDevices(t *testing.T, data []byte) bool {
 
 func noMachines(vmm.Config, *slog.Logger) (Machine, error) {
 	return nil, errors.New("no machines here")
+}
+
+// noRestores keeps fuzzed snapshot loads from reaching vmm.Restore (and
+// KVM): the body's validation is what is fuzzed.
+func noRestores(RestoreRequest, *slog.Logger) (Machine, vmm.Config, error) {
+	return nil, vmm.Config{}, errors.New("no restores here")
 }
 
 // wantFault fails t unless w is a Firecracker fault: JSON with a message.
@@ -112,21 +135,23 @@ func FuzzBodies(f *testing.F) {
 	f.Add(uint8(12), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","enable_diff_snapshots":true,"resume_vm":true}`))
 	f.Add(uint8(12), []byte(`{"snapshot_path":"vm.snap","mem_file_path":"vm.mem","mem_backend":{"backend_type":"Uffd","backend_path":"uffd.sock"}}`))
 	f.Add(uint8(11), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","snapshot_type":"Diff","version":"1.0.0"}`))
+	wd := workDir(f)
+	for _, r := range fuzzBodyRoutes {
+		if touchesDevices(wd, []byte(r.seed)) {
+			f.Fatalf("the seed of %s %s names a device", r.method, r.path)
+		}
+	}
+	fs := newFuzzServer(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines, Restore: noRestores})
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
-		if touchesDevices(t, body) {
+		if touchesDevices(wd, body) {
 			return
 		}
-		ctl := NewController(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines})
-		defer ctl.Close()
-		srv := NewServer(ctl)
+		srv := fs.fresh(t)
 		rt := fuzzBodyRoutes[int(route)%len(fuzzBodyRoutes)]
 		what := rt.method + " " + rt.path
 		// The body, then the route's valid seed (which the fuzzed body
 		// may have made invalid: a second drive with is_root_device).
 		for _, b := range [][]byte{body, []byte(rt.seed)} {
-			if touchesDevices(t, b) {
-				continue
-			}
 			w := httptest.NewRecorder()
 			srv.ServeHTTP(w, httptest.NewRequest(rt.method, rt.path, bytes.NewReader(b)))
 			switch w.Code {
@@ -151,16 +176,74 @@ func FuzzBodies(f *testing.F) {
 	})
 }
 
-// loadConfigData loads data as a config file into a new controller, which
-// t closes.
-func loadConfigData(t *testing.T, data []byte) (*Controller, error) {
-	path := filepath.Join(t.TempDir(), "config.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+// fuzzServer is one Server for every input of a fuzzing process: building
+// one registers some forty ServeMux patterns, which was most of an
+// execution. Its handlers hold its controller by pointer, so each input
+// gets a new controller's state copied into that one, which makes it what
+// NewController returns. That is only sound while nothing else holds the
+// controller: no machine runs (the factory makes none) and no metrics
+// flusher (PUT /metrics is not fuzzed here).
+type fuzzServer struct {
+	opts Options
+	ctl  *Controller
+	srv  *Server
+}
+
+func newFuzzServer(opts Options) *fuzzServer {
+	ctl := NewController(opts)
+	return &fuzzServer{opts: opts, ctl: ctl, srv: NewServer(ctl)}
+}
+
+// fresh gives the server a new controller's state for one input, and
+// closes it (its files) when t ends.
+func (s *fuzzServer) fresh(t testing.TB) *Server {
+	// A whole-struct copy by reflection: the copy's mutexes are a new
+	// controller's, never locked, and the old ones are not held.
+	reflect.ValueOf(s.ctl).Elem().Set(reflect.ValueOf(NewController(s.opts)).Elem())
+	t.Cleanup(func() { s.ctl.Close() })
+	return s.srv
+}
+
+// workDir is the directory relative paths in inputs are opened from.
+func workDir(f *testing.F) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		f.Fatal(err)
+	}
+	return wd
+}
+
+// configFile is one file the config fuzzer rewrites for every load: a
+// memfd, named by its /proc/self/fd path, so that LoadConfigFile opens
+// and reads a file as with --config-file, without a temporary directory
+// made and removed per input (most of an execution on a disk).
+type configFile struct {
+	f    *os.File
+	path string
+}
+
+func newConfigFile(f *testing.F) *configFile {
+	fd, err := unix.MemfdCreate("vmm-fuzz-config", unix.MFD_CLOEXEC)
+	if err != nil {
+		f.Fatal(err)
+	}
+	file := os.NewFile(uintptr(fd), "config")
+	f.Cleanup(func() { file.Close() })
+	return &configFile{f: file, path: fmt.Sprintf("/proc/self/fd/%d", fd)}
+}
+
+// load writes data as the config file and loads it into a new
+// controller, which t closes.
+func (c *configFile) load(t *testing.T, data []byte) (*Controller, error) {
+	if err := c.f.Truncate(0); err != nil {
 		t.Fatal(err)
 	}
-	ctl := NewController(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines})
+	if _, err := c.f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	ctl := NewController(Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines, Restore: noRestores})
 	t.Cleanup(func() { ctl.Close() })
-	return ctl, LoadConfigFile(ctl, path)
+	return ctl, LoadConfigFile(ctl, c.path)
 }
 
 // FuzzConfigFile loads arbitrary config files (--config-file) into a
@@ -178,15 +261,16 @@ func FuzzConfigFile(f *testing.F) {
 	f.Add([]byte(`{"logger":{"log_path":"log"},"metrics":{"metrics_path":"m"}}`))
 	f.Add([]byte(`{"drives":null} trailing`))
 	f.Add([]byte{})
+	wd, file := workDir(f), newConfigFile(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if len(data) > MaxBodySize || touchesDevices(t, data) {
+		if len(data) > MaxBodySize || touchesDevices(wd, data) {
 			return
 		}
 		// A logger or metrics section opens its path for writing.
 		if fc, err := decode[FullConfig](data); err == nil && (fc.Logger != nil || fc.Metrics != nil) {
 			return
 		}
-		ctl, err := loadConfigData(t, data)
+		ctl, err := file.load(t, data)
 		if err != nil {
 			if !strings.Contains(err.Error(), "config file") {
 				t.Fatalf("error %q does not say it is the config file's", err)
@@ -197,7 +281,7 @@ func FuzzConfigFile(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctl2, err := loadConfigData(t, first)
+		ctl2, err := file.load(t, first)
 		if err != nil {
 			t.Fatalf("a loaded config reads back as %s, which does not load: %v", first, err)
 		}
@@ -205,4 +289,49 @@ func FuzzConfigFile(f *testing.F) {
 			t.Fatalf("config changed on reload:\n%s\n%s", first, second)
 		}
 	})
+}
+
+// TestFuzzServerFresh checks fuzzServer's reset: after requests that
+// changed every part of the configuration and the request counters, a
+// fresh server answers GET /vm/config as a new one does, with no
+// requests counted but that one.
+func TestFuzzServerFresh(t *testing.T) {
+	opts := Options{Base: vmm.Config{CPUs: 1, MemSize: 128 << 20}, Factory: noMachines, Restore: noRestores}
+	fs := newFuzzServer(opts)
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serve := func(srv *Server, method, path, body string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, httptest.NewRequest(method, path, strings.NewReader(body)))
+		return w
+	}
+	srv := fs.fresh(t)
+	for _, r := range []struct{ method, path, body string }{
+		{"PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256}`},
+		{"PUT", "/boot-source", `{"kernel_image_path":"` + disk + `","boot_args":"console=ttyS0"}`},
+		{"PUT", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"` + disk + `","is_root_device":true,"is_read_only":true}`},
+		{"PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"tap0"}`},
+		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"v.sock"}`},
+		{"PUT", "/entropy", `{}`},
+	} {
+		if w := serve(srv, r.method, r.path, r.body); w.Code != http.StatusNoContent {
+			t.Fatalf("%s %s: %d %s", r.method, r.path, w.Code, w.Body)
+		}
+	}
+	changed := serve(srv, "GET", "/vm/config", "").Body.String()
+
+	srv = fs.fresh(t)
+	got := serve(srv, "GET", "/vm/config", "").Body.String()
+	want := serve(NewServer(NewController(opts)), "GET", "/vm/config", "").Body.String()
+	if got != want || got == changed {
+		t.Errorf("a fresh server's config:\n%s\nwant a new server's:\n%s\n(before the reset: %s)", got, want, changed)
+	}
+	fs.ctl.reqMu.Lock()
+	counted := len(fs.ctl.requests)
+	fs.ctl.reqMu.Unlock()
+	if counted != 1 {
+		t.Errorf("%d request counters after a reset and one request, want 1", counted)
+	}
 }

@@ -43,6 +43,7 @@ type Driver struct {
 	mu       sync.Mutex
 	next     uint64 // bump allocator for buffers
 	end      uint64 // where the allocator's RAM ends
+	ringsEnd uint64 // where the rings end and the buffers begin
 	nextDesc uint16
 	availIdx uint16
 	lastUsed uint16
@@ -70,7 +71,21 @@ func NewDriverOn(ram []byte, size uint16) (*Driver, error) {
 	d.Desc = d.Alloc(16*uint64(size), 16)
 	d.Avail = d.Alloc(6+2*uint64(size), 2)
 	d.Used = d.Alloc(6+8*uint64(size), 4)
+	d.ringsEnd = d.next
 	return d, nil
+}
+
+// Reset puts the driver back as NewDriverOn left it, as a driver starts
+// over after a device reset (§2.4): rings zeroed, indices from 0, and the
+// RAM after the rings free again (buffers allocated before are reused by
+// the next allocations). Make a new Queue after it; the device side of
+// the old one must be stopped. Fuzz targets use it to give every input a
+// fresh queue without allocating guest RAM each time.
+func (d *Driver) Reset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.ram[d.Desc-Base : d.ringsEnd-Base])
+	d.next, d.nextDesc, d.availIdx, d.lastUsed = d.ringsEnd, 0, 0, 0
 }
 
 // NewMappedDriver is NewDriver over ramSize bytes of anonymous mmap'd RAM,

@@ -35,6 +35,11 @@ func fuzzPackets(data []byte) [][]byte {
 // send the guest only well-formed packets within its credit (the fake
 // guest checks each one), and the established connection must still echo
 // unless a packet was addressed to it.
+//
+// The device, its socket and the guest's memory are made once per fuzzing
+// process; every input starts with a driver reset and re-activation
+// (fakeGuest.startInput), a fresh muxer with no connection, as a new device
+// would be, at a fraction of the cost.
 func FuzzTxPackets(f *testing.F) {
 	const guestPort = 1234
 	hostPort := uint32(firstHostPort) // the first host-initiated connection's port
@@ -65,6 +70,7 @@ func FuzzTxPackets(f *testing.F) {
 	f.Add(cat(pkt(with(ours, OpShutdown, ShutdownSend), nil), pkt(with(ours, OpRW, 0), []byte("late"))))
 	f.Add(pkt(with(ours, OpRST, 0), nil))
 	f.Add(pkt(with(other, 99, 0), nil))
+	g := newFakeGuest(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		packets := fuzzPackets(data)
 		addressed := false
@@ -72,13 +78,14 @@ func FuzzTxPackets(f *testing.F) {
 			h := DecodeHeader(p)
 			addressed = addressed || (h.SrcPort == guestPort && h.DstPort == hostPort)
 		}
-		g := newFakeGuest(t)
+		g.startInput(t)
 		c := hostDial(t, g, guestPort)
 		g.mu.Lock()
 		for _, p := range packets {
 			g.sendRaw = append(g.sendRaw, rawPacket{hdr: p})
 		}
 		g.mu.Unlock()
+		g.wake()
 		g.waitFor("every tx buffer back", 10*time.Second, func() bool {
 			return len(g.sendRaw) == 0 && len(g.tx.free) == fgQueueSize
 		})

@@ -102,10 +102,15 @@ type fakeGuest struct {
 	tx    *ring
 	ev    *ring
 	kicks [numQueues]chan struct{}
+	// irq is the device's used-buffer notifications (and wake's), which
+	// run answers at once instead of at its next poll.
+	irq   chan struct{}
 	fails chan error
 	stop  chan struct{}
 	done  chan struct{}
 	next  uint64
+	// features are what the guest negotiates at every activation.
+	features uint64
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -176,7 +181,7 @@ func newFakeGuestWith(t testing.TB, attach func(g *fakeGuest, features uint64)) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &fakeGuest{t: t, dev: dev, uds: uds, mem: mem, next: fgBase, fails: make(chan error, 16),
+	g := &fakeGuest{t: t, dev: dev, uds: uds, mem: mem, next: fgBase, irq: make(chan struct{}, 1), fails: make(chan error, 16),
 		stop: make(chan struct{}), done: make(chan struct{}), conns: map[gkey]*gconn{},
 		listening: map[uint32]bool{}, echoAll: true, bufAlloc: 64 << 10, refill: true, nextPort: 50000}
 	g.cond = sync.NewCond(&g.mu)
@@ -186,23 +191,81 @@ func newFakeGuestWith(t testing.TB, attach func(g *fakeGuest, features uint64)) 
 	for i := range g.kicks {
 		g.kicks[i] = make(chan struct{}, 1)
 	}
-	// The guest posts every rx buffer before DRIVER_OK.
-	for _, i := range g.rx.free {
-		g.rx.post(i)
-	}
-	g.rx.free = nil
-	for _, i := range g.ev.free {
-		g.ev.post(i)
-	}
-	g.ev.free = nil
-	feat := uint64(virtio.FeatureVersion1 | FeatureStream)
+	g.postReceiveBuffers()
+	g.features = uint64(virtio.FeatureVersion1 | FeatureStream)
 	if attach == nil {
 		attach = (*fakeGuest).activate
 	}
-	attach(g, feat)
+	attach(g, g.features)
 	go g.run()
 	t.Cleanup(g.close)
 	return g
+}
+
+// postReceiveBuffers posts every rx and event buffer, as the guest does
+// before DRIVER_OK.
+func (g *fakeGuest) postReceiveBuffers() {
+	for _, r := range []*ring{g.rx, g.ev} {
+		for _, i := range r.free {
+			r.post(i)
+		}
+		r.free = nil
+	}
+}
+
+// clear puts the ring back as at initialisation: indices 0, every
+// descriptor free. The device must be stopped.
+func (r *ring) clear() {
+	r.mem.WriteAt(make([]byte, 6+2*int(r.size)), r.avail)
+	r.mem.WriteAt(make([]byte, 6+8*int(r.size)), r.used)
+	r.availIdx, r.lastUsed = 0, 0
+	r.free = r.free[:0]
+	for i := range r.size {
+		r.free = append(r.free, i)
+	}
+}
+
+// restart resets the device and brings the fake guest's driver up again on
+// the same rings, laid out afresh as a driver does after a reset (§2.4):
+// indices from zero, every rx and event buffer posted, no connections.
+// What the guest listens on stays.
+func (g *fakeGuest) restart() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dev.Reset()
+	for _, r := range []*ring{g.rx, g.tx, g.ev} {
+		r.clear()
+	}
+	g.heldRx = nil
+	g.sendRaw = nil
+	clear(g.conns)
+	for len(g.fails) > 0 {
+		<-g.fails
+	}
+	g.postReceiveBuffers()
+	g.activate(g.features)
+}
+
+// startInput readies the guest for one fuzz input reported to t: a
+// restart, with the guest's stack as newFakeGuest leaves it (nothing
+// listening, default credit, no orphan RSTs), so every input starts from
+// the same state as on a new device, without the cost of a new device,
+// socket and guest memory. When t ends the device is reset and what it had
+// sent is checked, so nothing reports to t after that.
+func (g *fakeGuest) startInput(t testing.TB) {
+	g.mu.Lock()
+	g.t = t
+	clear(g.listening)
+	g.echoAll, g.bufAlloc, g.refill, g.nextPort = true, 64<<10, true, 50000
+	g.unknown = nil
+	g.mu.Unlock()
+	g.restart()
+	t.Cleanup(func() {
+		g.dev.Reset()
+		g.mu.Lock()
+		g.poll()
+		g.mu.Unlock()
+	})
 }
 
 // activate hands the guest's rings to the device as the transport would
@@ -212,7 +275,7 @@ func (g *fakeGuest) activate(feat uint64) {
 	var qs []*virtio.Queue
 	var kicks []<-chan struct{}
 	for i, r := range []*ring{g.rx, g.tx, g.ev} {
-		q, err := virtio.NewTestQueue(mem, r.size, r.desc, r.avail, r.used, feat, nil)
+		q, err := virtio.NewTestQueue(mem, r.size, r.desc, r.avail, r.used, feat, g.wake)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -251,20 +314,44 @@ func (g *fakeGuest) kick(q int) {
 	}
 }
 
+// wake makes run poll now: the device's interrupt, or a test that queued
+// something to send.
+func (g *fakeGuest) wake() {
+	select {
+	case g.irq <- struct{}{}:
+	default:
+	}
+}
+
+// fgPollInterval is how often run polls without an interrupt. Go sleeps
+// under a millisecond for a millisecond when nothing else runs, so the
+// interrupt is what keeps a round trip through the guest short.
+const fgPollInterval = 20 * time.Microsecond
+
 // run polls the rx used ring and reclaims tx buffers, like an interrupt
-// handler would.
+// handler would, at every interrupt and every fgPollInterval.
 func (g *fakeGuest) run() {
-	defer close(g.done)
+	defer func() {
+		// Under the lock, so a waitFor either sees done closed or is
+		// waiting for this broadcast.
+		g.mu.Lock()
+		close(g.done)
+		g.cond.Broadcast()
+		g.mu.Unlock()
+	}()
+	timer := time.NewTimer(fgPollInterval)
+	defer timer.Stop()
 	for {
-		select {
-		case <-g.stop:
-			return
-		default:
-		}
 		g.mu.Lock()
 		g.poll()
 		g.mu.Unlock()
-		time.Sleep(20 * time.Microsecond)
+		timer.Reset(fgPollInterval)
+		select {
+		case <-g.stop:
+			return
+		case <-g.irq:
+		case <-timer.C:
+		}
 	}
 }
 
@@ -476,11 +563,13 @@ func (g *fakeGuest) waitFor(what string, timeout time.Duration, cond func() bool
 		select {
 		case err := <-g.fails:
 			g.t.Fatalf("device failed while waiting for %s: %v", what, err)
+		case <-g.done:
+			g.t.Fatalf("the fake guest stopped while waiting for %s", what)
 		default:
 		}
-		g.mu.Unlock()
-		time.Sleep(time.Millisecond)
-		g.mu.Lock()
+		// poll broadcasts every round, so this is polling at the guest's
+		// pace, not a millisecond's.
+		g.cond.Wait()
 	}
 }
 

@@ -7,36 +7,7 @@ import (
 	"time"
 
 	"github.com/govmm/vmm/internal/leakcheck"
-	"github.com/govmm/vmm/virtio"
 )
-
-// restart resets the device and brings the fake guest's driver up again on
-// the same rings, laid out afresh as a driver does after a reset (§2.4):
-// indices from zero, every rx and event buffer posted, no connections.
-func (g *fakeGuest) restart() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.dev.Reset()
-	for _, r := range []*ring{g.rx, g.tx, g.ev} {
-		r.availIdx, r.lastUsed = 0, 0
-		g.mem.PutUint16(r.avail+2, 0)
-		g.mem.PutUint16(r.used+2, 0)
-		r.free = r.free[:0]
-		for i := range r.size {
-			r.free = append(r.free, i)
-		}
-	}
-	for _, r := range []*ring{g.rx, g.ev} {
-		for _, i := range r.free {
-			r.post(i)
-		}
-		r.free = nil
-	}
-	g.heldRx = nil
-	g.sendRaw = nil
-	clear(g.conns)
-	g.activate(uint64(virtio.FeatureVersion1 | FeatureStream))
-}
 
 // TestLeakActivateReset: leakcheck.Cycles of a host connection echoing
 // through the guest, a device reset while it is open, and a new
