@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agent "github.com/govmm/vmm/guest/agent/client"
 	"github.com/govmm/vmm/guest/agent/protocol"
 )
 
@@ -277,42 +278,49 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
+	p.lifecycle.Lock()
+	defer p.lifecycle.Unlock()
 	p.mu.Lock()
-	if p.status != task.Status_CREATED {
-		p.mu.Unlock()
-		return nil, errPrecondition("process %s is %s, not created", describe(r.ID, r.ExecID), p.status)
-	}
+	st, spec := p.status, p.spec
 	p.mu.Unlock()
+	if st != task.Status_CREATED {
+		return nil, errPrecondition("process %s is %s, not created", describe(r.ID, r.ExecID), st)
+	}
 	s.mu.Lock()
 	vm := s.vm
 	s.mu.Unlock()
-
-	var err2 error
-	if r.ExecID == "" {
-		p.ap, err2 = vm.agent.StartProcess(ctx, r.ID, p.spec, p.stdio())
-	} else {
-		p.ap, err2 = vm.agent.ExecProcess(ctx, r.ID, r.ExecID, p.spec, p.stdio())
+	if vm == nil {
+		return nil, errPrecondition("%s has no running VM", describe(r.ID, r.ExecID))
 	}
-	if err2 != nil {
-		return nil, status.Errorf(codes.Unknown, "starting %s: %v", describe(r.ID, r.ExecID), err2)
+
+	var ap *agent.Process
+	if r.ExecID == "" {
+		ap, err = vm.agent.StartProcess(ctx, r.ID, spec, p.stdio())
+	} else {
+		ap, err = vm.agent.ExecProcess(ctx, r.ID, r.ExecID, spec, p.stdio())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unknown, "starting %s: %v", describe(r.ID, r.ExecID), err)
 	}
 	p.mu.Lock()
-	p.pid = uint32(p.ap.PID)
+	p.ap = ap
+	p.pid = uint32(ap.PID)
 	p.status = task.Status_RUNNING
+	pid := p.pid
 	p.mu.Unlock()
 	if r.ExecID == "" {
-		s.cfg.Publisher.Publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: p.pid})
+		s.cfg.Publisher.Publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
 	} else {
-		s.cfg.Publisher.Publish(TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: p.pid})
+		s.cfg.Publisher.Publish(TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: pid})
 	}
-	go s.reap(p)
-	return &taskAPI.StartResponse{Pid: p.pid}, nil
+	go s.reap(p, ap)
+	return &taskAPI.StartResponse{Pid: pid}, nil
 }
 
 // reap waits for p to exit in the guest (or the VM to die), records the
 // exit and publishes it.
-func (s *Service) reap(p *process) {
-	st, err := p.ap.Wait(context.Background())
+func (s *Service) reap(p *process, ap *agent.Process) {
+	st, err := ap.Wait(context.Background())
 	code := uint32(st.Code)
 	if err != nil {
 		s.cfg.Logf("waiting for %s: %v", describe(p.containerID, p.execID), err)
@@ -411,28 +419,42 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		s.mu.Unlock()
 	}
 	for i, t := range targets {
-		st, _, _, _ := t.state()
-		switch st {
-		case task.Status_CREATED:
-			// Never started: it ends here, as runc's created container
-			// does when killed.
-			if t.setExited(128+uint32(sig), time.Now()) {
-				s.cfg.Publisher.Publish(TopicTaskExit, &eventstypes.TaskExit{
-					ContainerID: t.containerID, ID: execOrContainer(t), ExitStatus: 128 + uint32(sig), ExitedAt: timestamppb.Now(),
-				})
-			}
-			t.closeIO()
-		case task.Status_STOPPED:
-			if i == 0 && !r.All {
-				return nil, errNotFound("%s: process already finished", describe(t.containerID, t.execID))
-			}
-		default:
-			if err := t.ap.Signal(ctx, sig); err != nil && !protocol.IsCode(err, protocol.CodeNotFound) {
-				return nil, status.Errorf(codes.Unknown, "signalling %s: %v", describe(t.containerID, t.execID), err)
-			}
+		if err := s.killOne(ctx, t, sig, i == 0 && !r.All); err != nil {
+			return nil, err
 		}
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// killOne signals one process; mustRun makes a finished process an
+// error (the one a Kill named, not one of All's).
+func (s *Service) killOne(ctx context.Context, t *process, sig syscall.Signal, mustRun bool) error {
+	t.lifecycle.Lock()
+	defer t.lifecycle.Unlock()
+	t.mu.Lock()
+	st, ap := t.status, t.ap
+	t.mu.Unlock()
+	switch st {
+	case task.Status_CREATED:
+		// Never started: it ends here, as runc's created container
+		// does when killed.
+		code, now := 128+uint32(sig), time.Now()
+		if t.setExited(code, now) {
+			s.cfg.Publisher.Publish(TopicTaskExit, &eventstypes.TaskExit{
+				ContainerID: t.containerID, ID: execOrContainer(t), ExitStatus: code, ExitedAt: timestamppb.New(now),
+			})
+		}
+		t.closeIO()
+	case task.Status_STOPPED:
+		if mustRun {
+			return errNotFound("%s: process already finished", describe(t.containerID, t.execID))
+		}
+	default:
+		if err := ap.Signal(ctx, sig); err != nil && !protocol.IsCode(err, protocol.CodeNotFound) {
+			return status.Errorf(codes.Unknown, "signalling %s: %v", describe(t.containerID, t.execID), err)
+		}
+	}
+	return nil
 }
 
 // maxSignal is the highest Linux signal number (SIGRTMAX).
@@ -445,6 +467,8 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err != nil {
 		return nil, err
 	}
+	p.lifecycle.Lock()
+	defer p.lifecycle.Unlock()
 	st, pid, code, at := p.state()
 	if st != task.Status_STOPPED && st != task.Status_CREATED {
 		return nil, errPrecondition("%s is still running", describe(r.ID, r.ExecID))
@@ -546,14 +570,16 @@ func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	if !p.spec.Terminal {
 		return nil, errPrecondition("%s has no terminal", describe(r.ID, r.ExecID))
 	}
+	p.lifecycle.Lock()
 	p.mu.Lock()
 	ap := p.ap
-	p.mu.Unlock()
 	if ap == nil {
 		// Before Start: the size goes with the process.
-		p.mu.Lock()
 		p.spec.Rows, p.spec.Cols = uint16(r.Height), uint16(r.Width)
-		p.mu.Unlock()
+	}
+	p.mu.Unlock()
+	p.lifecycle.Unlock()
+	if ap == nil {
 		return &emptypb.Empty{}, nil
 	}
 	if err := ap.Resize(ctx, uint16(r.Height), uint16(r.Width)); err != nil {

@@ -522,3 +522,50 @@ func TestServiceKillAndTerminal(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestServiceKillDuringStart: a Kill that arrives while Start waits for
+// the agent acts on the started process (runc's shim serialises them
+// too), instead of ending a process Start then runs, which recorded its
+// exit twice.
+func TestServiceKillDuringStart(t *testing.T) {
+	r := newSvcRig(t)
+	ctx := ctxTest(t)
+	io0 := r.fifos("ks", false, false)
+	r.create("ks", []string{"sleep", "100"}, io0, false)
+	agentProc := r.svc.vm.vm.(*hostVM).agent.Process
+	// A stopped agent holds Start in its call.
+	if err := agentProc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	started, killed := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := r.svc.Start(ctx, &taskAPI.StartRequest{ID: "ks"})
+		started <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	go func() {
+		_, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "ks", Signal: uint32(syscall.SIGKILL)})
+		killed <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := agentProc.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-started; err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := <-killed; err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if code := r.wait("ks", ""); code != 137 {
+		t.Errorf("exit %d, want 137 (the started sleep, killed)", code)
+	}
+	if _, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "ks"}); err != nil {
+		t.Fatal(err)
+	}
+	r.pub.mu.Lock()
+	defer r.pub.mu.Unlock()
+	if len(r.pub.exits) != 1 || r.pub.exits[0].Pid == 0 {
+		t.Errorf("exit events %v, want one, of the started process", r.pub.exits)
+	}
+}
