@@ -419,23 +419,29 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		s.mu.Unlock()
 	}
 	for i, t := range targets {
-		if err := s.killOne(ctx, t, sig, i == 0 && !r.All); err != nil {
+		if err := s.killOne(ctx, t, sig, i == 0); err != nil {
 			return nil, err
 		}
 	}
 	return &emptypb.Empty{}, nil
 }
 
-// killOne signals one process; mustRun makes a finished process an
-// error (the one a Kill named, not one of All's).
-func (s *Service) killOne(ctx context.Context, t *process, sig syscall.Signal, mustRun bool) error {
+// killOne signals one process. For the process a Kill named, as with
+// runc's shim, a finished one is NotFound and an exec not started yet
+// FailedPrecondition; the execs All adds are signalled only if running
+// (runc kill --all reaches the processes that exist).
+func (s *Service) killOne(ctx context.Context, t *process, sig syscall.Signal, named bool) error {
 	t.lifecycle.Lock()
 	defer t.lifecycle.Unlock()
 	t.mu.Lock()
 	st, ap := t.status, t.ap
 	t.mu.Unlock()
-	switch st {
-	case task.Status_CREATED:
+	switch {
+	case !named && st != task.Status_RUNNING:
+		// Not started or already finished: nothing to signal.
+	case st == task.Status_CREATED && t.execID != "":
+		return errPrecondition("%s: process not created", describe(t.containerID, t.execID))
+	case st == task.Status_CREATED:
 		// Never started: it ends here, as runc's created container
 		// does when killed.
 		code, now := 128+uint32(sig), time.Now()
@@ -445,10 +451,8 @@ func (s *Service) killOne(ctx context.Context, t *process, sig syscall.Signal, m
 			})
 		}
 		t.closeIO()
-	case task.Status_STOPPED:
-		if mustRun {
-			return errNotFound("%s: process already finished", describe(t.containerID, t.execID))
-		}
+	case st == task.Status_STOPPED:
+		return errNotFound("%s: process already finished", describe(t.containerID, t.execID))
 	default:
 		if err := ap.Signal(ctx, sig); err != nil && !protocol.IsCode(err, protocol.CodeNotFound) {
 			return status.Errorf(codes.Unknown, "signalling %s: %v", describe(t.containerID, t.execID), err)

@@ -569,3 +569,50 @@ func TestServiceKillDuringStart(t *testing.T) {
 		t.Errorf("exit events %v, want one, of the started process", r.pub.exits)
 	}
 }
+
+// TestServiceKillSemantics: Kill answers as runc's shim does, which
+// containerd and CRI rely on: an exec not started is FailedPrecondition
+// and All leaves it alone, a finished process is NotFound with or
+// without All.
+func TestServiceKillSemantics(t *testing.T) {
+	r := newSvcRig(t)
+	ctx := ctxTest(t)
+	io0 := r.fifos("kx", false, false)
+	r.create("kx", []string{"sleep", "100"}, io0, false)
+	if _, err := r.svc.Start(ctx, &taskAPI.StartRequest{ID: "kx"}); err != nil {
+		t.Fatal(err)
+	}
+	procSpec, _ := json.Marshal(specs.Process{Args: []string{"true"}, Cwd: "/"})
+	if _, err := r.svc.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "kx", ExecID: "e1",
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: procSpec}}); err != nil {
+		t.Fatalf("Exec: %v", err)
+	}
+	if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "kx", ExecID: "e1", Signal: uint32(syscall.SIGKILL)}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Kill of an exec not started: %v, want FailedPrecondition", err)
+	}
+	if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "kx", Signal: uint32(syscall.SIGKILL), All: true}); err != nil {
+		t.Fatalf("Kill All: %v", err)
+	}
+	if code := r.wait("kx", ""); code != 137 {
+		t.Errorf("exit %d, want 137", code)
+	}
+	if st, err := r.svc.State(ctx, &taskAPI.StateRequest{ID: "kx", ExecID: "e1"}); err != nil || st.Status != task.Status_CREATED {
+		t.Errorf("the exec not started after Kill All: %v %v, want created", st, err)
+	}
+	for _, all := range []bool{false, true} {
+		if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "kx", Signal: uint32(syscall.SIGKILL), All: all}); status.Code(err) != codes.NotFound {
+			t.Errorf("Kill (All %v) after the exit: %v, want NotFound", all, err)
+		}
+	}
+	if _, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "kx", ExecID: "e1"}); err != nil {
+		t.Errorf("Delete exec: %v", err)
+	}
+	if _, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "kx"}); err != nil {
+		t.Fatal(err)
+	}
+	r.pub.mu.Lock()
+	defer r.pub.mu.Unlock()
+	if len(r.pub.exits) != 1 || r.pub.exits[0].ID != "kx" {
+		t.Errorf("exit events %v, want only the init's", r.pub.exits)
+	}
+}
