@@ -477,8 +477,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if st != task.Status_STOPPED && st != task.Status_CREATED {
 		return nil, errPrecondition("%s is still running", describe(r.ID, r.ExecID))
 	}
-	if at.IsZero() {
-		at = time.Now()
+	if st == task.Status_CREATED {
+		// Never started: its waiters learn it is gone, with the status
+		// of runc's created container, which runc delete kills.
+		at, code = time.Now(), unstartedExit
+		p.setExited(code, at)
 	}
 	p.closeIO()
 	s.mu.Lock()
@@ -488,6 +491,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 	}
 	for _, e := range c.execs {
+		e.setExited(unstartedExit, at) // a no-op for those that ran
 		e.closeIO()
 	}
 	if s.vm != nil {
@@ -509,6 +513,10 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	})
 	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 }
+
+// unstartedExit is the exit status of a process deleted before it ran:
+// killed (128+SIGKILL).
+const unstartedExit = 128 + uint32(syscall.SIGKILL)
 
 // stopVM stops the VM and removes its run directory; s.mu is held.
 func (s *Service) stopVM() {

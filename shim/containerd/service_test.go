@@ -616,3 +616,32 @@ func TestServiceKillSemantics(t *testing.T) {
 		t.Errorf("exit events %v, want only the init's", r.pub.exits)
 	}
 }
+
+// TestServiceDeleteUnstarted: deleting a task that never started (ctr
+// run whose Start failed, CRI removing a created container) ends the
+// Waits containerd already made on it and on its execs, instead of
+// leaving them blocked for good.
+func TestServiceDeleteUnstarted(t *testing.T) {
+	r := newSvcRig(t)
+	ctx := ctxTest(t)
+	io0 := r.fifos("du", false, false)
+	r.create("du", []string{"true"}, io0, false)
+	waited := make(chan *taskAPI.WaitResponse, 1)
+	go func() {
+		resp, _ := r.svc.Wait(ctx, &taskAPI.WaitRequest{ID: "du"})
+		waited <- resp
+	}()
+	time.Sleep(100 * time.Millisecond) // let Wait block
+	del, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "du"})
+	if err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	select {
+	case resp := <-waited:
+		if resp == nil || resp.ExitStatus != del.ExitStatus || resp.ExitStatus != 128+uint32(syscall.SIGKILL) || !resp.ExitedAt.AsTime().Equal(del.ExitedAt.AsTime()) {
+			t.Errorf("Wait = %v, Delete = %v: want the same exit, 137", resp, del)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait still blocked after Delete of the task that never started")
+	}
+}
