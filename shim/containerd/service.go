@@ -49,8 +49,18 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
-	vm         *machine
-	paused     bool
+	// creating holds the ids of Creates under way: s.mu is not held
+	// across a VM boot (up to BootTimeout), which would stall every
+	// other RPC, containerd's Connect on a restart included.
+	creating map[string]bool
+	vm       *machine
+	paused   bool
+	// closed is set by cleanup: no Create may add a VM after it.
+	closed bool
+	// life ends when the shim cleans up; a Create's boot stops with it.
+	life    context.Context
+	endLife context.CancelFunc
+	creates sync.WaitGroup
 
 	done     chan struct{}
 	doneOnce sync.Once
@@ -69,7 +79,8 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	s := &Service{cfg: cfg, containers: make(map[string]*container), done: make(chan struct{})}
+	s := &Service{cfg: cfg, containers: make(map[string]*container), creating: make(map[string]bool), done: make(chan struct{})}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	s.boot = func(ctx context.Context, spec machineSpec) (*machine, error) {
 		return bootMachine(ctx, cfg.Launcher, spec)
 	}
@@ -131,19 +142,39 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 
-	// One Create at a time: the VM boots once, and disks are numbered
-	// in the order they are attached.
+	// The id is reserved while the disks are made and the VM boots,
+	// without s.mu: other RPCs go on meanwhile.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.containers[r.ID]; ok {
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errPrecondition("the shim is shutting down")
+	}
+	if _, ok := s.containers[r.ID]; ok || s.creating[r.ID] {
+		s.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "task %s already exists", r.ID)
 	}
-	if s.vm != nil {
+	if s.vm != nil || len(s.creating) > 0 {
+		s.mu.Unlock()
 		// The guest gets the disks of the sandbox's first task at boot;
 		// attaching more needs drive slots reserved at boot and swapped
 		// in with PATCH /drives (not done yet).
 		return nil, status.Errorf(codes.Unimplemented, "task %s: a second container in sandbox %s's VM is not supported yet", r.ID, s.cfg.SandboxID)
 	}
+	s.creating[r.ID] = true
+	s.creates.Add(1)
+	s.mu.Unlock()
+	// Registered first, so it runs last: the id stays reserved until a
+	// failed Create has removed its files.
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		s.mu.Unlock()
+		s.creates.Done()
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.life, cancel)()
+
 	taskDir := taskDirOf(s.cfg.Config, s.cfg.Namespace, r.ID)
 	defer func() {
 		if err != nil {
@@ -199,8 +230,16 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		_ = vm.agent.DestroyContainer(ctx, r.ID)
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		p.closeIO()
+		_ = vm.agent.DestroyContainer(ctx, r.ID)
+		return nil, errPrecondition("the shim is shutting down")
+	}
 	s.vm = vm
 	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, rootfs: disks, init: p, execs: map[string]*process{}}
+	s.mu.Unlock()
 	s.cfg.Publisher.Publish(TopicTaskCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs,
 		IO:         &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
@@ -770,7 +809,7 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 // Shutdown ends the shim once it has no task left (or at once with Now).
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	n := len(s.containers)
+	n := len(s.containers) + len(s.creating)
 	s.mu.Unlock()
 	if n > 0 && !r.Now {
 		return &emptypb.Empty{}, nil
@@ -782,6 +821,12 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 // cleanup stops the VM and removes every task's files; the shim calls it
 // on its way out.
 func (s *Service) cleanup() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	// A Create under way stops its boot and removes what it made.
+	s.endLife()
+	s.creates.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stopVM() // first: it holds the disks open
