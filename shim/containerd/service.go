@@ -806,12 +806,14 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return resp, nil
 }
 
-// Shutdown ends the shim once it has no task left (or at once with Now).
+// Shutdown ends the shim once it has no task left. Now does not
+// override that, as in runc's shim: ending the shim would take the VM
+// and every task still in it along, behind containerd's back.
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	n := len(s.containers) + len(s.creating)
 	s.mu.Unlock()
-	if n > 0 && !r.Now {
+	if n > 0 {
 		return &emptypb.Empty{}, nil
 	}
 	s.doneOnce.Do(func() { close(s.done) })

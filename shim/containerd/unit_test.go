@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/govmm/vmm/guest/agent/protocol"
 	"github.com/govmm/vmm/internal/testenv"
 )
 
@@ -484,5 +485,31 @@ func TestCreateBootDoesNotBlockRPCs(t *testing.T) {
 	}
 	if _, err := os.Stat(taskDirOf(cfg, "ns", "b")); !os.IsNotExist(err) {
 		t.Errorf("task files after the stopped Create: %v", err)
+	}
+}
+
+// TestShutdownKeepsTasks: Shutdown, Now or not, leaves a shim that
+// still has a task running (runc's shim ignores Now too).
+func TestShutdownKeepsTasks(t *testing.T) {
+	svc := NewService(ServiceConfig{Config: &Config{}, Namespace: "ns", SandboxID: "s"})
+	svc.containers["s"] = &container{id: "s", init: newProcess("s", "", protocol.Process{Args: []string{"true"}}, "", "", ""), execs: map[string]*process{}}
+	for _, now := range []bool{false, true} {
+		if _, err := svc.Shutdown(context.Background(), &taskAPI.ShutdownRequest{ID: "s", Now: now}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-svc.Done():
+			t.Fatalf("Shutdown (Now %v) ended the shim with a task left", now)
+		default:
+		}
+	}
+	delete(svc.containers, "s")
+	if _, err := svc.Shutdown(context.Background(), &taskAPI.ShutdownRequest{ID: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-svc.Done():
+	default:
+		t.Error("Shutdown without tasks left the shim running")
 	}
 }
