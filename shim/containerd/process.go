@@ -33,6 +33,13 @@ type process struct {
 	stdin          *stdinPump
 	stdout, stderr io.WriteCloser
 
+	// lifecycle serialises leaving the created state: Start holds it
+	// across the agent call, so a Kill, Delete or ResizePty arriving
+	// meanwhile sees the process either not started or running, never
+	// half-started (a Kill that ended a process Start then ran would
+	// record its exit twice).
+	lifecycle sync.Mutex
+
 	mu       sync.Mutex
 	status   task.Status
 	pid      uint32

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agent "github.com/govmm/vmm/guest/agent/client"
 	"github.com/govmm/vmm/guest/agent/protocol"
 )
 
@@ -48,8 +49,18 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
-	vm         *machine
-	paused     bool
+	// creating holds the ids of Creates under way: s.mu is not held
+	// across a VM boot (up to BootTimeout), which would stall every
+	// other RPC, containerd's Connect on a restart included.
+	creating map[string]bool
+	vm       *machine
+	paused   bool
+	// closed is set by cleanup: no Create may add a VM after it.
+	closed bool
+	// life ends when the shim cleans up; a Create's boot stops with it.
+	life    context.Context
+	endLife context.CancelFunc
+	creates sync.WaitGroup
 
 	done     chan struct{}
 	doneOnce sync.Once
@@ -68,7 +79,8 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	s := &Service{cfg: cfg, containers: make(map[string]*container), done: make(chan struct{})}
+	s := &Service{cfg: cfg, containers: make(map[string]*container), creating: make(map[string]bool), done: make(chan struct{})}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	s.boot = func(ctx context.Context, spec machineSpec) (*machine, error) {
 		return bootMachine(ctx, cfg.Launcher, spec)
 	}
@@ -130,19 +142,39 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 
-	// One Create at a time: the VM boots once, and disks are numbered
-	// in the order they are attached.
+	// The id is reserved while the disks are made and the VM boots,
+	// without s.mu: other RPCs go on meanwhile.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.containers[r.ID]; ok {
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errPrecondition("the shim is shutting down")
+	}
+	if _, ok := s.containers[r.ID]; ok || s.creating[r.ID] {
+		s.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "task %s already exists", r.ID)
 	}
-	if s.vm != nil {
+	if s.vm != nil || len(s.creating) > 0 {
+		s.mu.Unlock()
 		// The guest gets the disks of the sandbox's first task at boot;
 		// attaching more needs drive slots reserved at boot and swapped
 		// in with PATCH /drives (not done yet).
 		return nil, status.Errorf(codes.Unimplemented, "task %s: a second container in sandbox %s's VM is not supported yet", r.ID, s.cfg.SandboxID)
 	}
+	s.creating[r.ID] = true
+	s.creates.Add(1)
+	s.mu.Unlock()
+	// Registered first, so it runs last: the id stays reserved until a
+	// failed Create has removed its files.
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		s.mu.Unlock()
+		s.creates.Done()
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.life, cancel)()
+
 	taskDir := taskDirOf(s.cfg.Config, s.cfg.Namespace, r.ID)
 	defer func() {
 		if err != nil {
@@ -198,8 +230,16 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		_ = vm.agent.DestroyContainer(ctx, r.ID)
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		p.closeIO()
+		_ = vm.agent.DestroyContainer(ctx, r.ID)
+		return nil, errPrecondition("the shim is shutting down")
+	}
 	s.vm = vm
 	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, rootfs: disks, init: p, execs: map[string]*process{}}
+	s.mu.Unlock()
 	s.cfg.Publisher.Publish(TopicTaskCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs,
 		IO:         &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
@@ -277,42 +317,49 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
+	p.lifecycle.Lock()
+	defer p.lifecycle.Unlock()
 	p.mu.Lock()
-	if p.status != task.Status_CREATED {
-		p.mu.Unlock()
-		return nil, errPrecondition("process %s is %s, not created", describe(r.ID, r.ExecID), p.status)
-	}
+	st, spec := p.status, p.spec
 	p.mu.Unlock()
+	if st != task.Status_CREATED {
+		return nil, errPrecondition("process %s is %s, not created", describe(r.ID, r.ExecID), st)
+	}
 	s.mu.Lock()
 	vm := s.vm
 	s.mu.Unlock()
-
-	var err2 error
-	if r.ExecID == "" {
-		p.ap, err2 = vm.agent.StartProcess(ctx, r.ID, p.spec, p.stdio())
-	} else {
-		p.ap, err2 = vm.agent.ExecProcess(ctx, r.ID, r.ExecID, p.spec, p.stdio())
+	if vm == nil {
+		return nil, errPrecondition("%s has no running VM", describe(r.ID, r.ExecID))
 	}
-	if err2 != nil {
-		return nil, status.Errorf(codes.Unknown, "starting %s: %v", describe(r.ID, r.ExecID), err2)
+
+	var ap *agent.Process
+	if r.ExecID == "" {
+		ap, err = vm.agent.StartProcess(ctx, r.ID, spec, p.stdio())
+	} else {
+		ap, err = vm.agent.ExecProcess(ctx, r.ID, r.ExecID, spec, p.stdio())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unknown, "starting %s: %v", describe(r.ID, r.ExecID), err)
 	}
 	p.mu.Lock()
-	p.pid = uint32(p.ap.PID)
+	p.ap = ap
+	p.pid = uint32(ap.PID)
 	p.status = task.Status_RUNNING
+	pid := p.pid
 	p.mu.Unlock()
 	if r.ExecID == "" {
-		s.cfg.Publisher.Publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: p.pid})
+		s.cfg.Publisher.Publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
 	} else {
-		s.cfg.Publisher.Publish(TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: p.pid})
+		s.cfg.Publisher.Publish(TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: pid})
 	}
-	go s.reap(p)
-	return &taskAPI.StartResponse{Pid: p.pid}, nil
+	go s.reap(p, ap)
+	return &taskAPI.StartResponse{Pid: pid}, nil
 }
 
 // reap waits for p to exit in the guest (or the VM to die), records the
 // exit and publishes it.
-func (s *Service) reap(p *process) {
-	st, err := p.ap.Wait(context.Background())
+func (s *Service) reap(p *process, ap *agent.Process) {
+	st, err := ap.Wait(context.Background())
 	code := uint32(st.Code)
 	if err != nil {
 		s.cfg.Logf("waiting for %s: %v", describe(p.containerID, p.execID), err)
@@ -411,28 +458,46 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		s.mu.Unlock()
 	}
 	for i, t := range targets {
-		st, _, _, _ := t.state()
-		switch st {
-		case task.Status_CREATED:
-			// Never started: it ends here, as runc's created container
-			// does when killed.
-			if t.setExited(128+uint32(sig), time.Now()) {
-				s.cfg.Publisher.Publish(TopicTaskExit, &eventstypes.TaskExit{
-					ContainerID: t.containerID, ID: execOrContainer(t), ExitStatus: 128 + uint32(sig), ExitedAt: timestamppb.Now(),
-				})
-			}
-			t.closeIO()
-		case task.Status_STOPPED:
-			if i == 0 && !r.All {
-				return nil, errNotFound("%s: process already finished", describe(t.containerID, t.execID))
-			}
-		default:
-			if err := t.ap.Signal(ctx, sig); err != nil && !protocol.IsCode(err, protocol.CodeNotFound) {
-				return nil, status.Errorf(codes.Unknown, "signalling %s: %v", describe(t.containerID, t.execID), err)
-			}
+		if err := s.killOne(ctx, t, sig, i == 0); err != nil {
+			return nil, err
 		}
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// killOne signals one process. For the process a Kill named, as with
+// runc's shim, a finished one is NotFound and an exec not started yet
+// FailedPrecondition; the execs All adds are signalled only if running
+// (runc kill --all reaches the processes that exist).
+func (s *Service) killOne(ctx context.Context, t *process, sig syscall.Signal, named bool) error {
+	t.lifecycle.Lock()
+	defer t.lifecycle.Unlock()
+	t.mu.Lock()
+	st, ap := t.status, t.ap
+	t.mu.Unlock()
+	switch {
+	case !named && st != task.Status_RUNNING:
+		// Not started or already finished: nothing to signal.
+	case st == task.Status_CREATED && t.execID != "":
+		return errPrecondition("%s: process not created", describe(t.containerID, t.execID))
+	case st == task.Status_CREATED:
+		// Never started: it ends here, as runc's created container
+		// does when killed.
+		code, now := 128+uint32(sig), time.Now()
+		if t.setExited(code, now) {
+			s.cfg.Publisher.Publish(TopicTaskExit, &eventstypes.TaskExit{
+				ContainerID: t.containerID, ID: execOrContainer(t), ExitStatus: code, ExitedAt: timestamppb.New(now),
+			})
+		}
+		t.closeIO()
+	case st == task.Status_STOPPED:
+		return errNotFound("%s: process already finished", describe(t.containerID, t.execID))
+	default:
+		if err := ap.Signal(ctx, sig); err != nil && !protocol.IsCode(err, protocol.CodeNotFound) {
+			return status.Errorf(codes.Unknown, "signalling %s: %v", describe(t.containerID, t.execID), err)
+		}
+	}
+	return nil
 }
 
 // maxSignal is the highest Linux signal number (SIGRTMAX).
@@ -445,12 +510,17 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err != nil {
 		return nil, err
 	}
+	p.lifecycle.Lock()
+	defer p.lifecycle.Unlock()
 	st, pid, code, at := p.state()
 	if st != task.Status_STOPPED && st != task.Status_CREATED {
 		return nil, errPrecondition("%s is still running", describe(r.ID, r.ExecID))
 	}
-	if at.IsZero() {
-		at = time.Now()
+	if st == task.Status_CREATED {
+		// Never started: its waiters learn it is gone, with the status
+		// of runc's created container, which runc delete kills.
+		at, code = time.Now(), unstartedExit
+		p.setExited(code, at)
 	}
 	p.closeIO()
 	s.mu.Lock()
@@ -460,6 +530,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 	}
 	for _, e := range c.execs {
+		e.setExited(unstartedExit, at) // a no-op for those that ran
 		e.closeIO()
 	}
 	if s.vm != nil {
@@ -481,6 +552,10 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	})
 	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 }
+
+// unstartedExit is the exit status of a process deleted before it ran:
+// killed (128+SIGKILL).
+const unstartedExit = 128 + uint32(syscall.SIGKILL)
 
 // stopVM stops the VM and removes its run directory; s.mu is held.
 func (s *Service) stopVM() {
@@ -546,14 +621,16 @@ func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	if !p.spec.Terminal {
 		return nil, errPrecondition("%s has no terminal", describe(r.ID, r.ExecID))
 	}
+	p.lifecycle.Lock()
 	p.mu.Lock()
 	ap := p.ap
-	p.mu.Unlock()
 	if ap == nil {
 		// Before Start: the size goes with the process.
-		p.mu.Lock()
 		p.spec.Rows, p.spec.Cols = uint16(r.Height), uint16(r.Width)
-		p.mu.Unlock()
+	}
+	p.mu.Unlock()
+	p.lifecycle.Unlock()
+	if ap == nil {
 		return &emptypb.Empty{}, nil
 	}
 	if err := ap.Resize(ctx, uint16(r.Height), uint16(r.Width)); err != nil {
@@ -729,12 +806,14 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return resp, nil
 }
 
-// Shutdown ends the shim once it has no task left (or at once with Now).
+// Shutdown ends the shim once it has no task left. Now does not
+// override that, as in runc's shim: ending the shim would take the VM
+// and every task still in it along, behind containerd's back.
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	n := len(s.containers)
+	n := len(s.containers) + len(s.creating)
 	s.mu.Unlock()
-	if n > 0 && !r.Now {
+	if n > 0 {
 		return &emptypb.Empty{}, nil
 	}
 	s.doneOnce.Do(func() { close(s.done) })
@@ -744,6 +823,12 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 // cleanup stops the VM and removes every task's files; the shim calls it
 // on its way out.
 func (s *Service) cleanup() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	// A Create under way stops its boot and removes what it made.
+	s.endLife()
+	s.creates.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stopVM() // first: it holds the disks open

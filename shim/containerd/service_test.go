@@ -522,3 +522,126 @@ func TestServiceKillAndTerminal(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestServiceKillDuringStart: a Kill that arrives while Start waits for
+// the agent acts on the started process (runc's shim serialises them
+// too), instead of ending a process Start then runs, which recorded its
+// exit twice.
+func TestServiceKillDuringStart(t *testing.T) {
+	r := newSvcRig(t)
+	ctx := ctxTest(t)
+	io0 := r.fifos("ks", false, false)
+	r.create("ks", []string{"sleep", "100"}, io0, false)
+	agentProc := r.svc.vm.vm.(*hostVM).agent.Process
+	// A stopped agent holds Start in its call.
+	if err := agentProc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	started, killed := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := r.svc.Start(ctx, &taskAPI.StartRequest{ID: "ks"})
+		started <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	go func() {
+		_, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "ks", Signal: uint32(syscall.SIGKILL)})
+		killed <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := agentProc.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-started; err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := <-killed; err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if code := r.wait("ks", ""); code != 137 {
+		t.Errorf("exit %d, want 137 (the started sleep, killed)", code)
+	}
+	if _, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "ks"}); err != nil {
+		t.Fatal(err)
+	}
+	r.pub.mu.Lock()
+	defer r.pub.mu.Unlock()
+	if len(r.pub.exits) != 1 || r.pub.exits[0].Pid == 0 {
+		t.Errorf("exit events %v, want one, of the started process", r.pub.exits)
+	}
+}
+
+// TestServiceKillSemantics: Kill answers as runc's shim does, which
+// containerd and CRI rely on: an exec not started is FailedPrecondition
+// and All leaves it alone, a finished process is NotFound with or
+// without All.
+func TestServiceKillSemantics(t *testing.T) {
+	r := newSvcRig(t)
+	ctx := ctxTest(t)
+	io0 := r.fifos("kx", false, false)
+	r.create("kx", []string{"sleep", "100"}, io0, false)
+	if _, err := r.svc.Start(ctx, &taskAPI.StartRequest{ID: "kx"}); err != nil {
+		t.Fatal(err)
+	}
+	procSpec, _ := json.Marshal(specs.Process{Args: []string{"true"}, Cwd: "/"})
+	if _, err := r.svc.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "kx", ExecID: "e1",
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: procSpec}}); err != nil {
+		t.Fatalf("Exec: %v", err)
+	}
+	if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "kx", ExecID: "e1", Signal: uint32(syscall.SIGKILL)}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Kill of an exec not started: %v, want FailedPrecondition", err)
+	}
+	if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "kx", Signal: uint32(syscall.SIGKILL), All: true}); err != nil {
+		t.Fatalf("Kill All: %v", err)
+	}
+	if code := r.wait("kx", ""); code != 137 {
+		t.Errorf("exit %d, want 137", code)
+	}
+	if st, err := r.svc.State(ctx, &taskAPI.StateRequest{ID: "kx", ExecID: "e1"}); err != nil || st.Status != task.Status_CREATED {
+		t.Errorf("the exec not started after Kill All: %v %v, want created", st, err)
+	}
+	for _, all := range []bool{false, true} {
+		if _, err := r.svc.Kill(ctx, &taskAPI.KillRequest{ID: "kx", Signal: uint32(syscall.SIGKILL), All: all}); status.Code(err) != codes.NotFound {
+			t.Errorf("Kill (All %v) after the exit: %v, want NotFound", all, err)
+		}
+	}
+	if _, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "kx", ExecID: "e1"}); err != nil {
+		t.Errorf("Delete exec: %v", err)
+	}
+	if _, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "kx"}); err != nil {
+		t.Fatal(err)
+	}
+	r.pub.mu.Lock()
+	defer r.pub.mu.Unlock()
+	if len(r.pub.exits) != 1 || r.pub.exits[0].ID != "kx" {
+		t.Errorf("exit events %v, want only the init's", r.pub.exits)
+	}
+}
+
+// TestServiceDeleteUnstarted: deleting a task that never started (ctr
+// run whose Start failed, CRI removing a created container) ends the
+// Waits containerd already made on it and on its execs, instead of
+// leaving them blocked for good.
+func TestServiceDeleteUnstarted(t *testing.T) {
+	r := newSvcRig(t)
+	ctx := ctxTest(t)
+	io0 := r.fifos("du", false, false)
+	r.create("du", []string{"true"}, io0, false)
+	waited := make(chan *taskAPI.WaitResponse, 1)
+	go func() {
+		resp, _ := r.svc.Wait(ctx, &taskAPI.WaitRequest{ID: "du"})
+		waited <- resp
+	}()
+	time.Sleep(100 * time.Millisecond) // let Wait block
+	del, err := r.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: "du"})
+	if err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	select {
+	case resp := <-waited:
+		if resp == nil || resp.ExitStatus != del.ExitStatus || resp.ExitStatus != 128+uint32(syscall.SIGKILL) || !resp.ExitedAt.AsTime().Equal(del.ExitedAt.AsTime()) {
+			t.Errorf("Wait = %v, Delete = %v: want the same exit, 137", resp, del)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait still blocked after Delete of the task that never started")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/govmm/vmm/guest/agent/protocol"
 	"github.com/govmm/vmm/internal/testenv"
 )
 
@@ -407,5 +408,108 @@ func TestCreateRejectsBadInput(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("Create left files: %v", entries)
+	}
+}
+
+// TestCreateBootDoesNotBlockRPCs: while Create waits for the VM to boot
+// (a minute on some hosts), the other RPCs answer, Shutdown keeps the
+// shim for the task being made, and the shim's cleanup stops the boot
+// and leaves none of the task's files.
+func TestCreateBootDoesNotBlockRPCs(t *testing.T) {
+	testenv.RequireCommand(t, "mkfs.ext4", "e2fsprogs")
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeSpec(t, bundle, &specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"true"}}})
+	exe, _ := os.Executable()
+	cfg := &Config{VMM: exe, Kernel: exe, Initrd: exe, UpperSizeMiB: 16, RootDir: filepath.Join(dir, "root"), RunDir: filepath.Join(dir, "run")}
+	svc := NewService(ServiceConfig{Config: cfg, Namespace: "ns", SandboxID: "b", Dir: filepath.Join(cfg.RunDir, "b")})
+	booting, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) }) // unblocks a boot the fix fails to stop
+	svc.boot = func(ctx context.Context, _ machineSpec) (*machine, error) {
+		close(booting)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-release:
+			return nil, errors.New("released")
+		}
+	}
+	created := make(chan error, 1)
+	go func() {
+		_, err := svc.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "b", Bundle: bundle})
+		created <- err
+	}()
+	select {
+	case <-booting:
+	case err := <-created:
+		t.Fatalf("Create ended before the boot: %v", err)
+	}
+	answers := func(name string, call func() error, want codes.Code) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case err := <-done:
+			if status.Code(err) != want {
+				t.Errorf("%s during the boot: %v, want %v", name, err, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s blocked behind the boot", name)
+		}
+	}
+	ctx := context.Background()
+	answers("State", func() error { _, err := svc.State(ctx, &taskAPI.StateRequest{ID: "b"}); return err }, codes.NotFound)
+	answers("Connect", func() error { _, err := svc.Connect(ctx, &taskAPI.ConnectRequest{ID: "b"}); return err }, codes.OK)
+	answers("Create again", func() error {
+		_, err := svc.Create(ctx, &taskAPI.CreateTaskRequest{ID: "b", Bundle: bundle})
+		return err
+	}, codes.AlreadyExists)
+	answers("Shutdown", func() error { _, err := svc.Shutdown(ctx, &taskAPI.ShutdownRequest{ID: "b"}); return err }, codes.OK)
+	select {
+	case <-svc.Done():
+		t.Error("Shutdown ended the shim while a task was being created")
+	default:
+	}
+	cleaned := make(chan struct{})
+	go func() { svc.cleanup(); close(cleaned) }()
+	select {
+	case <-cleaned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("cleanup did not stop the boot")
+	}
+	if err := <-created; status.Code(err) == codes.OK {
+		t.Error("Create succeeded after cleanup")
+	}
+	if _, err := os.Stat(taskDirOf(cfg, "ns", "b")); !os.IsNotExist(err) {
+		t.Errorf("task files after the stopped Create: %v", err)
+	}
+}
+
+// TestShutdownKeepsTasks: Shutdown, Now or not, leaves a shim that
+// still has a task running (runc's shim ignores Now too).
+func TestShutdownKeepsTasks(t *testing.T) {
+	svc := NewService(ServiceConfig{Config: &Config{}, Namespace: "ns", SandboxID: "s"})
+	svc.containers["s"] = &container{id: "s", init: newProcess("s", "", protocol.Process{Args: []string{"true"}}, "", "", ""), execs: map[string]*process{}}
+	for _, now := range []bool{false, true} {
+		if _, err := svc.Shutdown(context.Background(), &taskAPI.ShutdownRequest{ID: "s", Now: now}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-svc.Done():
+			t.Fatalf("Shutdown (Now %v) ended the shim with a task left", now)
+		default:
+		}
+	}
+	delete(svc.containers, "s")
+	if _, err := svc.Shutdown(context.Background(), &taskAPI.ShutdownRequest{ID: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-svc.Done():
+	default:
+		t.Error("Shutdown without tasks left the shim running")
 	}
 }
