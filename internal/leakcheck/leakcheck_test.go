@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // recorder is a testing.TB whose Fatal records the message instead of
@@ -63,7 +64,7 @@ func TestCheck(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &recorder{TB: t}
-			before := Take(t)
+			before := settledBaseline(t)
 			undo := tc.leak(t)
 			Check(r, before)
 			undo()
@@ -80,6 +81,23 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// settledBaseline takes the baseline once the goroutine count holds still:
+// the previous subtest's goroutine (t.Run's) may still be on its way out,
+// and counted in a baseline it then leaves, it would hide one leaked here.
+func settledBaseline(t *testing.T) Snapshot {
+	prev := Take(t)
+	for range 100 {
+		time.Sleep(10 * time.Millisecond)
+		now := Take(t)
+		if now.Goroutines == prev.Goroutines {
+			return now
+		}
+		prev = now
+	}
+	t.Fatalf("goroutine count still changing: %d", prev.Goroutines)
+	return prev
 }
 
 // parkedLeak is a goroutine the test leaks on purpose; its name must show
