@@ -28,6 +28,8 @@ static /bin/busybox || static /usr/bin/busybox || need+=(busybox-static)
 # start a private one.
 have containerd && have ctr || need+=(containerd)
 [[ -f /usr/src/linux-source-6.12.tar.xz ]] || need+=(linux-source-6.12)
+# lz4: the guest kernel's bzImage is LZ4-compressed (guest/kernel/config).
+have lz4 || need+=(lz4)
 
 if ! have go; then
 	echo "deps: Go is not installed (need Go >= 1.26 on PATH or in /usr/local/go)" >&2

@@ -148,7 +148,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		help     = fs.Bool("help", false, "print this help")
 	)
 	fs.StringVar(&o.cfg.Kernel, "kernel", "", "kernel image: bzImage or ELF vmlinux with a PVH note (default: the built default guest)")
-	fs.StringVar(&o.cfg.Initrd, "initrd", "", "initial ramdisk (default: the built default guest's initramfs)")
+	fs.StringVar(&o.cfg.Initrd, "initrd", "", "initial ramdisk (default: none with --kernel; without --kernel, the built default guest's initramfs)")
 	fs.StringVar(&o.cfg.Cmdline, "cmdline", vmm.DefaultCmdline, "kernel command line")
 	fs.IntVar(&o.cfg.CPUs, "cpus", 1, "number of vCPUs")
 	fs.StringVar(&o.cfg.SystemMap, "system-map", "", "System.map for symbolizing guest addresses (default: beside the kernel)")
