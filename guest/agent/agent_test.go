@@ -748,16 +748,7 @@ func TestBlockDeviceRootfs(t *testing.T) {
 	if err := image.BuildFromDir(ctxT(t), h.rootfs(), img, image.Options{}); err != nil {
 		testenv.Skipf(t, "cannot build an ext4 image: %v", err)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", img).Output()
-	if err != nil {
-		testenv.Skipf(t, "no loop device: %v", err)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup -d %s: %v %s", dev, err, out)
-		}
-	})
+	dev := loopDevice(t, img, false)
 	r := h.run("blk", []string{"sh", "-c", "grep ' / ' /proc/mounts; echo ok > /written; cat /written"}, "", func(req *protocol.CreateContainerRequest) {
 		req.Rootfs = protocol.Rootfs{Source: dev, Type: "ext4"}
 	})

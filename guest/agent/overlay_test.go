@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -128,11 +127,11 @@ func checkFresh(t *testing.T, r result) {
 // image file keeps its bytes and modification time.
 func TestOverlayRootfsBlockDevice(t *testing.T) {
 	for _, disk := range []struct {
-		name  string
-		flags []string
+		name     string
+		readOnly bool
 	}{
-		{"read-only disk", []string{"--read-only"}},
-		{"writable disk", nil},
+		{"read-only disk", true},
+		{"writable disk", false},
 	} {
 		t.Run(disk.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -142,16 +141,7 @@ func TestOverlayRootfsBlockDevice(t *testing.T) {
 				testenv.Skipf(t, "cannot build an ext4 image: %v", err)
 			}
 			before := stateOf(t, img)
-			out, err := exec.Command("losetup", append(append([]string{"--find", "--show"}, disk.flags...), img)...).Output()
-			if err != nil {
-				testenv.Skipf(t, "no loop device: %v", err)
-			}
-			dev := strings.TrimSpace(string(out))
-			t.Cleanup(func() {
-				if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-					t.Errorf("losetup -d %s: %v %s", dev, err, out)
-				}
-			})
+			dev := loopDevice(t, img, disk.readOnly)
 			overlay := func(req *protocol.CreateContainerRequest) {
 				req.Rootfs = protocol.Rootfs{Source: dev, Type: "ext4", Overlay: true}
 			}
@@ -184,20 +174,11 @@ func TestRootfsReadOnlyDisk(t *testing.T) {
 	if err := image.BuildFromDir(ctxT(t), h.rootfs(), img, image.Options{}); err != nil {
 		testenv.Skipf(t, "cannot build an ext4 image: %v", err)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", "--read-only", img).Output()
-	if err != nil {
-		testenv.Skipf(t, "no loop device: %v", err)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup -d %s: %v %s", dev, err, out)
-		}
-	})
+	dev := loopDevice(t, img, true)
 	h.create("rw", func(req *protocol.CreateContainerRequest) {
 		req.Rootfs = protocol.Rootfs{Source: dev, Type: "ext4"}
 	})
-	_, err = h.client.StartProcess(ctxT(t), "rw", protocol.Process{Args: []string{"true"}}, client.Stdio{})
+	_, err := h.client.StartProcess(ctxT(t), "rw", protocol.Process{Args: []string{"true"}}, client.Stdio{})
 	if err == nil || !strings.Contains(err.Error(), "readonly or an overlay") {
 		t.Errorf("starting a container on a read-only disk mounted read-write: %v, want the hint", err)
 	}
