@@ -36,6 +36,7 @@ type fakeWorld struct {
 	dieOnBoot string // the VMM writes this to its console and exits at InstanceStart
 	wedged    bool   // the agent takes signals but never answers (a frozen guest)
 	loadFail  bool   // PUT /snapshot/load fails, as for a stale snapshot
+	patchFail bool   // PATCH /drives fails, as for an image another VM locked
 
 	mu         sync.Mutex
 	apiSock    string
@@ -187,6 +188,9 @@ func (a *fakeAPI) LoadSnapshot(ctx context.Context, statePath, memPath, vsockUDS
 
 func (a *fakeAPI) PatchDrivePath(ctx context.Context, id, path string) error {
 	a.w.call("PatchDrive %s %s", id, filepath.Base(path))
+	if a.w.patchFail {
+		return errors.New("the image is locked by another VM")
+	}
 	return nil
 }
 

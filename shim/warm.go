@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -94,14 +95,25 @@ func (r *runner) warmStart(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return err // a signal or the boot timeout, not the snapshot
 		}
+		var ie *imageError
+		if errors.As(err, &ie) {
+			return err // the image's fault, not the snapshot's: a boot would fail the same way
+		}
 		r.warn("restoring snapshot %s failed, booting instead: %v", key, err)
 		r.dropVM()
-		if err := cache.Remove(ctx, key); err != nil {
+		if err := cache.Remove(ctx, e); err != nil {
 			r.warn("%v", err)
 		}
 	}
 	return r.bootAndSave(ctx, cache, key)
 }
+
+// imageError is a failure to attach the container image, which no boot
+// or rebuilt snapshot would cure.
+type imageError struct{ err error }
+
+func (e *imageError) Error() string { return e.err.Error() }
+func (e *imageError) Unwrap() error { return e.err }
 
 // bootAndSave boots the guest with the placeholder disk and saves its
 // snapshot under key, then swaps the image in. A run that finds another
@@ -141,11 +153,19 @@ func (r *runner) bootAndSave(ctx context.Context, cache snapcache.Cache, key str
 		}
 		return r.attachImage(vctx)
 	case err != nil:
-		return err
+		if ctx.Err() != nil {
+			return err
+		}
+		// The cache failed before anything booted (its directory not
+		// writable, no space, the lock not taken): a run still runs.
+		r.warn("warm snapshot cache: %v; booting without a snapshot", err)
+		r.dropVM()
+		return r.coldBoot(ctx)
 	}
 	// Another run built it while this one waited for the lock.
 	if err := r.restore(ctx, e); err != nil {
-		if ctx.Err() != nil {
+		var ie *imageError
+		if ctx.Err() != nil || errors.As(err, &ie) {
 			return err
 		}
 		r.warn("restoring snapshot %s failed, booting instead: %v", key, err)
@@ -213,7 +233,7 @@ func (r *runner) restore(ctx context.Context, e snapcache.Entry) error {
 		return err
 	}
 	if err := r.attachImage(vctx); err != nil {
-		return err
+		return &imageError{err}
 	}
 	r.note("restored from snapshot %s in %v", e.Key, time.Since(start).Round(time.Millisecond))
 	return nil

@@ -170,3 +170,79 @@ func TestColdRunsWithoutCache(t *testing.T) {
 		})
 	}
 }
+
+// TestWarmRunImageFailureKeepsSnapshot: an image the restored clone can't
+// attach fails the run with that reason, and neither drops the snapshot
+// nor boots (a boot would fail the same way).
+func TestWarmRunImageFailureKeepsSnapshot(t *testing.T) {
+	cacheDir := filepath.Join(t.TempDir(), "snapshots")
+	w := newFakeWorld(t)
+	o, _, _ := warmOptions(t, w, cacheDir, "true")
+	if code, err := Run(context.Background(), o); err != nil || code != 0 {
+		t.Fatalf("first run: %d, %v", code, err)
+	}
+	key, err := SnapshotKey(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := snapcache.Cache{Dir: cacheDir}
+	before, ok := c.Lookup(key)
+	if !ok {
+		t.Fatal("the first run saved no snapshot")
+	}
+	w2 := newFakeWorld(t)
+	w2.patchFail = true
+	o2, _, stderr := warmOptions(t, w2, cacheDir, "true")
+	o2.Kernel, o2.Initrd = o.Kernel, o.Initrd // the same guest
+	if _, err := Run(context.Background(), o2); err == nil || !strings.Contains(err.Error(), "locked by another VM") {
+		t.Fatalf("run with an image that can't be attached: %v, want the image's error", err)
+	}
+	if got := w2.callList(); slices.Contains(got, "InstanceStart") {
+		t.Errorf("calls %q: the run booted after the image failed", got)
+	}
+	if strings.Contains(stderr.String(), "booting instead") {
+		t.Errorf("stderr %q: the image's failure was taken for the snapshot's", stderr)
+	}
+	after, ok := c.Lookup(key)
+	if !ok || after.State() != before.State() {
+		t.Fatal("the snapshot was dropped for the image's failure")
+	}
+	if st1, st2 := statOf(t, before.State()), statOf(t, after.State()); !os.SameFile(st1, st2) {
+		t.Error("the snapshot was rebuilt for the image's failure")
+	}
+	w2.checkCleanedUp(t, o2)
+}
+
+// TestWarmRunCacheFailureBoots: a cache that can't be used (here its lock
+// file is a directory) costs the snapshot, not the run.
+func TestWarmRunCacheFailureBoots(t *testing.T) {
+	cacheDir := filepath.Join(t.TempDir(), "snapshots")
+	w := newFakeWorld(t)
+	o, stdout, stderr := warmOptions(t, w, cacheDir, "echo", "ran")
+	key, err := SnapshotKey(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(cacheDir, key+".lock"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := Run(context.Background(), o); err != nil || code != 0 || stdout.String() != "ran\n" {
+		t.Fatalf("run: %d, %v, stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	if !strings.Contains(stderr.String(), "booting without a snapshot") {
+		t.Errorf("stderr %q: no warning that the cache failed", stderr)
+	}
+	if got := w.callList(); !slices.Contains(got, "InstanceStart") || slices.Contains(got, "CreateSnapshot state memory") {
+		t.Errorf("calls %q: want a plain boot", got)
+	}
+	w.checkCleanedUp(t, o)
+}
+
+func statOf(t *testing.T, path string) os.FileInfo {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}

@@ -45,8 +45,8 @@ func realKernelOps() kernelOps {
 const randPoolInfoHeader = 8
 
 // addEntropy feeds buf to the kernel with RNDADDENTROPY on /dev/urandom,
-// crediting every bit: it is the host's crypto/rand output. It needs
-// CAP_SYS_ADMIN.
+// crediting every bit (it is the host's crypto/rand output), and reseeds
+// the generator with it (RNDRESEEDCRNG). It needs CAP_SYS_ADMIN.
 func addEntropy(buf []byte) error {
 	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
 	if err != nil {
@@ -57,6 +57,13 @@ func addEntropy(buf []byte) error {
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0])))
 	if errno != 0 {
 		return fmt.Errorf("RNDADDENTROPY: %w", errno)
+	}
+	// RNDADDENTROPY only mixes into the input pool; the generator behind
+	// /dev/urandom takes it at its next scheduled reseed, up to a minute
+	// of guest time away, and until then every clone of one snapshot
+	// draws the same bytes. Reseed it now.
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); errno != 0 {
+		return fmt.Errorf("RNDRESEEDCRNG: %w", errno)
 	}
 	return nil
 }

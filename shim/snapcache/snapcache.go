@@ -96,6 +96,9 @@ func Key(in Inputs) (string, error) {
 type Entry struct {
 	Key string
 	Dir string
+	// state identifies the state file Lookup or Build found, so Remove
+	// leaves alone an entry another run has rebuilt since.
+	state os.FileInfo
 }
 
 // State is the entry's state file.
@@ -120,9 +123,13 @@ func (c Cache) Lookup(key string) (Entry, bool) {
 		return Entry{}, false
 	}
 	e := c.entry(key)
-	for _, f := range []string{e.State(), e.Mem()} {
-		if st, err := os.Stat(f); err != nil || !st.Mode().IsRegular() {
+	for i, f := range []string{e.State(), e.Mem()} {
+		st, err := os.Stat(f)
+		if err != nil || !st.Mode().IsRegular() {
 			return Entry{}, false
+		}
+		if i == 0 {
+			e.state = st
 		}
 	}
 	return e, true
@@ -168,22 +175,31 @@ func (c Cache) Build(ctx context.Context, key string, build func(dir string) err
 	if err := syncDir(c.Dir); err != nil {
 		return Entry{}, false, err
 	}
+	if st, err := os.Stat(e.State()); err == nil {
+		e.state = st
+	}
 	return e, true, nil
 }
 
-// Remove takes a stale entry out of the cache (under its lock). Runs
-// still restoring from it keep their files: it is renamed away before it
-// is deleted, and mapped files outlive their names.
-func (c Cache) Remove(ctx context.Context, key string) error {
-	if err := checkKey(key); err != nil {
+// Remove takes a stale entry, as Lookup or Build returned it, out of the
+// cache (under its lock). If the entry in place is no longer that one
+// (another run found it stale too and rebuilt it meanwhile), it stays.
+// Runs still restoring from the removed one keep their files: it is
+// renamed away before it is deleted, and mapped files outlive their names.
+func (c Cache) Remove(ctx context.Context, e Entry) error {
+	if err := checkKey(e.Key); err != nil {
 		return err
 	}
-	unlock, err := c.lock(ctx, key)
+	unlock, err := c.lock(ctx, e.Key)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	return c.discard(c.entry(key).Dir)
+	dir := c.entry(e.Key).Dir
+	if now, err := os.Stat(filepath.Join(dir, StateFile)); err == nil && (e.state == nil || !os.SameFile(now, e.state) || !now.ModTime().Equal(e.state.ModTime())) {
+		return nil
+	}
+	return c.discard(dir)
 }
 
 // discard renames dir out of the way and deletes it.

@@ -92,7 +92,7 @@ func TestBuildThenLookup(t *testing.T) {
 		t.Fatalf("Build: %v, built %v", err, built)
 	}
 	got, ok := c.Lookup(key)
-	if !ok || got != e {
+	if !ok || got.Key != e.Key || got.Dir != e.Dir || !os.SameFile(got.state, e.state) {
 		t.Fatalf("Lookup: %+v %v, want %+v", got, ok, e)
 	}
 	if b, _ := os.ReadFile(e.State()); string(b) != "one" {
@@ -173,7 +173,7 @@ func TestConcurrentFirstRuns(t *testing.T) {
 		t.Errorf("%d builds, want 1", n)
 	}
 	for i := range runs {
-		if errs[i] != nil || entries[i] != c.entry(key) {
+		if want := c.entry(key); errs[i] != nil || entries[i].Key != want.Key || entries[i].Dir != want.Dir || entries[i].state == nil {
 			t.Errorf("run %d: %+v, %v", i, entries[i], errs[i])
 		}
 	}
@@ -220,14 +220,32 @@ func TestStaleEntryRebuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	if err := c.Remove(ctx, key); err != nil {
+	if err := c.Remove(ctx, e); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := c.Lookup(key); ok {
 		t.Fatal("entry still there after Remove")
 	}
-	if _, built, err := c.Build(ctx, key, fakeBuild("new")); err != nil || !built {
+	rebuilt, built, err := c.Build(ctx, key, fakeBuild("new"))
+	if err != nil || !built {
 		t.Fatalf("rebuild: %v, built %v", err, built)
+	}
+	// A second run that found the old entry stale too must not throw
+	// away the one just rebuilt.
+	if err := c.Remove(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Lookup(key); !ok {
+		t.Fatal("removing the stale entry again discarded the rebuilt one")
+	}
+	if err := c.Remove(ctx, rebuilt); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Lookup(key); ok {
+		t.Fatal("the rebuilt entry, removed as itself, is still there")
+	}
+	if _, _, err := c.Build(ctx, key, fakeBuild("new")); err != nil {
+		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(e.State()); string(b) != "new" {
 		t.Errorf("state after the rebuild %q, want new", b)
@@ -236,7 +254,7 @@ func TestStaleEntryRebuilt(t *testing.T) {
 	if _, err := held.ReadAt(buf, 0); err != nil || string(buf) != "old" {
 		t.Errorf("the old memory file, still open, reads %q (%v)", buf, err)
 	}
-	if err := c.Remove(ctx, "0"); err != nil {
+	if err := c.Remove(ctx, Entry{Key: "0"}); err != nil {
 		t.Errorf("removing a missing entry: %v", err)
 	}
 }
@@ -268,7 +286,7 @@ func TestBadKeysRefused(t *testing.T) {
 		if _, _, err := c.Build(context.Background(), key, fakeBuild("x")); err == nil {
 			t.Errorf("Build(%q) accepted", key)
 		}
-		if err := c.Remove(context.Background(), key); err == nil {
+		if err := c.Remove(context.Background(), Entry{Key: key}); err == nil {
 			t.Errorf("Remove(%q) accepted", key)
 		}
 	}

@@ -268,8 +268,10 @@ const MaxStatsPIDs = 4096
 type RefreshRequest struct {
 	// Entropy is host randomness (MinRefreshEntropy to MaxRefreshEntropy
 	// bytes) that the agent adds to the kernel's pool and credits
-	// (RNDADDENTROPY), so the guest's random state diverges from every
-	// other clone's at once, not whenever interrupts happen to.
+	// (RNDADDENTROPY), then reseeds /dev/urandom's generator from
+	// (RNDRESEEDCRNG), so the guest's random output diverges from every
+	// other clone's at once, not at the generator's next scheduled
+	// reseed.
 	Entropy []byte `json:"entropy"`
 	// RealtimeNanos is the host's CLOCK_REALTIME in nanoseconds since the
 	// Unix epoch; the agent sets the guest's CLOCK_REALTIME to it. The
