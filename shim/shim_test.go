@@ -37,6 +37,9 @@ type fakeWorld struct {
 	wedged    bool   // the agent takes signals but never answers (a frozen guest)
 	loadFail  bool   // PUT /snapshot/load fails, as for a stale snapshot
 	patchFail bool   // PATCH /drives fails, as for an image another VM locked
+	// resetOnRefresh: the first Refresh finds its connection reset, as
+	// when the guest handles the snapshot's vsock transport reset late.
+	resetOnRefresh bool
 
 	mu         sync.Mutex
 	apiSock    string
@@ -295,6 +298,15 @@ func (a *fakeAgent) handle(ctx context.Context, c *protocol.Conn, method string,
 		}
 		if d := time.Since(time.Unix(0, req.RealtimeNanos)); d < 0 || d > time.Minute {
 			w.t.Errorf("Refresh with a clock %v off", d)
+		}
+		w.mu.Lock()
+		reset := w.resetOnRefresh
+		w.resetOnRefresh = false
+		w.mu.Unlock()
+		if reset {
+			w.call("Refresh reset")
+			c.Close()
+			return nil, protocol.ErrClosed
 		}
 		w.call("Refresh %d", len(req.Entropy))
 		return protocol.Empty{}, nil

@@ -229,7 +229,7 @@ func (r *runner) restore(ctx context.Context, e snapcache.Entry) error {
 		return fmt.Errorf("after restoring: %w", err)
 	}
 	r.agent = ac
-	if err := Refresh(vctx, ac); err != nil {
+	if err := r.withAgent(vctx, func(ac *agent.Client) error { return Refresh(vctx, ac) }); err != nil {
 		return err
 	}
 	if err := r.attachImage(vctx); err != nil {
@@ -251,10 +251,40 @@ func (r *runner) attachImage(ctx context.Context) error {
 		return fmt.Errorf("attaching the image: %w", err)
 	}
 	size := uint64(st.Size()) &^ (sectorSize - 1)
-	if err := r.agent.SyncBlockDevice(ctx, RootfsDevice, size); err != nil {
+	if err := r.withAgent(ctx, func(ac *agent.Client) error { return ac.SyncBlockDevice(ctx, RootfsDevice, size) }); err != nil {
 		return fmt.Errorf("attaching the image: %w", err)
 	}
 	return nil
+}
+
+// withAgent runs call on the agent connection and, if that connection
+// died under it, dials once more and runs it again. A snapshot resets the
+// guest's vsock connections (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), and the
+// guest may handle that event only after this run has connected, ending
+// the new connection too. The calls made through it are idempotent.
+func (r *runner) withAgent(ctx context.Context, call func(*agent.Client) error) error {
+	err := call(r.agent)
+	if err == nil || !closed(r.agent.Done()) || ctx.Err() != nil {
+		return err
+	}
+	r.note("the agent connection dropped (%v); reconnecting", err)
+	ac, derr := DialAgent(ctx, r.vsock)
+	if derr != nil {
+		return errors.Join(err, derr)
+	}
+	_ = r.agent.Close()
+	r.agent = ac
+	return call(ac)
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // Refresh gives a guest restored from a snapshot what no two clones may

@@ -246,3 +246,29 @@ func statOf(t *testing.T, path string) os.FileInfo {
 	}
 	return st
 }
+
+// TestWarmRunRedialsAfterLateReset: a connection the guest's late vsock
+// transport reset ends under the first agent call is dialled again and
+// the call repeated; the run neither fails nor drops its snapshot.
+func TestWarmRunRedialsAfterLateReset(t *testing.T) {
+	cacheDir := filepath.Join(t.TempDir(), "snapshots")
+	w := newFakeWorld(t)
+	o, _, _ := warmOptions(t, w, cacheDir, "true")
+	if code, err := Run(context.Background(), o); err != nil || code != 0 {
+		t.Fatalf("first run: %d, %v", code, err)
+	}
+	w2 := newFakeWorld(t)
+	w2.resetOnRefresh = true
+	o2, stdout, stderr := warmOptions(t, w2, cacheDir, "echo", "after")
+	o2.Kernel, o2.Initrd = o.Kernel, o.Initrd // the same guest
+	if code, err := Run(context.Background(), o2); err != nil || code != 0 || stdout.String() != "after\n" {
+		t.Fatalf("run: %d, %v, stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	got := w2.callList()
+	want := []string{"Refresh reset", fmt.Sprintf("Refresh %d", refreshEntropy)}
+	i := slices.Index(got, want[0])
+	if i < 0 || i+1 >= len(got) || got[i+1] != want[1] || slices.Contains(got, "InstanceStart") {
+		t.Errorf("calls %q: want a reset Refresh retried on a new connection, and no boot", got)
+	}
+	w2.checkCleanedUp(t, o2)
+}
