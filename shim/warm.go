@@ -88,6 +88,10 @@ func (r *runner) warmStart(ctx context.Context) error {
 		return r.coldBoot(ctx)
 	}
 	if e, ok := cache.Lookup(key); ok {
+		// Marked used first, so a Prune by another run leaves it alone.
+		if err := cache.Touch(e); err != nil {
+			r.note("%v", err)
+		}
 		err := r.restore(ctx, e)
 		if err == nil {
 			return nil
@@ -107,6 +111,11 @@ func (r *runner) warmStart(ctx context.Context) error {
 	}
 	return r.bootAndSave(ctx, cache, key)
 }
+
+// snapshotMaxAge is how long a warm snapshot stays in the cache unused:
+// a new kernel, initramfs, memory size or vmm build keys a new one, and
+// each holds a memory file of up to the guest's RAM.
+const snapshotMaxAge = 14 * 24 * time.Hour
 
 // imageError is a failure to attach the container image, which no boot
 // or rebuilt snapshot would cure.
@@ -150,6 +159,13 @@ func (r *runner) bootAndSave(ctx context.Context, cache snapcache.Cache, key str
 			r.warn("saving the warm snapshot failed (the next run boots again): %v", err)
 		} else if built {
 			r.note("saved snapshot %s", key)
+			removed, err := cache.Prune(snapshotMaxAge)
+			if err != nil {
+				r.warn("pruning the snapshot cache: %v", err)
+			}
+			for _, k := range removed {
+				r.note("removed snapshot %s, unused for %v", k, snapshotMaxAge)
+			}
 		}
 		return r.attachImage(vctx)
 	case err != nil:

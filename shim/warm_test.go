@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/govmm/vmm/shim/snapcache"
 )
@@ -271,4 +272,38 @@ func TestWarmRunRedialsAfterLateReset(t *testing.T) {
 		t.Errorf("calls %q: want a reset Refresh retried on a new connection, and no boot", got)
 	}
 	w2.checkCleanedUp(t, o2)
+}
+
+// TestWarmRunPrunesOldSnapshots: a run that saves a snapshot deletes the
+// ones no run has used for snapshotMaxAge (another kernel's, say).
+func TestWarmRunPrunesOldSnapshots(t *testing.T) {
+	cacheDir := filepath.Join(t.TempDir(), "snapshots")
+	c := snapcache.Cache{Dir: cacheDir}
+	oldEntry, _, err := c.Build(context.Background(), "0ddba11", func(dir string) error {
+		for _, f := range []string{snapcache.StateFile, snapcache.MemFile} {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte("old"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := time.Now().Add(-snapshotMaxAge - time.Hour)
+	if err := os.Chtimes(oldEntry.Dir, long, long); err != nil {
+		t.Fatal(err)
+	}
+	w := newFakeWorld(t)
+	o, _, stderr := warmOptions(t, w, cacheDir, "true")
+	if code, err := Run(context.Background(), o); err != nil || code != 0 {
+		t.Fatalf("run: %d, %v", code, err)
+	}
+	if _, ok := c.Lookup("0ddba11"); ok {
+		t.Errorf("the unused snapshot is still in the cache; stderr %q", stderr)
+	}
+	key, _ := SnapshotKey(o)
+	if _, ok := c.Lookup(key); !ok {
+		t.Error("the run's own snapshot is missing")
+	}
 }

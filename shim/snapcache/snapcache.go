@@ -295,3 +295,66 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// Touch records that e was just used, so Prune keeps it: the entry
+// directory's modification time is its last use.
+func (c Cache) Touch(e Entry) error {
+	now := time.Now()
+	if err := os.Chtimes(e.Dir, now, now); err != nil {
+		return fmt.Errorf("snapshot cache: %w", err)
+	}
+	return nil
+}
+
+// staleLeftover is how old a ".stale-" or ".placeholder-" leftover of a
+// killed run must be before Prune deletes it: older than any run that
+// could still be using it.
+const staleLeftover = time.Hour
+
+// Prune deletes the entries not used (Touch, Build) for maxAge, and what
+// killed runs left behind. Each entry goes under its own lock, and one a
+// run holds is skipped: Prune never waits. It returns the keys it deleted.
+// Without it, every new kernel, initramfs, memory size or vmm build would
+// leave another memory file of up to the guest's RAM behind.
+func (c Cache) Prune(maxAge time.Duration) ([]string, error) {
+	ents, err := os.ReadDir(c.Dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("snapshot cache: %w", err)
+	}
+	now := time.Now()
+	busy, cancel := context.WithCancel(context.Background())
+	cancel() // lock tries once
+	var removed []string
+	var errs []error
+	for _, d := range ents {
+		info, err := d.Info()
+		if err != nil {
+			continue
+		}
+		age := now.Sub(info.ModTime())
+		name := d.Name()
+		switch {
+		case strings.HasPrefix(name, ".stale-") || strings.HasPrefix(name, ".placeholder-"):
+			if age > staleLeftover {
+				errs = append(errs, os.RemoveAll(filepath.Join(c.Dir, name)))
+			}
+		case d.IsDir() && checkKey(name) == nil && age > maxAge:
+			unlock, err := c.lock(busy, name)
+			if err != nil {
+				continue // in use
+			}
+			c.removeLeftovers(name)
+			if err := c.discard(filepath.Join(c.Dir, name)); err != nil {
+				errs = append(errs, err)
+			} else {
+				removed = append(removed, name)
+				_ = os.Remove(filepath.Join(c.Dir, name+".lock"))
+			}
+			unlock()
+		}
+	}
+	return removed, errors.Join(errs...)
+}

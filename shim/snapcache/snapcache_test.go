@@ -323,3 +323,71 @@ func TestDefaultDir(t *testing.T) {
 		t.Errorf("without: %s, %v", d, err)
 	}
 }
+
+// TestPrune deletes entries unused for longer than the limit and old
+// leftovers of killed runs, keeps recent and locked entries, and never
+// waits for a lock.
+func TestPrune(t *testing.T) {
+	c := Cache{Dir: filepath.Join(t.TempDir(), "snapshots")}
+	ctx := context.Background()
+	old := time.Now().Add(-30 * 24 * time.Hour)
+	mk := func(key string, used time.Time) Entry {
+		e, _, err := c.Build(ctx, key, fakeBuild(key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(e.Dir, used, used); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	mk("01d", old)
+	recent := mk("0e0", time.Now())
+	touched := mk("70c", old)
+	if err := c.Touch(touched); err != nil {
+		t.Fatal(err)
+	}
+	mk("10cced", old)
+	unlock, err := c.lock(ctx, "10cced") // a run restoring it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	leftover := filepath.Join(c.Dir, ".stale-123")
+	if err := os.Mkdir(leftover, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(leftover, old, old); err != nil {
+		t.Fatal(err)
+	}
+	fresh := filepath.Join(c.Dir, ".stale-456")
+	if err := os.Mkdir(fresh, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	removed, err := c.Prune(14 * 24 * time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 5*lockPoll {
+		t.Errorf("Prune took %v: it waited for a lock", time.Since(start))
+	}
+	if len(removed) != 1 || removed[0] != "01d" {
+		t.Errorf("removed %q, want [01d]", removed)
+	}
+	for key, want := range map[string]bool{"01d": false, recent.Key: true, touched.Key: true, "10cced": true} {
+		if _, ok := c.Lookup(key); ok != want {
+			t.Errorf("entry %s present %v, want %v", key, ok, want)
+		}
+	}
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Errorf("an old leftover survived: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("a recent leftover (maybe a run's) was deleted: %v", err)
+	}
+	if removed, err := (Cache{Dir: filepath.Join(t.TempDir(), "none")}).Prune(time.Hour); err != nil || len(removed) != 0 {
+		t.Errorf("Prune of a missing cache: %q, %v", removed, err)
+	}
+}
