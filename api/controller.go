@@ -85,6 +85,16 @@ type RestoreRequest struct {
 	NetOverrides []NetOverride
 	// VsockUDSPath, when not empty, replaces the vsock device's uds_path.
 	VsockUDSPath string
+	// DriveOverrides give drives another backing file, in request order;
+	// each DriveID appears at most once.
+	DriveOverrides []DriveOverrideRequest
+}
+
+// DriveOverrideRequest is one of PUT /snapshot/load's drive_overrides:
+// the drive DriveID is opened from Path instead of the snapshot's file.
+type DriveOverrideRequest struct {
+	DriveID string
+	Path    string
 }
 
 // NetOverride is one of PUT /snapshot/load's network_overrides: the
@@ -113,6 +123,12 @@ func RestoreVMMMachine(req RestoreRequest, log *slog.Logger) (Machine, vmm.Confi
 		rc.NetTaps = map[string]string{}
 		for _, o := range req.NetOverrides {
 			rc.NetTaps[o.IfaceID] = o.Tap
+		}
+	}
+	if len(req.DriveOverrides) > 0 {
+		rc.DrivePaths = map[string]string{}
+		for _, o := range req.DriveOverrides {
+			rc.DrivePaths[o.DriveID] = o.Path
 		}
 	}
 	m, err := vmm.Restore(rc, log)

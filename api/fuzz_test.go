@@ -37,7 +37,8 @@ var fuzzBodyRoutes = []struct{ method, path, seed string }{
 	{"PATCH", "/vm", `{"state":"Paused"}`},
 	{"PUT", "/snapshot/create", `{"snapshot_type":"Full","snapshot_path":"vm.snap","mem_file_path":"vm.mem"}`},
 	{"PUT", "/snapshot/load", `{"snapshot_path":"vm.snap","mem_backend":{"backend_type":"File","backend_path":"vm.mem"},"resume_vm":true,` +
-		`"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}],"vsock_override":{"uds_path":"v2.sock"}}`},
+		`"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}],"vsock_override":{"uds_path":"v2.sock"},` +
+		`"drive_overrides":[{"drive_id":"rootfs","path_on_host":"clone.img"}]}`},
 }
 
 // deviceDirs are the trees touchesDevices keeps inputs out of.

@@ -43,6 +43,15 @@ type NetworkOverride struct {
 	HostDevName *string `json:"host_dev_name,omitempty"`
 }
 
+// DriveOverride gives a restored drive another backing file, which must
+// have the size the guest was told (as proposed for Firecracker:
+// drive_overrides, firecracker-microvm/firecracker#5774). Clones of one
+// snapshot each need their own writable disk.
+type DriveOverride struct {
+	DriveID    *string `json:"drive_id,omitempty"`
+	PathOnHost *string `json:"path_on_host,omitempty"`
+}
+
 // VsockOverride gives the restored vsock device another Unix socket.
 type VsockOverride struct {
 	UDSPath *string `json:"uds_path,omitempty"`
@@ -60,6 +69,7 @@ type SnapshotLoadParams struct {
 	TrackDirtyPages     *bool             `json:"track_dirty_pages,omitempty"`
 	ResumeVM            *bool             `json:"resume_vm,omitempty"`
 	NetworkOverrides    []NetworkOverride `json:"network_overrides,omitempty"`
+	DriveOverrides      []DriveOverride   `json:"drive_overrides,omitempty"`
 	VsockOverride       *VsockOverride    `json:"vsock_override,omitempty"`
 	ClockRealtime       *bool             `json:"clock_realtime,omitempty"`
 	HugePages           *string           `json:"huge_pages,omitempty"`
@@ -176,6 +186,22 @@ func checkSnapshotLoad(p SnapshotLoadParams) (RestoreRequest, bool, error) {
 		}
 		req.NetOverrides = append(req.NetOverrides, NetOverride{IfaceID: id, Tap: *o.HostDevName})
 	}
+	seenDrive := make(map[string]bool, len(p.DriveOverrides))
+	for i, o := range p.DriveOverrides {
+		field := fmt.Sprintf("drive_overrides[%d]", i)
+		id, err := checkID(field+".drive_id", o.DriveID, "")
+		if err != nil {
+			return req, false, err
+		}
+		if seenDrive[id] {
+			return req, false, fmt.Errorf("%s: drive_id %q is overridden twice", field, id)
+		}
+		seenDrive[id] = true
+		if err := nonEmptyPath(field+".path_on_host", o.PathOnHost); err != nil {
+			return req, false, err
+		}
+		req.DriveOverrides = append(req.DriveOverrides, DriveOverrideRequest{DriveID: id, Path: *o.PathOnHost})
+	}
 	if v := p.VsockOverride; v != nil {
 		if err := nonEmptyPath("vsock_override.uds_path", v.UDSPath); err != nil {
 			return req, false, err
@@ -240,6 +266,11 @@ func (c *Controller) LoadSnapshot(p SnapshotLoadParams) error {
 	}
 	if err := checkReadableFile(memField, req.MemFilePath, false); err != nil {
 		return err
+	}
+	for i, o := range req.DriveOverrides {
+		if err := checkReadableFile(fmt.Sprintf("drive_overrides[%d].path_on_host", i), o.Path, false); err != nil {
+			return err
+		}
 	}
 	req.Base = c.cfg
 	req.Base.Kernel, req.Base.Initrd, req.Base.Cmdline = "", "", ""

@@ -167,6 +167,10 @@ func TestSnapshotLoadValidation(t *testing.T) {
 		{"override without tap", "PUT", "/snapshot/load", e.load(`,"network_overrides":[{"iface_id":"eth0"}]`), 400, `missing required field "network_overrides[0].host_dev_name"`},
 		{"override bad tap", "PUT", "/snapshot/load", e.load(`,"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap/1"}]`), 400, `network_overrides[0].host_dev_name "tap/1" is not a valid interface name`},
 		{"override twice", "PUT", "/snapshot/load", e.load(`,"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"},{"iface_id":"eth0","host_dev_name":"tap2"}]`), 400, `iface_id "eth0" is overridden twice`},
+		{"drive override without drive_id", "PUT", "/snapshot/load", e.load(`,"drive_overrides":[{"path_on_host":"x"}]`), 400, `missing required field "drive_overrides[0].drive_id"`},
+		{"drive override without path", "PUT", "/snapshot/load", e.load(`,"drive_overrides":[{"drive_id":"rootfs"}]`), 400, `missing required field "drive_overrides[0].path_on_host"`},
+		{"drive override twice", "PUT", "/snapshot/load", e.load(`,"drive_overrides":[{"drive_id":"rootfs","path_on_host":"a"},{"drive_id":"rootfs","path_on_host":"b"}]`), 400, `drive_id "rootfs" is overridden twice`},
+		{"drive override file absent", "PUT", "/snapshot/load", e.load(`,"drive_overrides":[{"drive_id":"rootfs","path_on_host":"/nonexistent/clone.img"}]`), 400, "drive_overrides[0].path_on_host: open"},
 		{"vsock override without path", "PUT", "/snapshot/load", e.load(`,"vsock_override":{}`), 400, `missing required field "vsock_override.uds_path"`},
 		{"vsock override empty path", "PUT", "/snapshot/load", e.load(`,"vsock_override":{"uds_path":""}`), 400, "vsock_override.uds_path is empty"},
 		{"unknown field", "PUT", "/snapshot/load", e.load(`,"version":"1.0.0"`), 400, `unknown field "version"`},
@@ -344,7 +348,8 @@ func TestSnapshotLoadOnlyFirst(t *testing.T) {
 func TestSnapshotLoadThenResume(t *testing.T) {
 	e := newSnapEnv(t)
 	_, _, hdr := e.do("PUT", "/snapshot/load", e.load(`,"resume_vm":false,"track_dirty_pages":false,"clock_realtime":false,"huge_pages":"None",`+
-		`"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap7"}],"vsock_override":{"uds_path":"/run/new.sock"}`))
+		`"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap7"}],"vsock_override":{"uds_path":"/run/new.sock"},`+
+		fmt.Sprintf(`"drive_overrides":[{"drive_id":"rootfs","path_on_host":%q}]`, e.mem)))
 	if hdr.Get("Deprecation") != "" {
 		t.Error("Deprecation header on a load without deprecated fields")
 	}
@@ -353,7 +358,8 @@ func TestSnapshotLoadThenResume(t *testing.T) {
 		t.Fatalf("%d restore requests, want 1", len(reqs))
 	}
 	req := reqs[0]
-	if req.SnapshotPath != e.stFile || req.MemFilePath != e.mem || !slices.Equal(req.NetOverrides, []NetOverride{{IfaceID: "eth0", Tap: "tap7"}}) || req.VsockUDSPath != "/run/new.sock" {
+	if req.SnapshotPath != e.stFile || req.MemFilePath != e.mem || !slices.Equal(req.NetOverrides, []NetOverride{{IfaceID: "eth0", Tap: "tap7"}}) || req.VsockUDSPath != "/run/new.sock" ||
+		!slices.Equal(req.DriveOverrides, []DriveOverrideRequest{{DriveID: "rootfs", Path: e.mem}}) {
 		t.Fatalf("restore request %+v does not carry the load's paths and overrides", req)
 	}
 	m := e.r.last()

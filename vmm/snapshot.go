@@ -231,6 +231,9 @@ type RestoreConfig struct {
 	// VsockUDS, when set, is the vsock device's new Unix socket
 	// (vsock_override).
 	VsockUDS string
+	// DrivePaths gives drives, by id, another backing file
+	// (drive_overrides), which must have the size the guest was told.
+	DrivePaths map[string]string
 	// Host has the settings a snapshot can't carry, used as in Config:
 	// ConsoleOut, ConsoleIn, SampleRIP, HostQuirks, OnFirstRun, and
 	// SystemMap when the snapshot names none. The rest of it is ignored.
@@ -385,6 +388,21 @@ func (st *machineState) config(rc RestoreConfig) (Config, error) {
 			return Config{}, fmt.Errorf("network override for interface %q, which the snapshot does not have", id)
 		}
 		cfg.Nets[i].Tap = tap
+	}
+	for id, path := range rc.DrivePaths {
+		i := slices.IndexFunc(cfg.Drives, func(d DriveConfig) bool { return d.ID == id })
+		if i < 0 {
+			// Unnamed drives get their id from their position.
+			for j, d := range cfg.Drives {
+				if d.ID == "" && driveID(j, d) == id {
+					i = j
+				}
+			}
+		}
+		if i < 0 {
+			return Config{}, fmt.Errorf("drive override for drive %q, which the snapshot does not have", id)
+		}
+		cfg.Drives[i].Path = path
 	}
 	if s.Vsock != nil {
 		v := *s.Vsock

@@ -28,7 +28,7 @@ func TestRestoredConfig(t *testing.T) {
 		},
 		VCPUs: make([]kvm.VCPUState, 2),
 	}
-	cfg, err := saved.config(RestoreConfig{NetTaps: map[string]string{"eth1": "tapX"}, VsockUDS: "/new.sock"})
+	cfg, err := saved.config(RestoreConfig{NetTaps: map[string]string{"eth1": "tapX"}, VsockUDS: "/new.sock", DrivePaths: map[string]string{"rootfs": "/clone.img"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,10 @@ func TestRestoredConfig(t *testing.T) {
 	if saved.Config.Nets[1].Tap != "tap1" {
 		t.Error("the override changed the saved state")
 	}
-	if cfg.MemSize != 128<<20 || cfg.CPUs != 2 || cfg.Drives[0].Path != "/img" {
+	if saved.Config.Drives[0].Path != "/img" {
+		t.Error("the drive override changed the saved state")
+	}
+	if cfg.MemSize != 128<<20 || cfg.CPUs != 2 || cfg.Drives[0].Path != "/clone.img" {
 		t.Errorf("restored config %+v", cfg)
 	}
 
@@ -55,6 +58,7 @@ func TestRestoredConfig(t *testing.T) {
 	}{
 		{"unknown interface", saved, RestoreConfig{NetTaps: map[string]string{"eth9": "t"}}, `interface "eth9"`},
 		{"vsock override without vsock", noVsock, RestoreConfig{VsockUDS: "/x"}, "no vsock device"},
+		{"unknown drive", saved, RestoreConfig{DrivePaths: map[string]string{"data": "/d"}}, `drive "data"`},
 		{"vCPU states", func() machineState { s := saved; s.VCPUs = s.VCPUs[:1]; return s }(), RestoreConfig{}, "1 vCPU states for 2 vCPUs"},
 		{"state version", func() machineState { s := saved; s.Version = 99; return s }(), RestoreConfig{}, "version 99"},
 		{"memory size", func() machineState { s := saved; s.Config.MemSize = 1; return s }(), RestoreConfig{}, "memory"},

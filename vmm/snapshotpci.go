@@ -155,12 +155,18 @@ func saveDrive(_ *Machine, dev virtio.Device, fs *functionState) error {
 	return nil
 }
 
-// restoreDrive reopens the image at the path the snapshot names; the drive
-// must still be there, the same size (blk.Restore).
+// restoreDrive reopens the image m.cfg names for the drive (the
+// snapshot's, or a drive override), which must be the size the guest was
+// told (blk.Restore).
 func (m *Machine) restoreDrive(fs functionState, attach func(virtioFunc) error) error {
 	st, err := checkFunction(fs, fs.Blk)
 	if err != nil {
 		return err
+	}
+	for i, d := range m.cfg.Drives {
+		if driveID(i, d) == st.ID {
+			st.Path = d.Path
+		}
 	}
 	dev, err := blk.Restore(st)
 	if err != nil {

@@ -74,7 +74,14 @@ func TestPCISnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("%d functions saved, want 3", n)
 	}
 
+	// The clone gets its own copy of the disk (drive_overrides) and its
+	// own socket (vsock_override).
+	clone := filepath.Join(dir, "clone.img")
+	if err := os.WriteFile(clone, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg2 := cfg
+	cfg2.Drives = []DriveConfig{{ID: "d0", Path: clone}}
 	cfg2.Vsock = &VsockConfig{ID: "v", GuestCID: 3, UDSPath: filepath.Join(dir, "b.sock")}
 	m2, st2 := pciTestMachine(cfg2)
 	defer m2.closePCI()
@@ -96,8 +103,10 @@ func TestPCISnapshotRoundTrip(t *testing.T) {
 	if _, err := os.Stat(cfg2.Vsock.UDSPath); err != nil {
 		t.Errorf("vsock override: %v", err)
 	}
-	if st2.drives["d0"] == nil {
+	if d := st2.drives["d0"]; d == nil {
 		t.Error("restored drive not registered for UpdateDrive")
+	} else if d.Path() != clone {
+		t.Errorf("restored drive serves %s, want the override %s", d.Path(), clone)
 	}
 }
 
