@@ -74,7 +74,7 @@ type container struct {
 	// (none for the one the VM booted with).
 	slots []int
 	init  *process
-	execs      map[string]*process
+	execs map[string]*process
 }
 
 // NewService returns a Service; nothing starts until Create.
