@@ -31,6 +31,10 @@ const (
 	DefaultBootTimeout  = 2 * time.Minute
 	DefaultRootDir      = "/var/lib/vmm/containerd"
 	DefaultRunDir       = "/run/vmm-shim"
+	// DefaultSpareDrives and DefaultSpareWritableDrives let a pod's VM
+	// take two more containers of a few layers each.
+	DefaultSpareDrives         = 8
+	DefaultSpareWritableDrives = 2
 )
 
 // Config is the shim's config file (JSON). Every field is optional: the
@@ -60,6 +64,28 @@ type Config struct {
 	// RunDir keeps the shims' sockets and each VM's API and vsock
 	// sockets; Unix socket paths are short, so keep it short.
 	RunDir string `json:"run_dir,omitempty"`
+	// SpareDrives is how many placeholder drives a pod's VM boots with
+	// for its later containers' disks (DefaultSpareDrives; 0 for none),
+	// SpareWritableDrives how many of them are writable: a container
+	// needs one for its writable disk, and read-only ones for the
+	// layers no container of the pod has attached yet. The VM's drive
+	// limit (26 in all) caps them.
+	SpareDrives         *int `json:"spare_drives,omitempty"`
+	SpareWritableDrives *int `json:"spare_writable_drives,omitempty"`
+}
+
+func (c *Config) spareDrives() int {
+	if c.SpareDrives == nil {
+		return DefaultSpareDrives
+	}
+	return *c.SpareDrives
+}
+
+func (c *Config) spareWritableDrives() int {
+	if c.SpareWritableDrives == nil {
+		return min(DefaultSpareWritableDrives, c.spareDrives())
+	}
+	return *c.SpareWritableDrives
 }
 
 // Duration is a time.Duration written as "90s" in JSON.
@@ -134,6 +160,12 @@ func ParseConfig(r io.Reader) (*Config, error) {
 	}
 	if cfg.UpperSizeMiB < 0 || cfg.UpperSizeMiB > maxUpperSizeMiB {
 		return nil, fmt.Errorf("upper_size_mib %d: want 1 to %d", cfg.UpperSizeMiB, maxUpperSizeMiB)
+	}
+	if n := cfg.spareDrives(); n < 0 || n >= vmm.MaxDrives {
+		return nil, fmt.Errorf("spare_drives %d: want 0 to %d", n, vmm.MaxDrives-1)
+	}
+	if n := cfg.spareWritableDrives(); n < 0 || n > cfg.spareDrives() {
+		return nil, fmt.Errorf("spare_writable_drives %d: want 0 to spare_drives (%d)", n, cfg.spareDrives())
 	}
 	for _, p := range []struct{ name, path string }{
 		{"vmm", cfg.VMM}, {"kernel", cfg.Kernel}, {"initrd", cfg.Initrd}, {"root_dir", cfg.RootDir}, {"run_dir", cfg.RunDir},

@@ -11,5 +11,8 @@
 // cached by snapshot and shared by every VM, plus a writable ext4 disk of
 // its own; the guest stacks them with overlayfs, so a container's writes
 // never reach a shared layer (nor the snapshot's upper directory on the
-// host: they live and die with the task's disk).
+// host: they live and die with the task's disk). A pod's VM boots with
+// its sandbox container's disks and spare placeholder drives; a later
+// container of the pod takes spare slots and has its images swapped in
+// with PATCH /drives/{id}, and gives them back when deleted (slots.go).
 package containerd

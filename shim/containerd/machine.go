@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,10 @@ type machine struct {
 	console *cappedFile // nil when not logging
 	// deviceOf names the i-th drive in the guest (guestDevice).
 	deviceOf func(i int) string
+	// attachMu serialises the claims and releases of slots with their
+	// swaps: a container sharing a slot must find its image in place.
+	attachMu sync.Mutex
+	slots    *driveSlots
 }
 
 // vmControl is the part of the REST API a running VM needs;
@@ -66,6 +71,8 @@ type machine struct {
 type vmControl interface {
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
+	// PatchDrivePath swaps a drive's image (PATCH /drives/{id}).
+	PatchDrivePath(ctx context.Context, id, path string) error
 }
 
 // machineSpec is what bootMachine needs.
@@ -74,15 +81,21 @@ type machineSpec struct {
 	kernel, initrd, cmdline string
 	memMiB, cpus            int64
 	disks                   []disk
-	bootTimeout             time.Duration
+	// spares are a pod's placeholder drives after disks (makeSpares).
+	spares      []disk
+	bootTimeout time.Duration
 }
+
+// drives are all the VM's drives in attach order.
+func (s machineSpec) drives() []disk { return append(slices.Clip(s.disks), s.spares...) }
 
 // bootMachine starts a VM with spec's disks and connects to its agent.
 // On failure nothing it started is left running and the error carries
 // the console's last lines.
 func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine, err error) {
-	if len(spec.disks) > vmm.MaxDrives {
-		return nil, fmt.Errorf("%d disks: a VM has at most %d", len(spec.disks), vmm.MaxDrives)
+	drives := spec.drives()
+	if err := vmm.CheckDrives(len(drives)); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(spec.dir, 0o700); err != nil {
 		return nil, err
@@ -98,7 +111,7 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 		return nil, err
 	}
 	c := client.New(apiSock)
-	m := &machine{vm: vm, ctl: c, console: console, deviceOf: guestDevice}
+	m := &machine{vm: vm, ctl: c, console: console, deviceOf: guestDevice, slots: newDriveSlots(spec.disks, spec.spares)}
 	defer func() {
 		if err != nil {
 			m.stop()
@@ -133,8 +146,8 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 	if err := c.PutMachineConfig(bctx, spec.cpus, spec.memMiB); err != nil {
 		return nil, fail("configuring the machine", err)
 	}
-	for i, d := range spec.disks {
-		id, path, root, ro := fmt.Sprintf("disk%d", i), d.path, false, d.readOnly
+	for i, d := range drives {
+		id, path, root, ro := driveID(i), d.path, false, d.readOnly
 		if err := c.PutDrive(bctx, api.Drive{DriveID: &id, PathOnHost: &path, IsRootDevice: &root, IsReadOnly: &ro}); err != nil {
 			return nil, fail("attaching "+path, err)
 		}

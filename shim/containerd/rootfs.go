@@ -125,14 +125,14 @@ func (d *rootfsDisks) disks() []disk {
 }
 
 // agentRootfs is the agent's description of the container's root, given
-// the guest's names for the drives and the index of the container's
-// first (its disks are attached in the order disks returns).
-func (d *rootfsDisks) agentRootfs(deviceOf func(int) string, first int) protocol.Rootfs {
+// the guest's names for its disks in the order disks lists them.
+func (d *rootfsDisks) agentRootfs(devs []string) protocol.Rootfs {
 	r := protocol.Rootfs{Type: "ext4", ReadOnly: d.readOnly}
-	for i := range d.layers {
-		r.Layers = append(r.Layers, deviceOf(first+i))
+	if len(devs) == 0 {
+		return r
 	}
-	r.Source = deviceOf(first + len(d.layers))
+	r.Layers = append(r.Layers, devs[:len(devs)-1]...)
+	r.Source = devs[len(devs)-1]
 	return r
 }
 

@@ -70,8 +70,11 @@ type Service struct {
 type container struct {
 	id, bundle string
 	rootfs     *rootfsDisks
-	init       *process
-	execs      map[string]*process
+	// slots are the VM drives a container that joined the VM took
+	// (none for the one the VM booted with).
+	slots []int
+	init  *process
+	execs map[string]*process
 }
 
 // NewService returns a Service; nothing starts until Create.
@@ -153,13 +156,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "task %s already exists", r.ID)
 	}
-	if s.vm != nil || len(s.creating) > 0 {
+	if s.vm == nil && len(s.creating) > 0 {
 		s.mu.Unlock()
-		// The guest gets the disks of the sandbox's first task at boot;
-		// attaching more needs drive slots reserved at boot and swapped
-		// in with PATCH /drives (not done yet).
-		return nil, status.Errorf(codes.Unimplemented, "task %s: a second container in sandbox %s's VM is not supported yet", r.ID, s.cfg.SandboxID)
+		return nil, status.Errorf(codes.Unavailable, "task %s: sandbox %s's VM is still booting", r.ID, s.cfg.SandboxID)
 	}
+	// The sandbox's first task boots the VM; a later one (a pod's
+	// container) joins it, its disks swapped into spare drives.
+	joined := s.vm
 	s.creating[r.ID] = true
 	s.creates.Add(1)
 	s.mu.Unlock()
@@ -194,31 +197,36 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	memMiB, cpus := vmSize(spec, s.cfg.Config)
-	vm, err := s.boot(ctx, machineSpec{
-		dir:         s.cfg.Dir,
-		kernel:      s.cfg.Config.Kernel,
-		initrd:      s.cfg.Config.Initrd,
-		cmdline:     s.cfg.Config.Cmdline,
-		memMiB:      memMiB,
-		cpus:        cpus,
-		disks:       disks.disks(),
-		bootTimeout: time.Duration(s.cfg.Config.BootTimeout),
-	})
-	if err != nil {
-		os.RemoveAll(s.cfg.Dir)
-		return nil, status.Errorf(codes.Unavailable, "booting the VM for task %s: %v", r.ID, err)
-	}
-	defer func() {
-		if err != nil {
-			vm.stop()
-			os.RemoveAll(s.cfg.Dir)
+	vm, devs, slots := joined, []string(nil), []int(nil)
+	if joined == nil {
+		if vm, err = s.bootFor(ctx, r.ID, spec, disks); err != nil {
+			return nil, err
 		}
-	}()
+		devs = vm.deviceNames(len(disks.disks()))
+		defer func() {
+			if err != nil {
+				vm.stop()
+				os.RemoveAll(s.cfg.Dir)
+			}
+		}()
+	} else {
+		devs, slots, err = vm.attach(ctx, disks.disks())
+		if errors.Is(err, errNoSlots) {
+			return nil, status.Errorf(codes.ResourceExhausted, "task %s: sandbox %s's VM: %v (spare_drives and spare_writable_drives in the shim config set how many its VM boots with)", r.ID, s.cfg.SandboxID, err)
+		}
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "attaching task %s's disks to sandbox %s's VM: %v", r.ID, s.cfg.SandboxID, err)
+		}
+		defer func() {
+			if err != nil {
+				s.leaveVM(context.WithoutCancel(ctx), vm, slots)
+			}
+		}()
+	}
 
 	req := protocol.CreateContainerRequest{
 		ID:        r.ID,
-		Rootfs:    disks.agentRootfs(vm.deviceOf, 0),
+		Rootfs:    disks.agentRootfs(devs),
 		Hostname:  spec.Hostname,
 		Resources: agentResources(spec),
 	}
@@ -237,8 +245,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		_ = vm.agent.DestroyContainer(ctx, r.ID)
 		return nil, errPrecondition("the shim is shutting down")
 	}
+	if joined != nil && s.vm != joined {
+		s.mu.Unlock()
+		p.closeIO()
+		return nil, status.Errorf(codes.Unavailable, "task %s: sandbox %s's VM stopped meanwhile", r.ID, s.cfg.SandboxID)
+	}
 	s.vm = vm
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, rootfs: disks, init: p, execs: map[string]*process{}}
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, rootfs: disks, slots: slots, init: p, execs: map[string]*process{}}
 	s.mu.Unlock()
 	s.cfg.Publisher.Publish(TopicTaskCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs,
@@ -539,10 +552,16 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		}
 	}
 	delete(s.containers, r.ID)
-	if len(s.containers) == 0 {
+	if len(s.containers) == 0 && len(s.creating) == 0 {
 		// The VM held the task's disks open; it is stopped before they
 		// are removed.
 		s.stopVM()
+	} else if s.vm != nil {
+		// The container is gone from the guest, so its slots are free
+		// for the pod's next one.
+		if err := s.vm.detach(ctx, c.slots); err != nil {
+			s.cfg.Logf("task %s: %v", r.ID, err)
+		}
 	}
 	if err := removeTaskFiles(s.cfg.Config, s.cfg.Namespace, r.ID); err != nil {
 		s.cfg.Logf("%v", err)

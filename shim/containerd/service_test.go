@@ -40,9 +40,12 @@ import (
 type hostVM struct {
 	t     *testing.T
 	agent *exec.Cmd
-	loops []string
 	done  chan struct{}
 	ctl   *recordingControl
+
+	mu       sync.Mutex
+	loops    []string // the drives' loop devices, in drive order
+	readOnly []bool
 }
 
 func (h *hostVM) Done() <-chan struct{} { return h.done }
@@ -55,6 +58,8 @@ func (h *hostVM) Stop(time.Duration) {
 	}
 	_ = h.agent.Process.Signal(syscall.SIGTERM) // the agent destroys its containers
 	_ = h.agent.Wait()
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for _, l := range h.loops {
 		if out, err := exec.Command("losetup", "-d", l).CombinedOutput(); err != nil {
 			h.t.Errorf("losetup -d %s: %v %s", l, err, out)
@@ -63,7 +68,57 @@ func (h *hostVM) Stop(time.Duration) {
 	close(h.done)
 }
 
-// recordingControl records PATCH /vm calls.
+// attachLoop attaches path to a new loop device.
+func attachLoop(path string, readOnly bool) (string, error) {
+	args := []string{"--find", "--show"}
+	if readOnly {
+		args = append(args, "--read-only")
+	}
+	out, err := exec.Command("losetup", append(args, path)...).Output()
+	if err != nil {
+		return "", fmt.Errorf("losetup %s: %v", path, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// device is the guest's name of drive i: its loop device.
+func (h *hostVM) device(i int) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.loops[i]
+}
+
+// hostControl is a hostVM's REST API: PATCH /drives/{id} swaps the
+// drive's image, as vmm's hot swap does. A loop device's backing file
+// can only be changed for one of the same size, so the new image gets a
+// new loop device, which becomes the drive's name in the "guest".
+type hostControl struct {
+	*recordingControl
+	h *hostVM
+}
+
+func (c hostControl) PatchDrivePath(_ context.Context, id, path string) error {
+	var i int
+	if _, err := fmt.Sscanf(id, "disk%d", &i); err != nil {
+		return fmt.Errorf("drive id %q: %w", id, err)
+	}
+	c.h.mu.Lock()
+	defer c.h.mu.Unlock()
+	if i < 0 || i >= len(c.h.loops) {
+		return fmt.Errorf("no drive %s", id)
+	}
+	loop, err := attachLoop(path, c.h.readOnly[i])
+	if err != nil {
+		return err
+	}
+	if out, err := exec.Command("losetup", "-d", c.h.loops[i]).CombinedOutput(); err != nil {
+		c.h.t.Errorf("losetup -d %s: %v %s", c.h.loops[i], err, out)
+	}
+	c.h.loops[i] = loop
+	return c.record("patch " + id + " " + filepath.Base(path))
+}
+
+// recordingControl records PATCH /vm and PATCH /drives calls.
 type recordingControl struct {
 	mu    sync.Mutex
 	calls []string
@@ -136,16 +191,16 @@ func hostBoot(t *testing.T, ctl *recordingControl) func(context.Context, machine
 			return nil, err
 		}
 		h := &hostVM{t: t, done: make(chan struct{}), ctl: ctl}
-		for _, d := range spec.disks {
-			args := []string{"--find", "--show"}
-			if d.readOnly {
-				args = append(args, "--read-only")
-			}
-			out, err := exec.Command("losetup", append(args, d.path)...).Output()
+		for _, d := range spec.drives() {
+			loop, err := attachLoop(d.path, d.readOnly)
 			if err != nil {
-				return nil, fmt.Errorf("losetup %s: %v", d.path, err)
+				for _, l := range h.loops {
+					_ = exec.Command("losetup", "-d", l).Run()
+				}
+				return nil, err
 			}
-			h.loops = append(h.loops, strings.TrimSpace(string(out)))
+			h.loops = append(h.loops, loop)
+			h.readOnly = append(h.readOnly, d.readOnly)
 		}
 		sock := filepath.Join(spec.dir, "agent.sock")
 		h.agent = exec.Command(bin, "--listen", "unix:"+sock, "--cgroup-parent", fmt.Sprintf("vmm-shim-test-%d", os.Getpid()), "--run-dir", filepath.Join(spec.dir, "agent"))
@@ -170,8 +225,7 @@ func hostBoot(t *testing.T, ctl *recordingControl) func(context.Context, machine
 			h.Stop(0)
 			return nil, err
 		}
-		loops := h.loops
-		return &machine{vm: h, ctl: ctl, agent: ac, deviceOf: func(i int) string { return loops[i] }}, nil
+		return &machine{vm: h, ctl: hostControl{ctl, h}, agent: ac, deviceOf: h.device, slots: newDriveSlots(spec.disks, spec.spares)}, nil
 	}
 }
 

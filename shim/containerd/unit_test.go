@@ -22,6 +22,7 @@ import (
 
 	"github.com/govmm/vmm/guest/agent/protocol"
 	"github.com/govmm/vmm/internal/testenv"
+	"github.com/govmm/vmm/vmm"
 )
 
 func TestParseRootfs(t *testing.T) {
@@ -86,7 +87,7 @@ func TestRootfsDisksOrder(t *testing.T) {
 	if got := d.disks(); !reflect.DeepEqual(got, want) {
 		t.Errorf("disks = %v, want %v", got, want)
 	}
-	r := d.agentRootfs(guestDevice, 0)
+	r := d.agentRootfs([]string{guestDevice(0), guestDevice(1), guestDevice(2)})
 	if r.Source != "/dev/vdc" || !reflect.DeepEqual(r.Layers, []string{"/dev/vda", "/dev/vdb"}) || r.Type != "ext4" {
 		t.Errorf("agentRootfs = %+v", r)
 	}
@@ -106,6 +107,12 @@ func TestParseConfig(t *testing.T) {
 		{"duration", `{"boot_timeout":"soon"}`, "duration"},
 		{"negative duration", `{"boot_timeout":"-1s"}`, "negative"},
 		{"trailing", `{} {}`, "trailing"},
+		{"spares", `{"spare_drives":12,"spare_writable_drives":4}`, ""},
+		{"no spares", `{"spare_drives":0}`, ""},
+		{"too many spares", `{"spare_drives":26}`, "spare_drives"},
+		{"negative spares", `{"spare_drives":-1}`, "spare_drives"},
+		{"writable beyond spares", `{"spare_drives":2,"spare_writable_drives":3}`, "spare_writable_drives"},
+		{"writable beyond default", `{"spare_writable_drives":9}`, "spare_writable_drives"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseConfig(strings.NewReader(c.json))
@@ -119,12 +126,13 @@ func TestParseConfig(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	f.Add(`{"kernel":"/k","mem_mib":512,"boot_timeout":"1m"}`)
 	f.Add(`{"vcpus":-3}`)
+	f.Add(`{"spare_drives":3,"spare_writable_drives":1}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		cfg, err := ParseConfig(strings.NewReader(s))
 		if err != nil {
 			return
 		}
-		if cfg.UpperSizeMiB < 0 || cfg.BootTimeout < 0 {
+		if cfg.UpperSizeMiB < 0 || cfg.BootTimeout < 0 || cfg.spareWritableDrives() < 0 || cfg.spareWritableDrives() > cfg.spareDrives() || cfg.spareDrives() >= vmm.MaxDrives {
 			t.Fatalf("accepted %+v", cfg)
 		}
 	})
