@@ -359,4 +359,3 @@ func TestNetnsLauncher(t *testing.T) {
 		}
 	}
 }
-
