@@ -2,7 +2,9 @@ package containerd
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/govmm/vmm/guest/agent/protocol"
 	"github.com/govmm/vmm/internal/testenv"
@@ -357,5 +362,101 @@ func TestNetnsLauncher(t *testing.T) {
 		if err == nil && got != self {
 			t.Errorf("thread %s is in %s, not the test's %s", task.Name(), got, self)
 		}
+	}
+}
+
+// podLeftovers lists what a pod network left in ns: the tap and ingress
+// qdiscs.
+func podLeftovers(t *testing.T, ns *podNS) []string {
+	t.Helper()
+	h, err := nsHandle(ns.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var left []string
+	if _, err := h.LinkByName(podTap); err == nil {
+		left = append(left, "tap "+podTap)
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qdiscs, err := h.QdiscList(eth0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "ingress" {
+			left = append(left, "ingress qdisc on eth0")
+		}
+	}
+	return left
+}
+
+// TestBootMachineNetworkCleanup: a VMM that cannot start, or dies before
+// it serves its API, leaves nothing of the pod's network behind.
+func TestBootMachineNetworkCleanup(t *testing.T) {
+	ns := newPodNS(t)
+	for _, tc := range []struct {
+		name string
+		l    shim.ExecLauncher
+		want string
+	}{
+		{"VMM binary missing", shim.ExecLauncher{Path: filepath.Join(t.TempDir(), "no-vmm")}, "starting the VMM"},
+		{"VMM exits", shim.ExecLauncher{Path: "/bin/sh", Args: []string{"-c", "exit 3", "sh"}}, "the VMM exited"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logged []string
+			_, err := bootMachine(t.Context(), tc.l, machineSpec{
+				dir: t.TempDir(), bootTimeout: 10 * time.Second, netns: ns.path,
+				logf: func(f string, a ...any) { logged = append(logged, fmt.Sprintf(f, a...)) },
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("bootMachine = %v, want an error saying %q", err, tc.want)
+			}
+			if left := podLeftovers(t, ns); len(left) > 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if len(logged) > 0 {
+				t.Errorf("teardown complained: %v", logged)
+			}
+		})
+	}
+}
+
+// TestCreatePassesPodNetNS: Create boots the VM with the spec's network
+// namespace, and refuses a relative one before making anything.
+func TestCreatePassesPodNetNS(t *testing.T) {
+	testenv.RequireCommand(t, "mkfs.ext4", "e2fsprogs")
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	cfg := &Config{VMM: exe, Kernel: exe, Initrd: exe, UpperSizeMiB: 16, RootDir: filepath.Join(dir, "root"), RunDir: filepath.Join(dir, "run")}
+	svc := NewService(ServiceConfig{Config: cfg, Namespace: "ns", SandboxID: "p", Dir: filepath.Join(cfg.RunDir, "p")})
+	var got *string
+	svc.boot = func(_ context.Context, spec machineSpec) (*machine, error) {
+		got = &spec.netns
+		return nil, errors.New("no VM in this test")
+	}
+	withNetNS := func(path string) *specs.Spec {
+		return &specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"true"}},
+			Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: path}}}}
+	}
+	writeSpec(t, bundle, withNetNS("/var/run/netns/cni-test"))
+	if _, err := svc.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "p", Bundle: bundle}); err == nil {
+		t.Fatal("Create succeeded without a VM")
+	}
+	if got == nil || *got != "/var/run/netns/cni-test" {
+		t.Errorf("boot got netns %v, want /var/run/netns/cni-test", got)
+	}
+	got = nil
+	writeSpec(t, bundle, withNetNS("netns/rel"))
+	_, err := svc.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "p", Bundle: bundle})
+	if status.Code(err) != codes.InvalidArgument || got != nil {
+		t.Errorf("relative netns: Create = %v (booted: %v), want InvalidArgument before booting", err, got != nil)
 	}
 }

@@ -138,6 +138,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	netns, err := podNetNS(spec)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err := s.cfg.Config.checkGuest(); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -204,6 +208,8 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		cpus:        cpus,
 		disks:       disks.disks(),
 		bootTimeout: time.Duration(s.cfg.Config.BootTimeout),
+		netns:       netns,
+		logf:        s.cfg.Logf,
 	})
 	if err != nil {
 		os.RemoveAll(s.cfg.Dir)
