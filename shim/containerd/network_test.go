@@ -460,3 +460,26 @@ func TestCreatePassesPodNetNS(t *testing.T) {
 		t.Errorf("relative netns: Create = %v (booted: %v), want InvalidArgument before booting", err, got != nil)
 	}
 }
+
+// TestDeleteAfterDeathTearsDownNetwork: the delete subcommand, run after a
+// shim died with its pod network in place, removes the tap and redirects.
+func TestDeleteAfterDeathTearsDownNetwork(t *testing.T) {
+	ns := newPodNS(t)
+	if _, err := setupPodNetwork(ns.path); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeSpec(t, bundle, &specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"pause"}},
+		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: ns.path}}}})
+	cfg := &Config{RootDir: filepath.Join(dir, "root"), RunDir: filepath.Join(dir, "run")}
+	if _, err := deleteAfterDeath(&flags{namespace: "k8s.io", id: "sandbox", address: filepath.Join(dir, "containerd.sock"), bundle: bundle}, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if left := podLeftovers(t, ns); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
