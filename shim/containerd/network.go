@@ -153,8 +153,17 @@ func nsHandle(path string) (*netlink.Handle, error) {
 }
 
 // setupPodNetwork makes the tap in the pod's namespace and joins it to the
-// CNI interface both ways; on failure nothing it made is left.
+// CNI interface both ways; on failure nothing it made is left. A tap and
+// redirects left by a shim that died before its delete ran are removed
+// first; a tap a VMM still holds means another sandbox uses the
+// namespace, which is refused.
 func setupPodNetwork(path string) (_ *podNetwork, err error) {
+	if err := checkTapFree(path); err != nil {
+		return nil, err
+	}
+	if err := teardownPodNetwork(path); err != nil {
+		return nil, fmt.Errorf("removing a previous sandbox's network: %w", err)
+	}
 	h, err := nsHandle(path)
 	if err != nil {
 		return nil, err
@@ -195,6 +204,28 @@ func setupPodNetwork(path string) (_ *podNetwork, err error) {
 		return nil, err
 	}
 	return pn, nil
+}
+
+// checkTapFree fails if the namespace at path has a tap of ours that a
+// process holds: a tap's carrier is on exactly while a descriptor is
+// attached to it (drivers/net/tun.c, tun_attach and tun_detach).
+func checkTapFree(path string) error {
+	h, err := nsHandle(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	tap, err := h.LinkByName(podTap)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tap %s: %w", podTap, err)
+	}
+	if tap.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
+		return fmt.Errorf("network namespace %s: tap %s is in use by another sandbox's VMM", path, podTap)
+	}
+	return nil
 }
 
 // cniLink finds the interface CNI made: the one that is not loopback and

@@ -141,6 +141,7 @@ func TestSetupPodNetwork(t *testing.T) {
 	}
 
 	checkRedirect(t, ns)
+	checkInUse(t, ns)
 
 	if err := teardownPodNetwork(ns.path); err != nil {
 		t.Fatal(err)
@@ -169,6 +170,11 @@ func TestSetupPodNetwork(t *testing.T) {
 	if _, err := setupPodNetwork(ns.path); err != nil {
 		t.Fatalf("setup after teardown: %v", err)
 	}
+	// A dead shim's leftovers do not stop the next setup.
+	if _, err := setupPodNetwork(ns.path); err != nil {
+		t.Fatalf("setup over a previous setup: %v", err)
+	}
+	checkRedirect(t, ns)
 	if err := teardownPodNetwork(ns.path); err != nil {
 		t.Fatal(err)
 	}
@@ -481,5 +487,26 @@ func TestDeleteAfterDeathTearsDownNetwork(t *testing.T) {
 	}
 	if left := podLeftovers(t, ns); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
+	}
+}
+
+// checkInUse: while a process holds the tap, as a running VMM does, a
+// second setup in the namespace is refused and leaves the first alone.
+func checkInUse(t *testing.T, ns *podNS) {
+	t.Helper()
+	var fd int
+	if err := inNetNS(ns.path, func() error {
+		var err error
+		fd, err = attachTap(podTap)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := setupPodNetwork(ns.path); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("setup while the tap is held: %v, want it refused", err)
+	}
+	if left := podLeftovers(t, ns); len(left) != 2 {
+		t.Errorf("the refused setup changed the first one's network: %v left", left)
 	}
 }
