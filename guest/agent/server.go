@@ -114,6 +114,7 @@ func methods() map[string]method {
 		protocol.MethodContainerStats:   typed((*session).containerStats),
 		protocol.MethodRefresh:          typed((*session).refresh),
 		protocol.MethodSyncBlockDevice:  typed((*session).syncBlockDevice),
+		protocol.MethodConfigureNetwork: typed((*session).configureNetwork),
 	}
 }
 

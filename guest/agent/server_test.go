@@ -56,6 +56,8 @@ func TestMethodTable(t *testing.T) {
 		// pass validation (it would set the host's clock).
 		{"refresh, too little entropy", protocol.MethodRefresh, `{"entropy":"AAAA","realtime_ns":1700000000000000000}`, protocol.CodeInvalidArgument},
 		{"sync, path outside /dev", protocol.MethodSyncBlockDevice, `{"path":"/etc/passwd","size_bytes":1}`, protocol.CodeInvalidArgument},
+		// Nor may a ConfigureNetwork (it would reconfigure the host's network).
+		{"network, bad MAC", protocol.MethodConfigureNetwork, `{"interfaces":[{"mac":"nope"}]}`, protocol.CodeInvalidArgument},
 	}
 	tested := map[string]bool{}
 	for _, tc := range cases {

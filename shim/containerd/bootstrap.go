@@ -402,8 +402,9 @@ func (nopCloser) Close() error { return nil }
 // it if not) and its sockets.
 func deleteAfterDeath(f *flags, cfg *Config) (*taskAPI.DeleteResponse, error) {
 	sandbox := f.id
-	if sb, _, err := sandboxOf(f.bundle, f.id); err == nil {
-		sandbox = sb
+	var spec *specs.Spec
+	if sb, sp, err := sandboxOf(f.bundle, f.id); err == nil {
+		sandbox, spec = sb, sp
 	}
 	var errs []error
 	if err := removeTaskFiles(cfg, f.namespace, f.id); err != nil {
@@ -413,6 +414,15 @@ func deleteAfterDeath(f *flags, cfg *Config) (*taskAPI.DeleteResponse, error) {
 		p := sandboxPaths(cfg, sandboxKey(f.address, f.namespace, sandbox))
 		if err := killRecordedVMM(p.dir); err != nil {
 			errs = append(errs, err)
+		}
+		// After the VMM: the tap is in the pod's namespace, which
+		// outlives the shim until CNI tears it down.
+		if spec != nil {
+			if netns, err := podNetNS(spec); err == nil && netns != "" {
+				if err := teardownPodNetwork(netns); err != nil {
+					errs = append(errs, err)
+				}
+			}
 		}
 		if err := os.RemoveAll(p.dir); err != nil {
 			errs = append(errs, err)

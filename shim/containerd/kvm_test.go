@@ -157,3 +157,26 @@ func TestCtrRunCycles(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestCtrRunPodNetwork runs a task in a pod network namespace as CNI
+// leaves it (`ctr run --with-ns network:PATH`, as the CRI plugin's
+// sandbox spec has it): the guest has the pod's address and reaches the
+// veth's peer, and nothing of the network is left after the task.
+func TestCtrRunPodNetwork(t *testing.T) {
+	r := kvmRig(t)
+	ns := newPodNS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stdout, stderr, err := r.ctr(ctx, nil, "run", "--rm", "--runtime", RuntimeName, "--with-ns", "network:"+ns.path,
+		testImage, "pod-net", "sh", "-c", "ip addr; ping -c 1 -W 5 "+peerIP)
+	if err != nil {
+		t.Fatalf("ctr run: %v\nstdout: %s\nstderr: %s", err, stdout, stderr)
+	}
+	if !strings.Contains(stdout, strings.Split(podCIDR, "/")[0]) || !strings.Contains(stdout, "1 packets received") {
+		t.Errorf("the guest has no pod address or no reply from %s:\n%s", peerIP, stdout)
+	}
+	r.checkClean(t, "pod-net")
+	if left := podLeftovers(t, ns); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}

@@ -64,6 +64,10 @@ type machine struct {
 	// swaps: a container sharing a slot must find its image in place.
 	attachMu sync.Mutex
 	slots    *driveSlots
+	// net is the pod's network on the host, nil without one; stop
+	// tears it down.
+	net  *podNetwork
+	logf func(format string, args ...any)
 }
 
 // vmControl is the part of the REST API a running VM needs;
@@ -84,6 +88,10 @@ type machineSpec struct {
 	// spares are a pod's placeholder drives after disks (makeSpares).
 	spares      []disk
 	bootTimeout time.Duration
+	// netns is the pod's network namespace path (podNetNS); empty for
+	// a VM without a NIC.
+	netns string
+	logf  func(format string, args ...any) // nil: discard
 }
 
 // drives are all the VM's drives in attach order.
@@ -105,13 +113,24 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 		return nil, err
 	}
 	apiSock, vsockPath := filepath.Join(spec.dir, apiSockName), filepath.Join(spec.dir, vsockName)
+	var pn *podNetwork
+	if spec.netns != "" {
+		if pn, err = setupPodNetwork(spec.netns); err != nil {
+			console.Close()
+			return nil, fmt.Errorf("the pod's network: %w", err)
+		}
+		l = netnsLauncher{Launcher: l, netns: spec.netns}
+	}
 	vm, err := l.Launch(ctx, shim.LaunchSpec{APISock: apiSock, Console: console})
 	if err != nil {
 		console.Close()
+		if pn != nil {
+			err = errors.Join(err, teardownPodNetwork(pn.netns))
+		}
 		return nil, err
 	}
 	c := client.New(apiSock)
-	m := &machine{vm: vm, ctl: c, console: console, deviceOf: guestDevice, slots: newDriveSlots(spec.disks, spec.spares)}
+	m := &machine{vm: vm, ctl: c, console: console, deviceOf: guestDevice, slots: newDriveSlots(spec.disks, spec.spares), net: pn, logf: spec.logf}
 	defer func() {
 		if err != nil {
 			m.stop()
@@ -155,6 +174,12 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 	if err := c.PutVsock(bctx, shim.GuestCID, vsockPath); err != nil {
 		return nil, fail("configuring vsock", err)
 	}
+	if pn != nil {
+		id, tap, mac := pn.apiInterface()
+		if err := c.PutNetworkInterface(bctx, api.NetworkInterface{IfaceID: &id, HostDevName: &tap, GuestMAC: &mac}); err != nil {
+			return nil, fail("attaching the pod's network", err)
+		}
+	}
 	if err := c.Start(bctx); err != nil {
 		return nil, fail("starting the VM", err)
 	}
@@ -163,6 +188,13 @@ func bootMachine(ctx context.Context, l Launcher, spec machineSpec) (_ *machine,
 		return nil, fail("reaching the guest agent", err)
 	}
 	m.agent = ac
+	if pn != nil {
+		// Before any container runs, so none starts without its
+		// network.
+		if err := ac.ConfigureNetwork(bctx, pn.guest); err != nil {
+			return nil, fail("configuring the guest's network", err)
+		}
+	}
 	return m, nil
 }
 
@@ -191,6 +223,13 @@ func (m *machine) stop() {
 	m.vm.Stop(stopGrace)
 	if m.console != nil {
 		m.console.Close()
+	}
+	// After the VMM: it held the tap.
+	if m.net != nil {
+		if err := teardownPodNetwork(m.net.netns); err != nil && m.logf != nil {
+			m.logf("%v", err)
+		}
+		m.net = nil
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 // bootFor boots the sandbox's VM with its first task's disks and, when
 // the task is a CRI pod's sandbox (other containers will join it), the
 // spare drives they will take.
-func (s *Service) bootFor(ctx context.Context, id string, spec *specs.Spec, disks *rootfsDisks) (*machine, error) {
+func (s *Service) bootFor(ctx context.Context, id string, spec *specs.Spec, disks *rootfsDisks, netns string) (*machine, error) {
 	var spares []disk
 	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
 		var err error
@@ -33,6 +33,8 @@ func (s *Service) bootFor(ctx context.Context, id string, spec *specs.Spec, disk
 		disks:       disks.disks(),
 		spares:      spares,
 		bootTimeout: time.Duration(s.cfg.Config.BootTimeout),
+		netns:       netns,
+		logf:        s.cfg.Logf,
 	})
 	if err != nil {
 		os.RemoveAll(s.cfg.Dir)

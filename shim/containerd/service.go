@@ -141,6 +141,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	netns, err := podNetNS(spec)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err := s.cfg.Config.checkGuest(); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -199,7 +203,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	vm, devs, slots := joined, []string(nil), []int(nil)
 	if joined == nil {
-		if vm, err = s.bootFor(ctx, r.ID, spec, disks); err != nil {
+		if vm, err = s.bootFor(ctx, r.ID, spec, disks, netns); err != nil {
 			return nil, err
 		}
 		devs = vm.deviceNames(len(disks.disks()))
