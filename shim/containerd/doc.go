@@ -15,4 +15,8 @@
 // its sandbox container's disks and spare placeholder drives; a later
 // container of the pod takes spare slots and has its images swapped in
 // with PATCH /drives/{id}, and gives them back when deleted (slots.go).
+// A pod with a network namespace (CRI's) gets a NIC: vmm runs in that
+// namespace on a tap that tc redirects to and from the CNI interface,
+// and the agent gives the guest the pod's addresses and routes
+// (network.go).
 package containerd
