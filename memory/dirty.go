@@ -83,6 +83,23 @@ func (g *Guest) TakeDirty() [][]uint64 {
 	return out
 }
 
+// MarkDirty adds bitmaps (as TakeDirty returns) back to the record, for a
+// snapshot that took them but failed to save the pages, which the next one
+// must then hold. It does nothing when the Guest does not track; bitmaps of
+// another shape are added as far as they fit.
+func (g *Guest) MarkDirty(bitmaps [][]uint64) {
+	if g.dirty == nil {
+		return
+	}
+	for i := range min(len(bitmaps), len(g.dirty)) {
+		for w := range min(len(bitmaps[i]), len(g.dirty[i])) {
+			if bitmaps[i][w] != 0 {
+				g.dirty[i][w].Or(bitmaps[i][w])
+			}
+		}
+	}
+}
+
 // NewDirtyBitmaps returns empty bitmaps with this Guest's layout, for callers
 // that gather dirty pages from elsewhere (KVM's dirty log) to pass to
 // DumpDirty.

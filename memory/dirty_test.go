@@ -85,6 +85,21 @@ func TestDirtyTrackingWritePaths(t *testing.T) {
 	}
 }
 
+func TestMarkDirtyGivesBack(t *testing.T) {
+	g := trackedGuest(t)
+	if err := g.PutUint64(0, 1); err != nil {
+		t.Fatal(err)
+	}
+	taken := g.TakeDirty()
+	if err := g.PutUint64(high, 1); err != nil {
+		t.Fatal(err)
+	}
+	g.MarkDirty(taken)
+	if got, want := dirtyList(g.TakeDirty()), []int{0, 1_000_000}; !slices.Equal(got, want) {
+		t.Errorf("dirty pages %v, want %v", got, want)
+	}
+}
+
 func TestDirtyTrackingOff(t *testing.T) {
 	g, err := New(twoRegions(), Options{})
 	if err != nil {
