@@ -100,6 +100,37 @@ func (g *Guest) MarkDirty(bitmaps [][]uint64) {
 	}
 }
 
+// SetDirtyRange sets the bits of [addr, addr+n), which must lie in one
+// region, in bitmaps with this Guest's layout (NewDirtyBitmaps): for memory
+// the VMM writes through a slice it keeps (a virtqueue's used ring), which
+// no record of this package's sees after the slice was handed out.
+func (g *Guest) SetDirtyRange(bitmaps [][]uint64, addr, n uint64) error {
+	if _, err := g.slice(addr, n); err != nil {
+		return err
+	}
+	if len(bitmaps) != len(g.regions) {
+		return fmt.Errorf("memory: %d dirty bitmaps for %d regions", len(bitmaps), len(g.regions))
+	}
+	if n == 0 {
+		return nil
+	}
+	shift := pageShift()
+	for i, r := range g.regions {
+		if addr < r.GuestAddr || addr >= r.End() {
+			continue
+		}
+		off := addr - r.GuestAddr
+		last := (off + n - 1) >> shift
+		if last/64 >= uint64(len(bitmaps[i])) {
+			return fmt.Errorf("memory: dirty bitmap of region %#x has %d words, too few for page %d", r.GuestAddr, len(bitmaps[i]), last)
+		}
+		for p := off >> shift; p <= last; p++ {
+			bitmaps[i][p/64] |= 1 << (p % 64)
+		}
+	}
+	return nil
+}
+
 // NewDirtyBitmaps returns empty bitmaps with this Guest's layout, for callers
 // that gather dirty pages from elsewhere (KVM's dirty log) to pass to
 // DumpDirty.

@@ -100,6 +100,27 @@ func TestMarkDirtyGivesBack(t *testing.T) {
 	}
 }
 
+func TestSetDirtyRange(t *testing.T) {
+	g := trackedGuest(t)
+	page := uint64(unix.Getpagesize())
+	bm := g.NewDirtyBitmaps()
+	if err := g.SetDirtyRange(bm, high+page-1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetDirtyRange(bm, 65*page, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := dirtyList(bm), []int{65, 1_000_000, 1_000_001}; !slices.Equal(got, want) {
+		t.Errorf("dirty pages %v, want %v", got, want)
+	}
+	if err := g.SetDirtyRange(bm, 2<<20-1, 2); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("range past low RAM: %v", err)
+	}
+	if err := g.SetDirtyRange(bm[:1], 0, 1); err == nil {
+		t.Error("bitmaps of another layout accepted")
+	}
+}
+
 func TestDirtyTrackingOff(t *testing.T) {
 	g, err := New(twoRegions(), Options{})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/govmm/vmm/kvm"
 	"github.com/govmm/vmm/memory"
 	"github.com/govmm/vmm/snapshot"
+	"github.com/govmm/vmm/virtio"
 )
 
 // TestDiffMemoryRebuildsRAM: a full memory file, then a diff of the pages
@@ -97,6 +98,39 @@ func TestDiffMemoryRebuildsRAM(t *testing.T) {
 				t.Errorf("region %d page %d differs after the rebase", i, off/int(page))
 			}
 		}
+	}
+}
+
+// TestMarkUsedRings: every enabled queue's used ring is in a diff, the
+// pages it spans and no others; a disabled queue's, or one outside RAM,
+// is not.
+func TestMarkUsedRings(t *testing.T) {
+	page := uint64(os.Getpagesize())
+	mem, err := memory.New([]memory.Layout{{GuestAddr: 0, Size: 1 << 20}}, memory.Options{TrackDirty: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	m := &Machine{mem: mem}
+	st := &pciSnapshot{Functions: []functionState{
+		{Kind: "blk", ID: "a", Transport: virtio.PCIState{Queues: []virtio.QueueState{
+			{Size: 256, Enabled: true, DeviceAddr: 3*page - 4}, // 6+8*256 bytes: pages 2 and 3
+			{Size: 256, Enabled: false, DeviceAddr: 10 * page},
+		}}},
+		{Kind: "net", ID: "b", Transport: virtio.PCIState{Queues: []virtio.QueueState{
+			{Size: 8, Enabled: true, DeviceAddr: 20 * page},
+			{Size: 8, Enabled: true, DeviceAddr: 1 << 40},
+		}}},
+	}}
+	dirty := mem.NewDirtyBitmaps()
+	if err := m.markUsedRings(dirty, st); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := dirty[0][0], uint64(1<<2|1<<3|1<<20); got != want || slices.ContainsFunc(dirty[0][1:], func(w uint64) bool { return w != 0 }) {
+		t.Errorf("dirty bitmap %#x, want %#x", dirty[0], want)
+	}
+	if err := m.markUsedRings(dirty, nil); err != nil {
+		t.Errorf("a machine without PCI: %v", err)
 	}
 }
 

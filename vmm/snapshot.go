@@ -139,6 +139,12 @@ func (m *Machine) snapshot(statePath, memPath string, diff bool) (err error) {
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
+	if dirty != nil {
+		if err := m.markUsedRings(dirty, st.PCI); err != nil {
+			m.mem.MarkDirty(dirty)
+			return fmt.Errorf("snapshot: %w", err)
+		}
+	}
 	defer func() {
 		if err != nil && dirty != nil {
 			m.mem.MarkDirty(dirty)
@@ -199,6 +205,36 @@ func (m *Machine) takeDirty() ([][]uint64, error) {
 		}
 	}
 	return dirty, nil
+}
+
+// usedRingSize is the size of a split virtqueue's used ring (the device
+// area) of n entries: flags, idx, n used elements of 8 bytes, avail_event
+// (virtio 1.2 §2.7.8).
+func usedRingSize(n uint16) uint64 { return 2 + 2 + 8*uint64(n) + 2 }
+
+// markUsedRings adds every enabled virtqueue's used ring to dirty. The
+// transport writes it through a slice it mapped when the driver enabled
+// the queue, which neither KVM nor guest memory's record sees, so a diff
+// holds it every time (a few pages per queue).
+func (m *Machine) markUsedRings(dirty [][]uint64, st *pciSnapshot) error {
+	if st == nil {
+		return nil
+	}
+	for _, f := range st.Functions {
+		for i, q := range f.Transport.Queues {
+			if !q.Enabled || q.Size == 0 {
+				continue
+			}
+			err := m.mem.SetDirtyRange(dirty, q.DeviceAddr, usedRingSize(q.Size))
+			if errors.Is(err, memory.ErrOutOfRange) {
+				continue // never mapped, so never written: the queue failed to start
+			}
+			if err != nil {
+				return fmt.Errorf("%s %s queue %d: used ring: %w", f.Kind, f.ID, i, err)
+			}
+		}
+	}
+	return nil
 }
 
 // orBitmap adds src's bits to dst; both cover the same pages.
