@@ -43,6 +43,15 @@ type Snapshotter interface {
 	Snapshot(statePath, memPath string) error
 }
 
+// DiffSnapshotter is implemented by Snapshotters that can also write a
+// diff snapshot (snapshot_type Diff): a memory file of the pages written
+// since the machine's last snapshot, start or restore. The controller asks
+// for one only of a machine started or restored with track_dirty_pages;
+// without the interface a Diff is refused.
+type DiffSnapshotter interface {
+	SnapshotDiff(statePath, memPath string) error
+}
+
 // Factory builds a machine from a complete config.
 type Factory func(cfg vmm.Config, log *slog.Logger) (Machine, error)
 
@@ -88,6 +97,10 @@ type RestoreRequest struct {
 	// DriveOverrides give drives another backing file, in request order;
 	// each DriveID appears at most once.
 	DriveOverrides []DriveOverrideRequest
+	// TrackDirtyPages records the pages written from the restore on, for
+	// diff snapshots (track_dirty_pages, or the deprecated
+	// enable_diff_snapshots); cfg reports it.
+	TrackDirtyPages bool
 }
 
 // DriveOverrideRequest is one of PUT /snapshot/load's drive_overrides:
@@ -113,12 +126,16 @@ func NewVMMMachine(cfg vmm.Config, log *slog.Logger) (Machine, error) {
 	return m, nil
 }
 
-// The machines NewVMMMachine and RestoreVMMMachine build write snapshots.
-var _ Snapshotter = (*vmm.Machine)(nil)
+// The machines NewVMMMachine and RestoreVMMMachine build write snapshots,
+// diff ones too.
+var (
+	_ Snapshotter     = (*vmm.Machine)(nil)
+	_ DiffSnapshotter = (*vmm.Machine)(nil)
+)
 
 // RestoreVMMMachine is the Restorer for real KVM machines (vmm.Restore).
 func RestoreVMMMachine(req RestoreRequest, log *slog.Logger) (Machine, vmm.Config, error) {
-	rc := vmm.RestoreConfig{StatePath: req.SnapshotPath, MemPath: req.MemFilePath, VsockUDS: req.VsockUDSPath, Host: req.Base}
+	rc := vmm.RestoreConfig{StatePath: req.SnapshotPath, MemPath: req.MemFilePath, VsockUDS: req.VsockUDSPath, TrackDirtyPages: req.TrackDirtyPages, Host: req.Base}
 	if len(req.NetOverrides) > 0 {
 		rc.NetTaps = map[string]string{}
 		for _, o := range req.NetOverrides {
@@ -366,7 +383,7 @@ func (c *Controller) machineConfigLocked() MachineConfig {
 		VCPUCount:       ptr(int64(c.cfg.CPUs)),
 		MemSizeMiB:      ptr(int64(c.cfg.MemSize >> 20)),
 		SMT:             ptr(false),
-		TrackDirtyPages: ptr(false),
+		TrackDirtyPages: ptr(c.cfg.TrackDirtyPages),
 		HugePages:       ptr("None"),
 	}
 }
@@ -389,11 +406,11 @@ func (c *Controller) SetMachineConfig(mc MachineConfig, partial bool) error {
 		return err
 	}
 	defer c.mu.Unlock()
-	cpus, mem, err := applyMachineConfig(c.cfg, mc, partial)
+	shape, err := applyMachineConfig(c.cfg, mc, partial)
 	if err != nil {
 		return err
 	}
-	c.cfg.CPUs, c.cfg.MemSize = cpus, mem
+	c.cfg.CPUs, c.cfg.MemSize, c.cfg.TrackDirtyPages = shape.cpus, shape.mem, shape.trackDirtyPages
 	c.noteConfiguredLocked("machine-config")
 	return nil
 }

@@ -136,6 +136,9 @@ func FuzzBodies(f *testing.F) {
 	f.Add(uint8(12), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","enable_diff_snapshots":true,"resume_vm":true}`))
 	f.Add(uint8(12), []byte(`{"snapshot_path":"vm.snap","mem_file_path":"vm.mem","mem_backend":{"backend_type":"Uffd","backend_path":"uffd.sock"}}`))
 	f.Add(uint8(11), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","snapshot_type":"Diff","version":"1.0.0"}`))
+	f.Add(uint8(0), []byte(`{"vcpu_count":1,"mem_size_mib":128,"track_dirty_pages":true}`))
+	f.Add(uint8(11), []byte(`{"mem_file_path":"vm.mem","snapshot_path":"vm.snap","snapshot_type":"Diff"}`))
+	f.Add(uint8(12), []byte(`{"snapshot_path":"vm.snap","mem_backend":{"backend_type":"File","backend_path":"vm.mem"},"track_dirty_pages":true}`))
 	wd := workDir(f)
 	for _, r := range fuzzBodyRoutes {
 		if touchesDevices(wd, []byte(r.seed)) {

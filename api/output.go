@@ -290,6 +290,7 @@ type MetricsLine struct {
 // microseconds, 0 until there is one (Firecracker's latencies_us).
 type LatencyMetrics struct {
 	FullCreateSnapshot uint64 `json:"full_create_snapshot"`
+	DiffCreateSnapshot uint64 `json:"diff_create_snapshot"`
 	LoadSnapshot       uint64 `json:"load_snapshot"`
 }
 

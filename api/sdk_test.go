@@ -96,18 +96,17 @@ func TestSDKSnapshotResume(t *testing.T) {
 }
 
 // TestSDKClientSnapshotLoad uses the SDK's low-level client: its load
-// body with the memory file is accepted, and one asking for diff
-// snapshots gets a 400 that the SDK reports as an error.
+// body with the memory file and diff snapshots on (its
+// enable_diff_snapshots) is accepted and turns dirty page tracking on.
 func TestSDKClientSnapshotLoad(t *testing.T) {
 	e := newSnapEnv(t)
 	ctx := context.Background()
 	c := firecracker.NewClient(e.sock, nil, false)
-	_, err := c.LoadSnapshot(ctx, &models.SnapshotLoadParams{SnapshotPath: &e.stFile, MemFilePath: &e.mem, EnableDiffSnapshots: true})
-	if err == nil || !strings.Contains(fmt.Sprintf("%+v", err), "not supported yet") {
-		t.Fatalf("load with enable_diff_snapshots: %v, want the fault", err)
-	}
-	if _, err := c.LoadSnapshot(ctx, &models.SnapshotLoadParams{SnapshotPath: &e.stFile, MemFilePath: &e.mem, ResumeVM: true}); err != nil {
+	if _, err := c.LoadSnapshot(ctx, &models.SnapshotLoadParams{SnapshotPath: &e.stFile, MemFilePath: &e.mem, EnableDiffSnapshots: true, ResumeVM: true}); err != nil {
 		t.Fatalf("SDK client load: %v", err)
+	}
+	if reqs := e.r.requests(); len(reqs) != 1 || !reqs[0].TrackDirtyPages {
+		t.Fatalf("restore requests %+v, want one tracking dirty pages", reqs)
 	}
 	if _, err := c.CreateSnapshot(ctx, &models.SnapshotCreateParams{SnapshotPath: firecracker.String(e.dir + "/s"), MemFilePath: firecracker.String(e.dir + "/m"), SnapshotType: models.SnapshotCreateParamsSnapshotTypeFull}); err == nil ||
 		!strings.Contains(fmt.Sprintf("%+v", err), "must be paused") {

@@ -104,9 +104,7 @@ func checkSnapshotCreate(p SnapshotCreateParams) error {
 		return fmt.Errorf("snapshot_path and mem_file_path are the same file (%s)", *p.SnapshotPath)
 	}
 	switch t := deref(p.SnapshotType, SnapshotFull); t {
-	case SnapshotFull:
-	case SnapshotDiff:
-		return errors.New(`snapshot_type "Diff" is not supported yet (only "Full")`)
+	case SnapshotFull, SnapshotDiff:
 	default:
 		return fmt.Errorf("snapshot_type %q is not one of Full, Diff", t)
 	}
@@ -151,12 +149,8 @@ func checkSnapshotLoad(p SnapshotLoadParams) (RestoreRequest, bool, error) {
 		}
 		req.MemFilePath = *b.BackendPath
 	}
-	if deref(p.TrackDirtyPages, false) {
-		return req, false, errors.New("track_dirty_pages is not supported yet (it serves diff snapshots)")
-	}
-	if deref(p.EnableDiffSnapshots, false) {
-		return req, false, errors.New("enable_diff_snapshots (deprecated for track_dirty_pages) is not supported yet (it serves diff snapshots)")
-	}
+	// Firecracker ORs the deprecated name into the new one.
+	req.TrackDirtyPages = deref(p.TrackDirtyPages, false) || deref(p.EnableDiffSnapshots, false)
 	if deref(p.ClockRealtime, false) {
 		return req, false, errors.New("clock_realtime is not supported (the guest clock resumes from the snapshot's time)")
 	}
@@ -212,7 +206,9 @@ func checkSnapshotLoad(p SnapshotLoadParams) (RestoreRequest, bool, error) {
 }
 
 // CreateSnapshot is PUT /snapshot/create: write the paused machine's state
-// and memory.
+// and memory, all of it (Full) or the pages written since the last
+// snapshot (Diff, for a machine started or restored with
+// track_dirty_pages).
 func (c *Controller) CreateSnapshot(p SnapshotCreateParams) error {
 	if err := checkSnapshotCreate(p); err != nil {
 		return err
@@ -229,12 +225,24 @@ func (c *Controller) CreateSnapshot(p SnapshotCreateParams) error {
 	if !ok {
 		return errors.New("creating snapshots is not supported by this machine")
 	}
+	write, latency := s.Snapshot, &c.latency.FullCreateSnapshot
+	kind := deref(p.SnapshotType, SnapshotFull)
+	if kind == SnapshotDiff {
+		if !c.cfg.TrackDirtyPages {
+			return errors.New(`snapshot_type "Diff" needs dirty page tracking: start the microVM with "track_dirty_pages": true in PUT /machine-config, or load its snapshot with it`)
+		}
+		d, ok := c.machine.(DiffSnapshotter)
+		if !ok {
+			return errors.New(`snapshot_type "Diff" is not supported by this machine`)
+		}
+		write, latency = d.SnapshotDiff, &c.latency.DiffCreateSnapshot
+	}
 	start := time.Now()
-	if err := s.Snapshot(*p.SnapshotPath, *p.MemFilePath); err != nil {
+	if err := write(*p.SnapshotPath, *p.MemFilePath); err != nil {
 		return fmt.Errorf("cannot create the snapshot: %w", err)
 	}
-	c.latency.FullCreateSnapshot = uint64(time.Since(start).Microseconds())
-	c.log.Info("snapshot created", "snapshot_path", *p.SnapshotPath, "mem_file_path", *p.MemFilePath, "us", c.latency.FullCreateSnapshot)
+	*latency = uint64(time.Since(start).Microseconds())
+	c.log.Info("snapshot created", "snapshot_type", kind, "snapshot_path", *p.SnapshotPath, "mem_file_path", *p.MemFilePath, "us", *latency)
 	return nil
 }
 

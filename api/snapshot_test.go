@@ -37,6 +37,13 @@ func (s *snapMachine) Snapshot(statePath, memPath string) error {
 	return s.fail
 }
 
+func (s *snapMachine) SnapshotDiff(statePath, memPath string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.snapshots = append(s.snapshots, "diff "+statePath+" "+memPath)
+	return s.fail
+}
+
 func (s *snapMachine) Resume() error {
 	s.mu.Lock()
 	s.resumes++
@@ -79,6 +86,7 @@ func (r *fakeRestorer) restore(req RestoreRequest, _ *slog.Logger) (Machine, vmm
 		return nil, vmm.Config{}, r.fail
 	}
 	cfg := r.snap
+	cfg.TrackDirtyPages = req.TrackDirtyPages
 	cfg.Nets = slices.Clone(cfg.Nets)
 	for _, o := range req.NetOverrides {
 		i := slices.IndexFunc(cfg.Nets, func(n vmm.NetConfig) bool { return n.ID == o.IfaceID })
@@ -157,8 +165,7 @@ func TestSnapshotLoadValidation(t *testing.T) {
 		{"unknown backend", "PUT", "/snapshot/load", b(`{"snapshot_path":%q,"mem_backend":{"backend_type":"file","backend_path":%q}}`, st, mem), 400, `backend_type "file" is not one of File, Uffd`},
 		{"backend path missing", "PUT", "/snapshot/load", b(`{"snapshot_path":%q,"mem_backend":{"backend_type":"File"}}`, st), 400, `missing required field "mem_backend.backend_path"`},
 		{"backend unknown field", "PUT", "/snapshot/load", b(`{"snapshot_path":%q,"mem_backend":{"backend_type":"File","backend_path":%q,"prefault":true}}`, st, mem), 400, `unknown field "prefault"`},
-		{"dirty pages", "PUT", "/snapshot/load", e.load(`,"track_dirty_pages":true`), 400, "track_dirty_pages is not supported yet"},
-		{"diff snapshots (deprecated)", "PUT", "/snapshot/load", e.load(`,"enable_diff_snapshots":true`), 400, "enable_diff_snapshots (deprecated for track_dirty_pages) is not supported yet"},
+		{"dirty pages wrong type", "PUT", "/snapshot/load", e.load(`,"track_dirty_pages":"yes"`), 400, `field "track_dirty_pages": expected a boolean`},
 		{"realtime clock", "PUT", "/snapshot/load", e.load(`,"clock_realtime":true`), 400, "clock_realtime is not supported"},
 		{"huge pages", "PUT", "/snapshot/load", e.load(`,"huge_pages":"2M"`), 400, `huge_pages "2M" is not supported`},
 		{"bad huge pages", "PUT", "/snapshot/load", e.load(`,"huge_pages":"1G"`), 400, `huge_pages "1G" is not one of`},
@@ -200,7 +207,7 @@ func TestSnapshotCreateValidation(t *testing.T) {
 		{"missing mem_file_path", "PUT", "/snapshot/create", `{"snapshot_path":"%[3]s/s"}`, 400, `missing required field "mem_file_path"`},
 		{"empty mem_file_path", "PUT", "/snapshot/create", `{"snapshot_path":"%[3]s/s","mem_file_path":""}`, 400, "mem_file_path is empty"},
 		{"one file for both", "PUT", "/snapshot/create", `{"snapshot_path":"%[3]s/s","mem_file_path":"%[3]s/s"}`, 400, "are the same file"},
-		{"diff", "PUT", "/snapshot/create", `{"snapshot_type":"Diff","snapshot_path":"%[3]s/s","mem_file_path":"%[3]s/m"}`, 400, `snapshot_type "Diff" is not supported yet`},
+		{"diff without dirty page tracking", "PUT", "/snapshot/create", `{"snapshot_type":"Diff","snapshot_path":"%[3]s/s","mem_file_path":"%[3]s/m"}`, 400, `snapshot_type "Diff" needs dirty page tracking`},
 		{"unknown type", "PUT", "/snapshot/create", `{"snapshot_type":"full","snapshot_path":"%[3]s/s","mem_file_path":"%[3]s/m"}`, 400, `snapshot_type "full" is not one of Full, Diff`},
 		{"version", "PUT", "/snapshot/create", `{"snapshot_path":"%[3]s/s","mem_file_path":"%[3]s/m","version":"0.25.0"}`, 400, "removed it in v1.6.0"},
 		{"unknown field", "PUT", "/snapshot/create", `{"snapshot_path":"%[3]s/s","mem_file_path":"%[3]s/m","compress":true}`, 400, `unknown field "compress"`},
@@ -265,6 +272,65 @@ func TestSnapshotCreate(t *testing.T) {
 	code, got, _ = e.do("PUT", "/snapshot/create", body)
 	if code != 400 || !strings.Contains(got, "already exited") {
 		t.Fatalf("create after exit: %d %s", code, got)
+	}
+}
+
+// TestDiffSnapshotCreate: a microVM booted with track_dirty_pages takes
+// Diff snapshots through DiffSnapshotter, Full ones still through
+// Snapshot, and the latency of each is reported under its own name.
+func TestDiffSnapshotCreate(t *testing.T) {
+	e := newSnapEnv(t)
+	e.mustDo("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128,"track_dirty_pages":true}`, 204)
+	e.boot()
+	m := e.machineAs(t)
+	e.mustDo("PATCH", "/vm", `{"state":"Paused"}`, 204)
+	e.mustDo("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_path":"%s/s1","mem_file_path":"%s/m1"}`, e.dir, e.dir), 204)
+	e.mustDo("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_type":"Diff","snapshot_path":"%s/s2","mem_file_path":"%s/d2"}`, e.dir, e.dir), 204)
+	snaps, _, paused, _ := m.counts()
+	if want := []string{e.dir + "/s1 " + e.dir + "/m1", "diff " + e.dir + "/s2 " + e.dir + "/d2"}; !slices.Equal(snaps, want) || !paused {
+		t.Fatalf("snapshot calls %q (paused %v), want %q", snaps, paused, want)
+	}
+	if got := e.mustDo("GET", "/vm/config", "", 200); !strings.Contains(got, `"track_dirty_pages":true`) {
+		t.Errorf("GET /vm/config: %s, want track_dirty_pages true", got)
+	}
+}
+
+// TestDiffSnapshotAfterLoad: track_dirty_pages in a load (or the
+// deprecated enable_diff_snapshots, with Firecracker's Deprecation header)
+// reaches the restorer and makes the restored microVM take Diff
+// snapshots; a load without it leaves Diff refused.
+func TestDiffSnapshotAfterLoad(t *testing.T) {
+	for _, tt := range []struct {
+		name, extra string
+		track, dep  bool
+	}{
+		{"track_dirty_pages", `,"track_dirty_pages":true`, true, false},
+		{"enable_diff_snapshots", `,"enable_diff_snapshots":true`, true, true},
+		{"neither", `,"track_dirty_pages":false`, false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newSnapEnv(t)
+			_, _, hdr := e.do("PUT", "/snapshot/load", e.load(tt.extra))
+			if (hdr.Get("Deprecation") != "") != tt.dep {
+				t.Errorf("Deprecation header %q, want one: %v", hdr.Get("Deprecation"), tt.dep)
+			}
+			reqs := e.r.requests()
+			if len(reqs) != 1 || reqs[0].TrackDirtyPages != tt.track {
+				t.Fatalf("restore requests %+v, want one with TrackDirtyPages %v", reqs, tt.track)
+			}
+			if got := e.mustDo("GET", "/machine-config", "", 200); !strings.Contains(got, fmt.Sprintf(`"track_dirty_pages":%v`, tt.track)) {
+				t.Errorf("GET /machine-config: %s", got)
+			}
+			code, got, _ := e.do("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_type":"Diff","snapshot_path":"%s/s","mem_file_path":"%s/d"}`, e.dir, e.dir))
+			snaps, _, _, _ := e.r.last().counts()
+			if tt.track {
+				if code != 204 || !slices.Equal(snaps, []string{"diff " + e.dir + "/s " + e.dir + "/d"}) {
+					t.Errorf("Diff after the load: %d %s, calls %q", code, got, snaps)
+				}
+			} else if code != 400 || !strings.Contains(got, "needs dirty page tracking") || len(snaps) != 0 {
+				t.Errorf("Diff after a load without tracking: %d %s, calls %q", code, got, snaps)
+			}
+		})
 	}
 }
 

@@ -46,49 +46,59 @@ var (
 	hugePages    = []string{"Transparent", "2M"}
 )
 
-// applyMachineConfig checks mc and returns the vCPU count and memory size it
-// sets on top of cur. With partial (PATCH) every field is optional.
-func applyMachineConfig(cur vmm.Config, mc MachineConfig, partial bool) (cpus int, mem uint64, err error) {
-	cpus, mem = cur.CPUs, cur.MemSize
+// machineShape is what PUT and PATCH /machine-config set.
+type machineShape struct {
+	cpus            int
+	mem             uint64
+	trackDirtyPages bool
+}
+
+// applyMachineConfig checks mc and returns the vCPU count, memory size and
+// dirty page tracking it sets on top of cur. With partial (PATCH) every
+// field is optional; a PUT without track_dirty_pages turns it off, as in
+// Firecracker, where the field defaults to false.
+func applyMachineConfig(cur vmm.Config, mc MachineConfig, partial bool) (machineShape, error) {
+	cpus, mem := cur.CPUs, cur.MemSize
+	track := cur.TrackDirtyPages && partial
 	if !partial {
 		if mc.VCPUCount == nil {
-			return 0, 0, missing("vcpu_count")
+			return machineShape{}, missing("vcpu_count")
 		}
 		if mc.MemSizeMiB == nil {
-			return 0, 0, missing("mem_size_mib")
+			return machineShape{}, missing("mem_size_mib")
 		}
 	}
 	if n := mc.VCPUCount; n != nil {
 		if vmm.CheckCPUs(*n) != nil {
-			return 0, 0, fmt.Errorf("vcpu_count %d is out of range 1-%d", *n, vmm.MaxCPUs)
+			return machineShape{}, fmt.Errorf("vcpu_count %d is out of range 1-%d", *n, vmm.MaxCPUs)
 		}
 		cpus = int(*n)
 	}
 	if n := mc.MemSizeMiB; n != nil {
 		if vmm.CheckMemMiB(*n) != nil {
-			return 0, 0, fmt.Errorf("mem_size_mib %d is out of range %d-%d", *n, vmm.MinMemSize>>20, vmm.MaxMemSize>>20)
+			return machineShape{}, fmt.Errorf("mem_size_mib %d is out of range %d-%d", *n, vmm.MinMemSize>>20, vmm.MaxMemSize>>20)
 		}
 		mem = uint64(*n) << 20
 	}
 	if mc.SMT != nil && *mc.SMT {
-		return 0, 0, errors.New("smt: simultaneous multithreading is not supported (every vCPU is its own core)")
+		return machineShape{}, errors.New("smt: simultaneous multithreading is not supported (every vCPU is its own core)")
 	}
 	if t := mc.CPUTemplate; t != nil && *t != "None" && *t != "" {
 		if contains(cpuTemplates, *t) {
-			return 0, 0, fmt.Errorf("cpu_template %q is not supported (only \"None\")", *t)
+			return machineShape{}, fmt.Errorf("cpu_template %q is not supported (only \"None\")", *t)
 		}
-		return 0, 0, fmt.Errorf("cpu_template %q is not one of %s, None", *t, strings.Join(cpuTemplates, ", "))
+		return machineShape{}, fmt.Errorf("cpu_template %q is not one of %s, None", *t, strings.Join(cpuTemplates, ", "))
 	}
-	if mc.TrackDirtyPages != nil && *mc.TrackDirtyPages {
-		return 0, 0, errors.New("track_dirty_pages is not supported yet (it serves diff snapshots)")
+	if mc.TrackDirtyPages != nil {
+		track = *mc.TrackDirtyPages
 	}
 	if h := mc.HugePages; h != nil && *h != "None" {
 		if contains(hugePages, *h) {
-			return 0, 0, fmt.Errorf("huge_pages %q is not supported (only \"None\")", *h)
+			return machineShape{}, fmt.Errorf("huge_pages %q is not supported (only \"None\")", *h)
 		}
-		return 0, 0, fmt.Errorf("huge_pages %q is not one of None, Transparent, 2M", *h)
+		return machineShape{}, fmt.Errorf("huge_pages %q is not one of None, Transparent, 2M", *h)
 	}
-	return cpus, mem, nil
+	return machineShape{cpus: cpus, mem: mem, trackDirtyPages: track}, nil
 }
 
 func contains(list []string, s string) bool {

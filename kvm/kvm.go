@@ -30,6 +30,7 @@ const (
 	ioctlGetVCPUMmapSize     = 0xae04
 	ioctlGetSupportedCPUID   = 0xc008ae05
 	ioctlCreateVCPU          = 0xae41
+	ioctlGetDirtyLog         = 0x4010ae42
 	ioctlSetUserMemoryRegion = 0x4020ae46
 	ioctlSetTSSAddr          = 0xae47
 	ioctlSetIdentityMapAddr  = 0x4008ae48

@@ -29,6 +29,14 @@ func openOrSkip(t *testing.T) *System {
 // and one vCPU about to run it in 16-bit real mode.
 func realModeVCPU(t *testing.T, s *System, code []byte) *VCPU {
 	t.Helper()
+	v, _ := realModeVM(t, s, code, 0)
+	return v
+}
+
+// realModeVM is realModeVCPU with the memory slot's flags, returning the
+// VM too.
+func realModeVM(t *testing.T, s *System, code []byte, slotFlags uint32) (*VCPU, *VM) {
+	t.Helper()
 	vm, err := s.CreateVM()
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +48,7 @@ func realModeVCPU(t *testing.T, s *System, code []byte) *VCPU {
 	}
 	t.Cleanup(func() { unix.Munmap(mem) })
 	copy(mem[0x1000:], code)
-	if err := vm.SetUserMemoryRegion(0, 0, mem, 0); err != nil {
+	if err := vm.SetUserMemoryRegion(0, 0, mem, slotFlags); err != nil {
 		t.Fatal(err)
 	}
 	vcpu, err := vm.CreateVCPU(0)
@@ -59,7 +67,7 @@ func realModeVCPU(t *testing.T, s *System, code []byte) *VCPU {
 	if err := vcpu.SetRegs(Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
 		t.Fatal(err)
 	}
-	return vcpu
+	return vcpu, vm
 }
 
 // A 16-bit real-mode guest writes a byte to a port and halts: the smallest

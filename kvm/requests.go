@@ -8,7 +8,7 @@ func IoctlRequests() []uint32 {
 	return []uint32{
 		ioctlGetAPIVersion, ioctlCreateVM, ioctlGetMSRIndexList, ioctlCheckExtension,
 		ioctlGetVCPUMmapSize, ioctlGetSupportedCPUID, ioctlCreateVCPU,
-		ioctlSetUserMemoryRegion, ioctlSetTSSAddr, ioctlSetIdentityMapAddr,
+		ioctlGetDirtyLog, ioctlSetUserMemoryRegion, ioctlSetTSSAddr, ioctlSetIdentityMapAddr,
 		ioctlCreateIRQChip, ioctlIRQLine, ioctlSetGSIRouting, ioctlIRQFD,
 		ioctlCreatePIT2, ioctlIOEventFD, ioctlRun,
 		ioctlGetRegs, ioctlSetRegs, ioctlGetSregs, ioctlSetSregs,

@@ -51,6 +51,8 @@ func TestStateIoctlNumbers(t *testing.T) {
 		{"KVM_GET_LAPIC", ioctlGetLAPIC, ioc(iocRead, 0x8e, unsafe.Sizeof(LAPICState{}))},
 		{"KVM_SET_LAPIC", ioctlSetLAPIC, ioc(iocWrite, 0x8f, unsafe.Sizeof(LAPICState{}))},
 		{"KVM_GET_MSR_INDEX_LIST", ioctlGetMSRIndexList, ioc(iocRead|iocWrite, 0x02, 4)},
+		{"KVM_GET_DIRTY_LOG", ioctlGetDirtyLog, ioc(iocWrite, 0x42, unsafe.Sizeof(dirtyLog{}))},
+		{"KVM_SET_USER_MEMORY_REGION", ioctlSetUserMemoryRegion, ioc(iocWrite, 0x46, unsafe.Sizeof(userspaceMemoryRegion{}))},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s = %#x, want %#x", tt.name, tt.got, tt.want)

@@ -112,6 +112,15 @@ type userspaceMemoryRegion struct {
 	UserspaceAddr uint64
 }
 
+// dirtyLog mirrors struct kvm_dirty_log: the union of the bitmap pointer
+// and a u64 pad is a u64 here, so the layout is the same for any pointer
+// size.
+type dirtyLog struct {
+	Slot   uint32
+	_      uint32
+	Bitmap uint64
+}
+
 // irqLevel mirrors struct kvm_irq_level.
 type irqLevel struct {
 	IRQ   uint32

@@ -21,6 +21,7 @@ func TestStructSizesMatchUAPI(t *testing.T) {
 		{"kvm_lapic_state", unsafe.Sizeof(LAPICState{}), 0x400},
 		{"kvm_clock_data", unsafe.Sizeof(ClockData{}), 0x30},
 		{"kvm_userspace_memory_region", unsafe.Sizeof(userspaceMemoryRegion{}), 0x20},
+		{"kvm_dirty_log", unsafe.Sizeof(dirtyLog{}), 16},
 		{"kvm_irq_level", unsafe.Sizeof(irqLevel{}), 8},
 		{"kvm_pit_config", unsafe.Sizeof(pitConfig{}), 0x40},
 		{"kvm_irqfd", unsafe.Sizeof(irqfd{}), 0x20},
@@ -35,6 +36,9 @@ func TestStructSizesMatchUAPI(t *testing.T) {
 		if tt.got != tt.want {
 			t.Errorf("sizeof(%s) = %#x, want %#x", tt.name, tt.got, tt.want)
 		}
+	}
+	if off := unsafe.Offsetof(dirtyLog{}.Bitmap); off != 8 {
+		t.Errorf("kvm_dirty_log.dirty_bitmap at %d, want 8", off)
 	}
 	if off := unsafe.Offsetof(VCPUEvents{}.ExceptionPayload); off != 56 {
 		t.Errorf("kvm_vcpu_events.exception_payload at %d, want 56", off)

@@ -3,6 +3,7 @@ package kvm
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -27,8 +28,31 @@ func (vm *VM) Close() error {
 	return err
 }
 
-// MemoryFlagLogDirtyPages asks KVM to track writes to a slot.
+// MemoryFlagLogDirtyPages (KVM_MEM_LOG_DIRTY_PAGES, <linux/kvm.h>) asks
+// KVM to track the guest's writes to a slot, for DirtyLog.
 const MemoryFlagLogDirtyPages = 1
+
+// DirtyLog returns the pages of a slot the guest wrote since the slot was
+// created or DirtyLog last read it (KVM_GET_DIRTY_LOG, api.rst §4.8), and
+// clears that record: bit i%64 of word i/64 is page i of the slot. pages is
+// the slot's size in pages; the slot must have been set with
+// MemoryFlagLogDirtyPages.
+func (vm *VM) DirtyLog(slot uint32, pages int) ([]uint64, error) {
+	if pages <= 0 {
+		return nil, fmt.Errorf("kvm: KVM_GET_DIRTY_LOG slot %d: %d pages", slot, pages)
+	}
+	// KVM writes ALIGN(pages, BITS_PER_LONG)/8 bytes: whole 64-bit words.
+	bitmap := make([]uint64, (pages+63)/64)
+	l := dirtyLog{Slot: slot, Bitmap: uint64(uintptr(unsafe.Pointer(&bitmap[0])))}
+	_, err := ioctl(vm.fd, ioctlGetDirtyLog, uintptr(unsafe.Pointer(&l)))
+	// The bitmap's address is hidden in a uint64: keep it alive (Go's heap
+	// does not move) until the kernel has written it.
+	runtime.KeepAlive(bitmap)
+	if err != nil {
+		return nil, fmt.Errorf("kvm: KVM_GET_DIRTY_LOG slot %d: %w", slot, err)
+	}
+	return bitmap, nil
+}
 
 // SetUserMemoryRegion maps host memory host at guest-physical address gpa in
 // the given slot (api.rst §4.35). A zero-length host removes the slot.

@@ -143,5 +143,6 @@ func NewFromFile(layout []Layout, f *os.File, opt Options) (*Guest, error) {
 		g.Close()
 		return nil, err
 	}
+	g.trackDirty(opt.TrackDirty)
 	return g, nil
 }

@@ -35,6 +35,10 @@ type Guest struct {
 	// backing identifies the file NewFromFile mapped, so Dump can refuse
 	// to overwrite it; nil for anonymous memory.
 	backing *fileID
+	// dirty is one bitmap per region of the pages written through this
+	// Guest since TakeDirty, or nil when not tracking (Options.TrackDirty):
+	// then every write path pays one nil check.
+	dirty [][]atomic.Uint64
 }
 
 // Layout describes one region to allocate.
@@ -47,6 +51,9 @@ type Layout struct {
 type Options struct {
 	// HugePages backs RAM with transparent huge pages where the host allows.
 	HugePages bool
+	// TrackDirty records the pages the VMM writes (TakeDirty), for diff
+	// snapshots. The guest's own writes are KVM's to track (its dirty log).
+	TrackDirty bool
 }
 
 // New maps anonymous, lazily-populated host memory for each layout entry.
@@ -74,6 +81,7 @@ func New(layout []Layout, opt Options) (*Guest, error) {
 		g.Close()
 		return nil, err
 	}
+	g.trackDirty(opt.TrackDirty)
 	return g, nil
 }
 
@@ -126,7 +134,19 @@ func (g *Guest) Size() uint64 {
 // Slice returns the host bytes backing [addr, addr+n). The range must lie in
 // one region. The slice aliases guest memory: the guest may change it at any
 // time, so parse copies, not the slice, when the content is guest-controlled.
+// The caller may write the slice (an io_uring read lands in it), so when
+// tracking, its pages count as dirty.
 func (g *Guest) Slice(addr, n uint64) ([]byte, error) {
+	s, err := g.slice(addr, n)
+	if g.dirty != nil && err == nil {
+		g.markDirty(addr, n)
+	}
+	return s, err
+}
+
+// slice is Slice for the accesses that only read, and for writers that
+// mark their pages themselves.
+func (g *Guest) slice(addr, n uint64) ([]byte, error) {
 	for i := range g.regions {
 		r := &g.regions[i]
 		if addr >= r.GuestAddr && addr < r.End() {
@@ -142,13 +162,13 @@ func (g *Guest) Slice(addr, n uint64) ([]byte, error) {
 
 // Contains reports whether [addr, addr+n) is wholly inside one RAM region.
 func (g *Guest) Contains(addr, n uint64) bool {
-	_, err := g.Slice(addr, n)
+	_, err := g.slice(addr, n)
 	return err == nil
 }
 
 // ReadAt copies guest memory at addr into p.
 func (g *Guest) ReadAt(p []byte, addr uint64) error {
-	s, err := g.Slice(addr, uint64(len(p)))
+	s, err := g.slice(addr, uint64(len(p)))
 	if err != nil {
 		return err
 	}
@@ -178,7 +198,7 @@ func (g *Guest) Zero(addr, n uint64) error {
 
 // Uint16 reads a little-endian value.
 func (g *Guest) Uint16(addr uint64) (uint16, error) {
-	s, err := g.Slice(addr, 2)
+	s, err := g.slice(addr, 2)
 	if err != nil {
 		return 0, err
 	}
@@ -187,7 +207,7 @@ func (g *Guest) Uint16(addr uint64) (uint16, error) {
 
 // Uint32 reads a little-endian value.
 func (g *Guest) Uint32(addr uint64) (uint32, error) {
-	s, err := g.Slice(addr, 4)
+	s, err := g.slice(addr, 4)
 	if err != nil {
 		return 0, err
 	}
@@ -196,7 +216,7 @@ func (g *Guest) Uint32(addr uint64) (uint32, error) {
 
 // Uint64 reads a little-endian value.
 func (g *Guest) Uint64(addr uint64) (uint64, error) {
-	s, err := g.Slice(addr, 8)
+	s, err := g.slice(addr, 8)
 	if err != nil {
 		return 0, err
 	}

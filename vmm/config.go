@@ -36,6 +36,12 @@ type Config struct {
 
 	// DebugExit maps the test exit device at port 0xf4.
 	DebugExit bool
+	// TrackDirtyPages records the pages written since the last snapshot,
+	// the guest's in KVM's dirty log and the devices' in guest memory
+	// (memory.Options.TrackDirty), so SnapshotDiff can write only those:
+	// Firecracker's track_dirty_pages. It costs the guest a write fault
+	// on the first write to each page after every snapshot.
+	TrackDirtyPages bool
 	// SampleRIP, when non-zero, samples each vCPU's instruction pointer at
 	// this interval and logs the hottest guest symbols when the VM ends.
 	SampleRIP time.Duration

@@ -132,7 +132,7 @@ func New(cfg Config, log *slog.Logger) (m *Machine, err error) {
 	if err = m.createVM(); err != nil {
 		return nil, err
 	}
-	mem, err := memory.New(boot.MemoryLayout(cfg.MemSize), memory.Options{})
+	mem, err := memory.New(boot.MemoryLayout(cfg.MemSize), memory.Options{TrackDirty: cfg.TrackDirtyPages})
 	if err != nil {
 		return nil, err
 	}
@@ -234,12 +234,17 @@ func (m *Machine) createVM() (err error) {
 	return m.vm.SetGSIRouting(kvm.DefaultRouting())
 }
 
-// mapMemory makes mem the machine's RAM, in KVM's memory slots; the
-// machine closes it.
+// mapMemory makes mem the machine's RAM, in KVM's memory slots, logging
+// the guest's writes when TrackDirtyPages; the machine closes it.
 func (m *Machine) mapMemory(mem *memory.Guest) error {
 	m.mem = mem
+	var flags uint32
+	if m.cfg.TrackDirtyPages {
+		flags |= kvm.MemoryFlagLogDirtyPages
+	}
+	// Slot i is region i: takeDirty relies on it.
 	for i, r := range mem.Regions() {
-		if err := m.vm.SetUserMemoryRegion(uint32(i), r.GuestAddr, r.Host, 0); err != nil {
+		if err := m.vm.SetUserMemoryRegion(uint32(i), r.GuestAddr, r.Host, flags); err != nil {
 			return err
 		}
 	}

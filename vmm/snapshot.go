@@ -72,14 +72,39 @@ type legacyState struct {
 	I8042 i8042.State
 }
 
+// ErrNoDirtyTracking is returned by SnapshotDiff on a machine started (or
+// restored) without TrackDirtyPages.
+var ErrNoDirtyTracking = errors.New("a diff snapshot needs dirty page tracking, which this microVM was started without (track_dirty_pages)")
+
 // Snapshot saves the paused machine: guest RAM to memPath, everything else
 // to statePath (package snapshot's format), as Firecracker's PUT
 // /snapshot/create with snapshot_type Full. Devices stop while it runs (no
 // DMA into RAM being saved) and start again after; vsock connections are
 // reset first, as with Firecracker. The state file is written last and
 // atomically: when it exists, the snapshot is complete. The machine stays
-// paused.
-func (m *Machine) Snapshot(statePath, memPath string) (err error) {
+// paused. With TrackDirtyPages, the record of written pages restarts: the
+// next SnapshotDiff holds what changes from here.
+func (m *Machine) Snapshot(statePath, memPath string) error {
+	return m.snapshot(statePath, memPath, false)
+}
+
+// SnapshotDiff is Snapshot with snapshot_type Diff: the memory file holds
+// only the pages written since the machine's last snapshot (or its start
+// or restore), the rest being holes, at a full memory file's size. It is
+// restored after merging it onto the memory file of the snapshot before it
+// (snapshot.Rebase, Firecracker's rebase-snap), which then restores with
+// this state file; restoring the diff alone would give the guest zeros for
+// every page it didn't write. The machine must track dirty pages
+// (Config.TrackDirtyPages, RestoreConfig.TrackDirtyPages), or
+// ErrNoDirtyTracking.
+func (m *Machine) SnapshotDiff(statePath, memPath string) error {
+	return m.snapshot(statePath, memPath, true)
+}
+
+func (m *Machine) snapshot(statePath, memPath string, diff bool) (err error) {
+	if diff && !m.cfg.TrackDirtyPages {
+		return ErrNoDirtyTracking
+	}
 	if !m.Paused() {
 		return ErrNotPaused
 	}
@@ -107,13 +132,35 @@ func (m *Machine) Snapshot(statePath, memPath string) (err error) {
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
+	// Every snapshot restarts the record, so the next diff is relative to
+	// this one. A snapshot that fails gives it back: the next diff would
+	// otherwise miss pages no snapshot holds.
+	dirty, err := m.takeDirty()
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if dirty != nil {
+		if err := m.markUsedRings(dirty, st.PCI); err != nil {
+			m.mem.MarkDirty(dirty)
+			return fmt.Errorf("snapshot: %w", err)
+		}
+	}
+	defer func() {
+		if err != nil && dirty != nil {
+			m.mem.MarkDirty(dirty)
+		}
+	}()
 	// An earlier snapshot's state file at statePath goes first: if this
 	// one fails after its memory file replaced the earlier one, no state
 	// file is left to pair with memory that is not its own.
 	if err := os.Remove(statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("snapshot: replacing %s: %w", statePath, err)
 	}
-	if err := m.dumpMemory(memPath); err != nil {
+	dump := m.mem.Dump
+	if diff {
+		dump = func(f *os.File) error { return m.mem.DumpDirty(f, dirty) }
+	}
+	if err := m.dumpMemory(memPath, dump); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	meta, err := m.snapshotMeta(st)
@@ -123,7 +170,81 @@ func (m *Machine) Snapshot(statePath, memPath string) (err error) {
 	if err := snapshot.Write(statePath, meta, st); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	m.log.Info("snapshot taken", "state", statePath, "memory", memPath, "took", time.Since(start).Round(time.Microsecond))
+	kind := "Full"
+	if diff {
+		kind = "Diff"
+	}
+	m.log.Info("snapshot taken", "type", kind, "state", statePath, "memory", memPath, "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// takeDirty returns, and clears, the pages written since the last call:
+// KVM's dirty log of each slot (the guest's writes) joined with guest
+// memory's record (the devices'), one bitmap per region (slot i is region
+// i, as mapMemory sets them). Nil when the machine doesn't track. The
+// vCPUs are parked and the devices paused, so nothing is written meanwhile.
+func (m *Machine) takeDirty() ([][]uint64, error) {
+	if !m.cfg.TrackDirtyPages {
+		return nil, nil
+	}
+	dirty := m.mem.TakeDirty()
+	if dirty == nil {
+		return nil, errors.New("guest memory does not track dirty pages")
+	}
+	page := os.Getpagesize()
+	for i, r := range m.mem.Regions() {
+		bm, err := m.vm.DirtyLog(uint32(i), len(r.Host)/page)
+		if err != nil {
+			// What the devices wrote is still to be saved.
+			m.mem.MarkDirty(dirty)
+			return nil, err
+		}
+		if err := orBitmap(dirty[i], bm); err != nil {
+			m.mem.MarkDirty(dirty)
+			return nil, fmt.Errorf("KVM's dirty log of slot %d: %w", i, err)
+		}
+	}
+	return dirty, nil
+}
+
+// usedRingSize is the size of a split virtqueue's used ring (the device
+// area) of n entries: flags, idx, n used elements of 8 bytes, avail_event
+// (virtio 1.2 §2.7.8).
+func usedRingSize(n uint16) uint64 { return 2 + 2 + 8*uint64(n) + 2 }
+
+// markUsedRings adds every enabled virtqueue's used ring to dirty. The
+// transport writes it through a slice it mapped when the driver enabled
+// the queue, which neither KVM nor guest memory's record sees, so a diff
+// holds it every time (a few pages per queue).
+func (m *Machine) markUsedRings(dirty [][]uint64, st *pciSnapshot) error {
+	if st == nil {
+		return nil
+	}
+	for _, f := range st.Functions {
+		for i, q := range f.Transport.Queues {
+			if !q.Enabled || q.Size == 0 {
+				continue
+			}
+			err := m.mem.SetDirtyRange(dirty, q.DeviceAddr, usedRingSize(q.Size))
+			if errors.Is(err, memory.ErrOutOfRange) {
+				continue // never mapped, so never written: the queue failed to start
+			}
+			if err != nil {
+				return fmt.Errorf("%s %s queue %d: used ring: %w", f.Kind, f.ID, i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// orBitmap adds src's bits to dst; both cover the same pages.
+func orBitmap(dst, src []uint64) error {
+	if len(dst) != len(src) {
+		return fmt.Errorf("%d words, want %d", len(src), len(dst))
+	}
+	for w := range dst {
+		dst[w] |= src[w]
+	}
 	return nil
 }
 
@@ -177,10 +298,11 @@ func driveID(i int, d DriveConfig) string {
 	return fmt.Sprintf("drive%d", i)
 }
 
-// dumpMemory writes guest RAM to path through a temporary file renamed
-// into place, so a failed snapshot leaves any earlier file at path whole.
-func (m *Machine) dumpMemory(path string) error {
-	if err := snapshot.WriteFileAtomic(path, m.mem.Dump); err != nil {
+// dumpMemory writes guest RAM to path with dump (a full or a diff memory
+// file) through a temporary file renamed into place, so a failed snapshot
+// leaves any earlier file at path whole.
+func (m *Machine) dumpMemory(path string, dump func(*os.File) error) error {
+	if err := snapshot.WriteFileAtomic(path, dump); err != nil {
 		return fmt.Errorf("memory file %s: %w", path, err)
 	}
 	return nil
@@ -234,6 +356,9 @@ type RestoreConfig struct {
 	// DrivePaths gives drives, by id, another backing file
 	// (drive_overrides), which must have the size the guest was told.
 	DrivePaths map[string]string
+	// TrackDirtyPages records the pages written from the restore on, for
+	// SnapshotDiff (track_dirty_pages), as Config.TrackDirtyPages.
+	TrackDirtyPages bool
 	// Host has the settings a snapshot can't carry, used as in Config:
 	// ConsoleOut, ConsoleIn, SampleRIP, HostQuirks, OnFirstRun, and
 	// SystemMap when the snapshot names none. The rest of it is ignored.
@@ -299,7 +424,7 @@ func Restore(rc RestoreConfig, log *slog.Logger) (m *Machine, err error) {
 	if err = m.createVM(); err != nil {
 		return nil, err
 	}
-	mem, err := memory.NewFromFile(boot.MemoryLayout(cfg.MemSize), memFile, memory.Options{})
+	mem, err := memory.NewFromFile(boot.MemoryLayout(cfg.MemSize), memFile, memory.Options{TrackDirty: cfg.TrackDirtyPages})
 	if err != nil {
 		return nil, fmt.Errorf("memory file %s: %w", rc.MemPath, err)
 	}
@@ -378,6 +503,7 @@ func (st *machineState) config(rc RestoreConfig) (Config, error) {
 		Drives: slices.Clone(s.Drives), Nets: slices.Clone(s.Nets), Entropy: s.Entropy, DebugExit: s.DebugExit,
 		ConsoleOut: rc.Host.ConsoleOut, ConsoleIn: rc.Host.ConsoleIn, HostQuirks: rc.Host.HostQuirks,
 		OnFirstRun: rc.Host.OnFirstRun, SampleRIP: rc.Host.SampleRIP,
+		TrackDirtyPages: rc.TrackDirtyPages,
 	}
 	if cfg.SystemMap == "" {
 		cfg.SystemMap = rc.Host.SystemMap

@@ -20,7 +20,8 @@
 //
 // Its subcommands (`vmm --help` lists them, from commands): `vmm run` runs
 // a command in a container in a microVM of its own, on an ext4 image that
-// `vmm image build` makes; `vmm jailer` starts a VMM in a cage, with
+// `vmm image build` makes; `vmm snapshot rebase` merges a Diff snapshot's
+// memory file onto its base; `vmm jailer` starts a VMM in a cage, with
 // Firecracker's jailer command line, which vmm also runs when started as
 // `jailer` (a link named jailer to vmm).
 package main
@@ -82,6 +83,8 @@ func commands() []command {
 		{"run", "run", "run a command in a container on an ext4 image, in a microVM of its own", runMain},
 		{"image", "image build", "build an ext4 container image from a directory, an OCI image or a tarball",
 			func(args []string, _ io.Reader, stdout, stderr io.Writer) int { return imageMain(args, stdout, stderr) }},
+		{"snapshot", "snapshot rebase", "merge a Diff snapshot's memory file onto the memory file of the snapshot before it",
+			func(args []string, _ io.Reader, _, stderr io.Writer) int { return snapshotMain(args, stderr) }},
 		// The jailer's stage 2 re-executes `vmm jailer`, so this row is
 		// also how that child finds its way back into package jailer.
 		{"jailer", "jailer", "run a VMM binary in a chroot, namespaces and cgroup as an unprivileged uid (Firecracker's jailer command line)",

@@ -101,7 +101,7 @@ func TestHelpNamesCommands(t *testing.T) {
 			t.Fatalf("vmm %s lists no flags:\n%s", arg, help)
 		}
 		// The names, not only the table's, so a dropped row fails.
-		for _, want := range []string{"vmm run ", "vmm image build ", "vmm jailer "} {
+		for _, want := range []string{"vmm run ", "vmm image build ", "vmm snapshot rebase ", "vmm jailer "} {
 			if i := strings.Index(help, want); i < 0 || i > flags {
 				t.Errorf("vmm %s does not name %q before the flags:\n%s", arg, want, help)
 			}
