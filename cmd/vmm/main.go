@@ -166,6 +166,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.id, "id", api.DefaultID, "instance id reported by the API")
 	fs.StringVar(&o.restore, "restore", "", "start from this snapshot state file (made by PUT /snapshot/create) instead of booting; needs --mem-file")
 	fs.StringVar(&o.memFile, "mem-file", "", "the guest memory file of the --restore snapshot")
+	fs.BoolVar(&o.cfg.TrackDirtyPages, "track-dirty-pages", false, "record the guest pages written since the last snapshot, so PUT /snapshot/create can take a Diff snapshot (Firecracker's track_dirty_pages; with --restore, from the restore on)")
 	fs.BoolVar(&o.resume, "resume", false, "with --restore: run the restored guest at once (otherwise it stays paused until PATCH /vm Resumed)")
 	fs.BoolVar(&o.seccomp, "seccomp", false, "install the seccomp system-call allow-list (package seccomp) before the API serves or the guest runs; any other system call kills vmm. Opt-in until proven on a KVM host, when it becomes the default and --no-seccomp turns it off")
 	fs.Bool("no-seccomp", false, "accepted for compatibility with Firecracker's launchers; the filter is off unless --seccomp is given")
@@ -254,9 +255,10 @@ func checkRestoreFlags(fs *flag.FlagSet, o *options) error {
 func (o *options) loadParams() api.SnapshotLoadParams {
 	backend := api.MemBackendFile
 	return api.SnapshotLoadParams{
-		SnapshotPath: &o.restore,
-		MemBackend:   &api.MemoryBackend{BackendType: &backend, BackendPath: &o.memFile},
-		ResumeVM:     &o.resume,
+		SnapshotPath:    &o.restore,
+		MemBackend:      &api.MemoryBackend{BackendType: &backend, BackendPath: &o.memFile},
+		ResumeVM:        &o.resume,
+		TrackDirtyPages: &o.cfg.TrackDirtyPages,
 	}
 }
 

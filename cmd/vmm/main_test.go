@@ -177,3 +177,27 @@ func TestRestoreBadSnapshot(t *testing.T) {
 		}
 	}
 }
+
+// TestTrackDirtyPagesFlag: --track-dirty-pages reaches the machine's
+// Config for a boot and the load's track_dirty_pages for --restore.
+func TestTrackDirtyPagesFlag(t *testing.T) {
+	o, err := parseFlags([]string{"--api-sock", "/nonexistent/s", "--track-dirty-pages"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.cfg.TrackDirtyPages {
+		t.Error("--track-dirty-pages did not reach the Config")
+	}
+	dir := t.TempDir()
+	f := filepath.Join(dir, "s")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err = parseFlags([]string{"--restore", f, "--mem-file", f, "--resume", "--track-dirty-pages"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := o.loadParams(); p.TrackDirtyPages == nil || !*p.TrackDirtyPages {
+		t.Errorf("load params %+v: track_dirty_pages not set", p)
+	}
+}
