@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -67,8 +68,12 @@ func pageShift() uint {
 // TakeDirty (or since it was made), one bitmap per region in ascending
 // guest address order, and clears the record. It returns nil when the
 // Guest does not track (Options.TrackDirty). Words are taken one at a time
-// atomically, so a write racing with TakeDirty lands in this record or the
-// next one, never in neither; a snapshot pauses the devices first anyway.
+// atomically, so a write through WriteAt and the like racing with
+// TakeDirty lands in this record or the next. Slice marks its pages when
+// it hands them out, before its caller writes: a caller still writing
+// through a slice (an I/O in flight) may write after TakeDirty and be in
+// neither, so callers stop such writers first (a snapshot pauses every
+// device, which completes its requests).
 func (g *Guest) TakeDirty() [][]uint64 {
 	if g.dirty == nil {
 		return nil
@@ -210,8 +215,57 @@ func (g *Guest) DumpDirty(f *os.File, dirty [][]uint64) error {
 	if err := f.Truncate(base); err != nil {
 		return fmt.Errorf("memory: diff dump to %s: %w", f.Name(), err)
 	}
+	if err := g.checkHoles(f, dirty); err != nil {
+		return fmt.Errorf("memory: diff dump to %s: %w", f.Name(), err)
+	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("memory: diff dump to %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// checkHoles makes sure the file's data regions (SEEK_DATA/SEEK_HOLE)
+// cover dirty pages only. A file system that allocates more than a page
+// at a time while reporting small blocks (tmpfs with huge pages), or that
+// has no holes at all, would show clean pages as data, and a rebase would
+// copy their zeros over the base.
+func (g *Guest) checkHoles(f *os.File, dirty [][]uint64) error {
+	page := int64(unix.Getpagesize())
+	// pageDirty reports whether the page at file offset off is dirty.
+	pageDirty := func(off int64) bool {
+		var base int64
+		for i, r := range g.regions {
+			if size := int64(len(r.Host)); off < base+size {
+				p := (off - base) / page
+				return dirty[i][p/64]&(1<<(p%64)) != 0
+			}
+			base += int64(len(r.Host))
+		}
+		return false
+	}
+	size := int64(0)
+	for _, r := range g.regions {
+		size += int64(len(r.Host))
+	}
+	fd := int(f.Fd())
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // no data after off
+		}
+		if err != nil {
+			return fmt.Errorf("SEEK_DATA: %w", err)
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("SEEK_HOLE: %w", err)
+		}
+		for p := data / page * page; p < hole; p += page {
+			if !pageDirty(p) {
+				return fmt.Errorf("the file system stores clean page at offset %#x as data (no fine-grained holes here: use another file system for diff snapshots)", p)
+			}
+		}
+		off = hole
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -280,5 +281,42 @@ func BenchmarkSlice(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckHolesCatchesCleanData: a diff file whose data covers a page
+// not marked dirty (what a file system without fine-grained holes
+// leaves) is refused, and one whose data is exactly the dirty pages
+// passes.
+func TestCheckHolesCatchesCleanData(t *testing.T) {
+	g := trackedGuest(t)
+	page := int64(unix.Getpagesize())
+	if err := g.WriteAt([]byte{1}, 3*uint64(page)); err != nil {
+		t.Fatal(err)
+	}
+	dirty := g.TakeDirty()
+	var size int64
+	for _, r := range g.Regions() {
+		size += int64(len(r.Host))
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, page), 3*page); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.checkHoles(f, dirty); err != nil {
+		t.Fatalf("data on exactly the dirty page refused: %v", err)
+	}
+	if _, err := f.WriteAt([]byte{0}, 7*page); err != nil { // a clean page
+		t.Fatal(err)
+	}
+	if err := g.checkHoles(f, dirty); err == nil || !strings.Contains(err.Error(), "clean page at offset") {
+		t.Fatalf("data on a clean page: %v, want it refused", err)
 	}
 }

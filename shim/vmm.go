@@ -78,7 +78,9 @@ func (l ExecLauncher) Launch(ctx context.Context, spec LaunchSpec) (VMM, error) 
 	// VMM (the shim forwards it to the container instead), and Pdeathsig
 	// ends the VMM if the shim dies without cleaning up. (Pdeathsig fires
 	// when the forking OS thread ends; Go ends a thread only when a
-	// goroutine exits locked to it, which nothing in the shim does.)
+	// goroutine exits locked to it, which the containerd shim's netns
+	// launcher does only when it can't bring its thread back from a pod's
+	// network namespace, and then stops the VMM anyway.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A Console that is not a file is fed through a pipe; don't let
 	// anything that inherited it hold up Wait once the VMM is gone.

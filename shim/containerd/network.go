@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -59,9 +60,28 @@ func podNetNS(spec *specs.Spec) (string, error) {
 		if !filepath.IsAbs(ns.Path) {
 			return "", fmt.Errorf("network namespace path %q is not absolute", ns.Path)
 		}
+		// The shim's own namespace is the host's: a tap there would take
+		// every frame the host's interface receives.
+		if same, err := sameFile(ns.Path, "/proc/self/ns/net"); err == nil && same {
+			return "", fmt.Errorf("network namespace %s is the host's own, not a pod's", ns.Path)
+		}
 		return ns.Path, nil
 	}
 	return "", nil
+}
+
+// sameFile reports whether a and b name the same file (for namespaces:
+// the same namespace).
+func sameFile(a, b string) (bool, error) {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	sb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(sa, sb), nil
 }
 
 // podNetwork is a sandbox's network set up on the host.
@@ -370,6 +390,11 @@ func redirect(h *netlink.Handle, from, to netlink.Link) error {
 		}},
 	}
 	if err := h.FilterAdd(f); err != nil {
+		// Teardown finds qdiscs by their filter: one without it would
+		// stay behind.
+		if derr := h.QdiscDel(q); derr != nil {
+			err = errors.Join(err, fmt.Errorf("removing the ingress qdisc again: %w", derr))
+		}
 		return fmt.Errorf("redirect filter %s -> %s: %w", from.Attrs().Name, to.Attrs().Name, err)
 	}
 	return nil
@@ -421,7 +446,13 @@ func teardownPodNetwork(path string) error {
 			errs = append(errs, fmt.Errorf("removing the ingress qdisc of %s: %w", l.Attrs().Name, err))
 		}
 	}
-	// The tap's own qdisc and filter go with it.
+	// The tap's own qdisc and filter go with it. It stays while another
+	// interface's filter may still redirect to it: teardown finds those
+	// filters by the tap, and one left pointing at a deleted tap would
+	// drop the pod's traffic with nothing left to find it by.
+	if len(errs) > 0 {
+		return errors.Join(append(errs, fmt.Errorf("tap %s kept for a later teardown", podTap))...)
+	}
 	if err := h.LinkDel(tap); err != nil {
 		errs = append(errs, fmt.Errorf("removing tap %s: %w", podTap, err))
 	}

@@ -42,6 +42,8 @@ func TestPodNetNS(t *testing.T) {
 			{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1234"}}}}, "/var/run/netns/cni-1234", false},
 		{"relative path", specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
 			{Type: specs.NetworkNamespace, Path: "netns/x"}}}}, "", true},
+		{"the host's own namespace", specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.NetworkNamespace, Path: "/proc/self/ns/net"}}}}, "", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
