@@ -46,18 +46,24 @@ func (b *bench) qemuTestguest(cmdline string, extra ...string) []string {
 
 // vmmLinux boots the default guest with vmm's default command line; vmm
 // adds its kvm-pvm options itself.
-func (b *bench) vmmLinux() []string {
-	return []string{b.vmm, "--kernel", b.vmlinux, "--initrd", b.initrd, "--mem", b.memArg()}
+func (b *bench) vmmLinux() []string { return b.vmmLinuxKernel(b.vmlinux) }
+
+// vmmLinuxKernel is vmmLinux with another image of the same kernel.
+func (b *bench) vmmLinuxKernel(kernel string) []string {
+	return []string{b.vmm, "--kernel", kernel, "--initrd", b.initrd, "--mem", b.memArg()}
 }
 
 // qemuLinux boots the same kernel and initramfs with the command line vmm
 // ended up giving its guest (so the same CPU-feature masking), plus
 // `noxsave` on kvm-pvm hosts (qemuCmdline).
-func (b *bench) qemuLinux(cmdline string) []string {
+func (b *bench) qemuLinux(cmdline string) []string { return b.qemuLinuxKernel(cmdline, b.vmlinux) }
+
+// qemuLinuxKernel is qemuLinux with another image of the same kernel.
+func (b *bench) qemuLinuxKernel(cmdline, kernel string) []string {
 	cmdline = qemuCmdline(cmdline)
 	return []string{b.qemu, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", qemuLinuxCPU, "-smp", "1", "-m", strconv.Itoa(b.cfg.memMiB),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
-		"-kernel", b.vmlinux, "-initrd", b.initrd, "-append", cmdline}
+		"-kernel", kernel, "-initrd", b.initrd, "-append", cmdline}
 }
 
 // qemuExitStatus is what QEMU's isa-debug-exit makes of the guest's status.

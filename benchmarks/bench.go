@@ -30,6 +30,7 @@ type bench struct {
 	qemuWhy   string // why it is missing
 	testguest string
 	vmlinux   string
+	bzImage   string // the same kernel as a bzImage (LZ4), for boot-linux's bzImage rows
 	initrd    string
 	image     string // test.ext4, the busybox container image (run, exec)
 
@@ -60,6 +61,9 @@ func newBench(cfg config) (*bench, error) {
 	}
 	if k := filepath.Join(cfg.guestDir, "vmlinux"); exists(k) {
 		b.vmlinux, _ = filepath.Abs(k)
+		if z := filepath.Join(cfg.guestDir, "bzImage"); exists(z) {
+			b.bzImage, _ = filepath.Abs(z)
+		}
 		for _, n := range []string{"initramfs.cpio", "initramfs.cpio.gz"} {
 			if p := filepath.Join(cfg.guestDir, n); exists(p) {
 				b.initrd, _ = filepath.Abs(p)
@@ -113,7 +117,7 @@ func (b *bench) plan() int {
 		case "boot-testguest", "memory":
 			n += b.cfg.reps * perImpl
 		case "boot-linux":
-			n += b.cfg.linuxReps * perImpl
+			n += b.cfg.linuxReps * perImpl * len(b.linuxKernels())
 		case "scaling":
 			n += len(b.cfg.scale) * b.cfg.scaleReps * perImpl * 2
 		case "api":

@@ -24,68 +24,100 @@ func qemuDead() []string {
 	return []string{"KVM internal error", "emulation failure", "Assertion"}
 }
 
+// linuxKernel is one image of the project's kernel that boot-linux boots.
+type linuxKernel struct {
+	name string // in the metric's name and the logs
+	path string
+}
+
+// linuxKernels are the images boot-linux boots: the vmlinux through its
+// PVH entry and, when built, the bzImage (LZ4-compressed: its decompressor
+// runs in the guest, in KVM's emulator on kvm-pvm hosts).
+func (b *bench) linuxKernels() []linuxKernel {
+	ks := []linuxKernel{{"vmlinux", b.vmlinux}}
+	if b.bzImage != "" {
+		ks = append(ks, linuxKernel{"bzImage", b.bzImage})
+	}
+	return ks
+}
+
 func (b *bench) bootLinux(ctx context.Context) *SuiteResult {
 	r := &SuiteResult{Name: "boot-linux", Title: "Boot: Linux guest to user space",
 		About: fmt.Sprintf("Process start to the guest's `%s` line on the serial console (printed by the guest's /init once "+
-			"user space is up), for the project's own kernel (`build/guest/vmlinux`, booted through its PVH entry) and "+
+			"user space is up), for the project's own kernel (`build/guest/vmlinux`, booted through its PVH entry, and "+
+			"`build/guest/bzImage`, the same kernel LZ4-compressed, through the Linux boot protocol) and "+
 			"initramfs, %d MiB, one vCPU. Both VMMs get the same kernel command line: vmm's default plus the kvm-pvm "+
 			"options vmm adds itself (and, on kvm-pvm, `noxsave` for QEMU, which does not complete XSAVE/XRSTOR as vmm does). On this kvm-pvm host the guest kernel runs in KVM's instruction emulator, so a "+
 			"boot takes minutes and these numbers measure that emulator more than either VMM. %d boots each, timeout %v.",
 			linuxReady, b.cfg.memMiB, b.cfg.linuxReps, b.cfg.linuxTimeout)}
+	kernels := b.linuxKernels()
 	if b.vmlinux == "" || b.initrd == "" {
 		r.Skipped = fmt.Sprintf("no vmlinux and initramfs.cpio in %s (run `make guest`)", b.cfg.guestDir)
-		b.prog.total -= 2 * b.cfg.linuxReps
+		b.prog.total -= 2 * b.cfg.linuxReps * len(kernels)
 		return r
 	}
 	cmdline, err := b.effectiveCmdline(ctx)
 	if err != nil {
 		r.Skipped = "could not learn vmm's effective command line: " + err.Error()
-		b.prog.total -= 2 * b.cfg.linuxReps
+		b.prog.total -= 2 * b.cfg.linuxReps * len(kernels)
 		return r
 	}
 	r.note("Effective guest command line (vmm): `" + cmdline + "`")
-	initAt := r.metric("process start → kernel starts /init", "s", "time to user space")
-	ready := r.metric("process start → "+linuxReady, "s", "time to user space")
-	r.command("vmm", b.vmmLinux())
+	if b.qemu == "" {
+		r.note("QEMU skipped: " + b.qemuWhy)
+	}
+	for _, k := range kernels {
+		b.bootLinuxKernel(ctx, r, cmdline, k)
+	}
+	return r
+}
+
+// bootLinuxKernel boots one kernel image linuxReps times on each VMM,
+// interleaved, into its own rows of r.
+func (b *bench) bootLinuxKernel(ctx context.Context, r *SuiteResult, cmdline string, k linuxKernel) {
+	suffix := ""
+	if k.name != "vmlinux" {
+		suffix = " (" + k.name + ")"
+	}
+	initAt := r.metric("process start → kernel starts /init"+suffix, "s", "time to user space")
+	ready := r.metric("process start → "+linuxReady+suffix, "s", "time to user space")
+	r.command("vmm"+suffix, b.vmmLinuxKernel(k.path))
 	runQEMU := b.qemu != ""
 	if runQEMU {
-		r.command("QEMU", b.qemuLinux(cmdline))
-	} else {
-		r.note("QEMU skipped: " + b.qemuWhy)
+		r.command("QEMU"+suffix, b.qemuLinuxKernel(cmdline, k.path))
 	}
 	runVMM := true
 	for rep := 1; rep <= b.cfg.linuxReps && ctx.Err() == nil; rep++ {
 		for _, impl := range impls() {
-			argv, run := b.vmmLinux(), &runVMM
+			argv, run := b.vmmLinuxKernel(k.path), &runVMM
 			if impl == implQEMU {
-				argv, run = b.qemuLinux(cmdline), &runQEMU
+				argv, run = b.qemuLinuxKernel(cmdline, k.path), &runQEMU
 			}
 			if !*run {
 				b.prog.total--
 				continue
 			}
-			b.prog.step("boot-linux: %s rep %d/%d (minutes; timeout %v)", impl, rep, b.cfg.linuxReps, b.cfg.linuxTimeout)
-			log := filepath.Join(b.dir, fmt.Sprintf("boot-linux-%s-%d", strings.ToLower(impl), rep))
+			b.prog.step("boot-linux: %s %s rep %d/%d (minutes; timeout %v)", impl, k.name, rep, b.cfg.linuxReps, b.cfg.linuxTimeout)
+			log := filepath.Join(b.dir, fmt.Sprintf("boot-linux-%s-%s-%d", strings.ToLower(impl), k.name, rep))
 			b.prog.say("console log: %s.console.log", log)
 			at, initTime, u, err := b.linuxBoot(ctx, impl, argv, log)
 			if initTime > 0 {
 				initAt.add(impl, initTime.Seconds())
 			}
 			if err != nil {
-				r.failure(fmt.Sprintf("%s rep %d: %v", impl, rep, err))
+				r.failure(fmt.Sprintf("%s %s rep %d: %v", impl, k.name, rep, err))
 				// A boot that failed once fails the same way again: don't
 				// spend another timeout on it.
 				*run = false
-				r.note(fmt.Sprintf("%s was not retried after its failed boot (rep %d).", impl, rep))
+				r.note(fmt.Sprintf("%s with the %s was not retried after its failed boot (rep %d).", impl, k.name, rep))
 				continue
 			}
 			ready.add(impl, at.Seconds())
-			if u != nil {
+			if u != nil && k.name == "vmlinux" {
 				addUsage(b.memoryResult(), "Linux at its shell", impl, *u)
 			}
 		}
 	}
-	return r
 }
 
 // linuxBoot boots one Linux VM to its ready line, reads its memory at the
