@@ -226,22 +226,35 @@ func setupPodNetwork(path string) (_ *podNetwork, err error) {
 	return pn, nil
 }
 
+// podTapIn opens a netlink handle in the namespace at path and finds our
+// tap there. Without a tap it returns a nil handle and tap, and no error;
+// with one, the caller closes the handle.
+func podTapIn(path string) (*netlink.Handle, netlink.Link, error) {
+	h, err := nsHandle(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	tap, err := h.LinkByName(podTap)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		h.Close()
+		return nil, nil, nil
+	}
+	if err != nil {
+		h.Close()
+		return nil, nil, fmt.Errorf("tap %s: %w", podTap, err)
+	}
+	return h, tap, nil
+}
+
 // checkTapFree fails if the namespace at path has a tap of ours that a
 // process holds: a tap's carrier is on exactly while a descriptor is
 // attached to it (drivers/net/tun.c, tun_attach and tun_detach).
 func checkTapFree(path string) error {
-	h, err := nsHandle(path)
-	if err != nil {
+	h, tap, err := podTapIn(path)
+	if err != nil || tap == nil {
 		return err
 	}
 	defer h.Close()
-	tap, err := h.LinkByName(podTap)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tap %s: %w", podTap, err)
-	}
 	if tap.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
 		return fmt.Errorf("network namespace %s: tap %s is in use by another sandbox's VMM", path, podTap)
 	}
@@ -406,21 +419,14 @@ func redirect(h *netlink.Handle, from, to netlink.Link) error {
 // setup, so the delete subcommand can run it after the shim died, and
 // does nothing if the namespace or the tap is gone.
 func teardownPodNetwork(path string) error {
-	h, err := nsHandle(path)
+	h, tap, err := podTapIn(path)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
-	if err != nil {
+	if err != nil || tap == nil {
 		return err
 	}
 	defer h.Close()
-	tap, err := h.LinkByName(podTap)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tap %s: %w", podTap, err)
-	}
 	links, err := h.LinkList()
 	if err != nil {
 		return fmt.Errorf("listing the pod's interfaces: %w", err)
